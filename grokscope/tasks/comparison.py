@@ -1,0 +1,380 @@
+"""Attribute comparison (PAPER.md, Task 2) and complex reasoning (Task 3).
+
+Comparison: every (entity, attribute) has a random value; per attribute a fresh random
+split puts ``ood_fraction`` of the entities OOD. Inferred facts compare two entities on
+one attribute, ``<attr_k><q><e_i><mask><e_j>`` -> ``<attr_k_L>`` with L = 0 (v_i < v_j),
+1 (equal), 2 (v_i > v_j). ID-ID unordered pairs are held out as test ID with
+probability ``test_fraction`` (both orders go together), the rest are training
+candidates in both orders; OOD-OOD pairs are test OOD; mixed pairs are dropped.
+
+Complex reasoning: the same knowledge base, but OOD atomic facts are NOT trained, and
+``id_id_fraction`` / ``id_ood_fraction`` of the ID-ID / ID-OOD comparisons are. The test
+set is OOD-OOD pairs whose order follows only by chaining trained facts
+(o1 ? x <= y ? o2 through ID entities x, y), ``n_test_per_label`` per label.
+
+Example:
+    >>> ds = comparison(n_entities=40, n_attributes=2, n_values=5, phi=3.6, seed=0)
+    >>> sorted(set(ds.splits["train_inferred"].meta["label"].tolist())) == [0, 1, 2]
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from grokscope.config import ComparisonConfig, ComplexConfig
+from grokscope.tasks.dataset import (
+    ROLES_COMPARISON_ATOMIC,
+    ROLES_COMPARISON_INFERRED,
+    ComparisonKB,
+    Split,
+    TaskDataset,
+    comparison_label,
+    concat_splits,
+    make_split,
+)
+from grokscope.tasks.vocab import END, Vocab
+
+
+def comparison(
+    n_entities: int = 1000,
+    n_attributes: int = 20,
+    n_values: int = 20,
+    ood_fraction: float = 0.1,
+    phi: float = 7.2,
+    seed: int = 0,
+    *,
+    test_fraction: float = 0.1,
+    probe_size: int = 3000,
+) -> TaskDataset:
+    """Generate the comparison task. Defaults are the paper's values.
+
+    Raises:
+        ValueError: for invalid sizes or fractions, or a phi above the maximum (the
+            message gives it).
+    """
+    return generate_comparison(
+        ComparisonConfig(
+            n_entities=n_entities, n_attributes=n_attributes, n_values=n_values,
+            ood_fraction=ood_fraction, phi=phi, test_fraction=test_fraction,
+            probe_size=probe_size, seed=seed,
+        )
+    )
+
+
+def complex_reasoning(
+    n_entities: int = 1000,
+    n_attributes: int = 20,
+    n_values: int = 20,
+    ood_fraction: float = 0.1,
+    seed: int = 0,
+    *,
+    id_id_fraction: float = 0.03,
+    id_ood_fraction: float = 0.03,
+    n_test_per_label: int = 50,
+    probe_size: int = 3000,
+) -> TaskDataset:
+    """Generate the complex-reasoning task (comparison KB, chained OOD-OOD test)."""
+    return generate_complex(
+        ComplexConfig(
+            n_entities=n_entities, n_attributes=n_attributes, n_values=n_values,
+            ood_fraction=ood_fraction, id_id_fraction=id_id_fraction,
+            id_ood_fraction=id_ood_fraction, n_test_per_label=n_test_per_label,
+            probe_size=probe_size, seed=seed,
+        )
+    )
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _kb(cfg: ComparisonConfig | ComplexConfig, rng: np.random.Generator) -> ComparisonKB:
+    n_e, n_a = cfg.n_entities, cfg.n_attributes
+    values = rng.integers(0, cfg.n_values, size=(n_e, n_a))
+    order = np.argsort(rng.random((n_a, n_e)), axis=1, kind="stable")[:, : cfg.n_ood_per_attribute]
+    ood = np.zeros((n_e, n_a), dtype=bool)
+    ood[order, np.arange(n_a)[:, None]] = True
+    return ComparisonKB(values=values, ood=ood, n_values=cfg.n_values)
+
+
+class _Builder:
+    """Turns (attribute, e1, e2) index arrays into splits for one vocabulary."""
+
+    def __init__(self, kb: ComparisonKB, vocab: Vocab) -> None:
+        self.kb, self.vocab = kb, vocab
+        self.ent, self.att = vocab.entity_ids, vocab.attribute_ids
+        self.val, self.lab = vocab.value_ids, vocab.label_ids
+
+    def inferred(self, name: str, a: np.ndarray, e1: np.ndarray, e2: np.ndarray) -> Split:
+        v1, v2 = self.kb.values[e1, a], self.kb.values[e2, a]
+        label = comparison_label(v1, v2)
+        n = len(a)
+        q = np.full(n, self.vocab["<q>"])
+        mask = np.full(n, self.vocab["<mask>"])
+        return make_split(
+            name,
+            np.stack([self.att[a], q, self.ent[e1], mask, self.ent[e2]], axis=1),
+            self.lab[a, label],
+            self.vocab,
+            atomic=False,
+            meta={
+                "attr": self.att[a], "e1": self.ent[e1], "e2": self.ent[e2],
+                "v1": self.val[v1], "v2": self.val[v2], "label": label,
+            },
+            roles=ROLES_COMPARISON_INFERRED,
+        )
+
+    def atomic(self, name: str, e: np.ndarray, a: np.ndarray) -> Split:
+        none = np.full(len(e), -1)
+        v = self.kb.values[e, a]
+        return make_split(
+            name,
+            np.stack([self.ent[e], self.att[a]], axis=1),
+            self.val[v],
+            self.vocab,
+            atomic=True,
+            meta={"attr": self.att[a], "e1": self.ent[e], "e2": none, "v1": self.val[v], "v2": none, "label": none},
+            roles=ROLES_COMPARISON_ATOMIC,
+        )
+
+
+def _probe(rng: np.random.Generator, idx: np.ndarray, size: int) -> np.ndarray:
+    if len(idx) <= size:
+        return idx
+    return np.sort(rng.choice(idx, size=size, replace=False))
+
+
+def _unordered_pairs(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    i, j = np.triu_indices(len(members), k=1)
+    return members[i], members[j]
+
+
+def _atomic_index(kb: ComparisonKB) -> tuple[np.ndarray, np.ndarray]:
+    """(entity, attribute) of every atomic fact, attribute-major (the paper's order)."""
+    a, e = np.nonzero(kb.values.T >= 0)
+    return e, a
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def generate_comparison(cfg: ComparisonConfig) -> TaskDataset:
+    """Generate the comparison task from its frozen config (see :func:`comparison`)."""
+    rng = np.random.default_rng([cfg.seed, 0xC1])
+    kb = _kb(cfg, rng)
+    vocab = Vocab.comparison(cfg.n_entities, cfg.n_attributes, cfg.n_values)
+    build = _Builder(kb, vocab)
+
+    # Unordered ID-ID pairs per attribute; held out (both orders) with test_fraction.
+    ida, idi, idj, ooda, oodi, oodj = [], [], [], [], [], []
+    for a in range(cfg.n_attributes):
+        i, j = _unordered_pairs(np.flatnonzero(~kb.ood[:, a]))
+        ida.append(np.full(len(i), a)), idi.append(i), idj.append(j)
+        oi = np.flatnonzero(kb.ood[:, a])
+        oi, oj = np.meshgrid(oi, oi, indexing="ij")
+        keep = oi != oj
+        ooda.append(np.full(int(keep.sum()), a)), oodi.append(oi[keep]), oodj.append(oj[keep])
+    pa, pi, pj = (np.concatenate(x) for x in (ida, idi, idj))
+    held = rng.random(len(pa)) < cfg.test_fraction
+    train_pairs = np.flatnonzero(~held)
+    test_pairs = np.flatnonzero(held)
+
+    n_id_atomic = int((~kb.ood).sum())
+    n_train_inf = int(round(cfg.phi * n_id_atomic))
+    n_candidates = 2 * len(train_pairs)
+    if n_train_inf > n_candidates:
+        raise ValueError(
+            f"phi={cfg.phi} asks for {n_train_inf} training inferred facts but only "
+            f"{n_candidates} ID-ID candidates exist; the maximum phi for this knowledge "
+            f"base is {n_candidates / n_id_atomic:.4f}"
+        )
+    # Candidate c is pair train_pairs[c // 2] in order c % 2 (0: (i, j), 1: (j, i)).
+    chosen = np.sort(rng.choice(n_candidates, size=n_train_inf, replace=False))
+    cp, flip = train_pairs[chosen // 2], (chosen % 2).astype(bool)
+    tr_a, tr_e1, tr_e2 = pa[cp], np.where(flip, pj[cp], pi[cp]), np.where(flip, pi[cp], pj[cp])
+
+    te_a = np.repeat(pa[test_pairs], 2)
+    te_e1 = np.stack([pi[test_pairs], pj[test_pairs]], axis=1).reshape(-1)
+    te_e2 = np.stack([pj[test_pairs], pi[test_pairs]], axis=1).reshape(-1)
+    oa, oe1, oe2 = (np.concatenate(x) for x in (ooda, oodi, oodj))
+
+    ae, aa = _atomic_index(kb)
+    a_ood = kb.ood[ae, aa]
+    train = concat_splits(
+        "train",
+        [build.atomic("train", ae, aa), build.inferred("train", tr_a, tr_e1, tr_e2)],
+        pad_id=vocab[END],
+    )
+    p_tr = _probe(rng, np.arange(n_train_inf), cfg.probe_size)
+    p_te = _probe(rng, np.arange(len(te_a)), cfg.probe_size)
+    p_oo = _probe(rng, np.arange(len(oa)), cfg.probe_size)
+    p_ia = _probe(rng, np.flatnonzero(~a_ood), cfg.probe_size)
+    p_oa = _probe(rng, np.flatnonzero(a_ood), cfg.probe_size)
+    splits = {
+        "train": train,
+        "id_atomic": build.atomic("id_atomic", ae[p_ia], aa[p_ia]),
+        "ood_atomic": build.atomic("ood_atomic", ae[p_oa], aa[p_oa]),
+        "train_inferred": build.inferred("train_inferred", tr_a[p_tr], tr_e1[p_tr], tr_e2[p_tr]),
+        "test_inferred_iid": build.inferred("test_inferred_iid", te_a[p_te], te_e1[p_te], te_e2[p_te]),
+        "test_inferred_ood": build.inferred("test_inferred_ood", oa[p_oo], oe1[p_oo], oe2[p_oo]),
+    }
+    counts = {
+        "n_atomic": kb.n_facts,
+        "n_id_atomic": n_id_atomic,
+        "n_ood_atomic": int(kb.ood.sum()),
+        "n_id_id_pairs": int(len(pa)),
+        "n_test_pairs_iid": int(len(test_pairs)),
+        "n_test_inferred_iid": int(len(te_a)),
+        "n_test_inferred_ood": int(len(oa)),
+        "n_train_candidates": n_candidates,
+        "n_train_inferred": n_train_inf,
+        "n_train": len(train),
+        "phi": n_train_inf / n_id_atomic,
+        "max_phi": n_candidates / n_id_atomic,
+    }
+    return TaskDataset(
+        task="comparison", vocab=vocab, kb=kb, splits=splits, counts=counts,
+        config=dataclasses.asdict(cfg),
+    )
+
+
+# --------------------------------------------------------------------------- complex
+
+
+def derivable_order(
+    kb: ComparisonKB,
+    attribute: int,
+    known_pairs: tuple[np.ndarray, np.ndarray],
+    known_values: np.ndarray,
+) -> np.ndarray:
+    """Which order relations between entities follow by chaining known facts.
+
+    Known facts for one attribute: the values of the entities in ``known_values``
+    (bool, per entity) and comparisons ``known_pairs`` = (e1, e2) whose label is
+    known. An entity of unknown value gets an upper bound from every known entity it
+    is below or equal to, and a lower bound likewise; ``o1 < o2`` follows iff
+    ``upper(o1)`` is below ``lower(o2)`` with at least one strict step, and
+    ``o1 = o2`` iff both are known equal to entities of the same value.
+
+    Returns:
+        (n_entities, n_entities) int8 matrix: 0 (row < col derivable),
+        1 (row = col derivable), 2 (row > col derivable), -1 (not derivable).
+        Rows/columns of known-value entities are derived from their values.
+    """
+    n = kb.n_entities
+    vals = kb.values[:, attribute].astype(np.float64)
+    # Bound keys on a half-integer grid: a strict bound v moves by 0.5 inwards.
+    upper = np.where(known_values, vals, np.inf)
+    lower = np.where(known_values, vals, -np.inf)
+    exact = np.where(known_values, vals, np.nan)
+    e1, e2 = known_pairs
+    if len(e1):
+        # Only pairs with exactly one unknown side add information.
+        for u, k in ((e1, e2), (e2, e1)):
+            sel = ~known_values[u] & known_values[k]
+            u, k = u[sel], k[sel]
+            vu, vk = vals[u], vals[k]
+            below, equal, above = vu < vk, vu == vk, vu > vk
+            np.minimum.at(upper, u[below], vk[below] - 0.5)
+            np.minimum.at(upper, u[equal], vk[equal])
+            np.maximum.at(lower, u[equal], vk[equal])
+            np.maximum.at(lower, u[above], vk[above] + 0.5)
+            exact[u[equal]] = vk[equal]
+    less = upper[:, None] < lower[None, :]
+    out = np.full((n, n), -1, dtype=np.int8)
+    out[less] = 0
+    out[less.T] = 2
+    eq = (exact[:, None] == exact[None, :])
+    out[eq] = 1
+    np.fill_diagonal(out, -1)
+    return out
+
+
+def generate_complex(cfg: ComplexConfig) -> TaskDataset:
+    """Generate the complex-reasoning task (see :func:`complex_reasoning`)."""
+    rng = np.random.default_rng([cfg.seed, 0xC2])
+    kb = _kb(cfg, rng)
+    vocab = Vocab.comparison(cfg.n_entities, cfg.n_attributes, cfg.n_values)
+    build = _Builder(kb, vocab)
+
+    tr_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    iid_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    test_parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[], [], []]
+    n_derivable = np.zeros(3, dtype=np.int64)
+    n_id_id = n_id_ood = 0
+    for a in range(cfg.n_attributes):
+        ids, oods = np.flatnonzero(~kb.ood[:, a]), np.flatnonzero(kb.ood[:, a])
+        # Ordered ID-ID and ID-OOD pairs (both orders).
+        i, j = np.meshgrid(ids, ids, indexing="ij")
+        keep = i != j
+        ii, ij = i[keep], j[keep]
+        x, o = np.meshgrid(ids, oods, indexing="ij")
+        xo1 = np.concatenate([x.ravel(), o.ravel()])
+        xo2 = np.concatenate([o.ravel(), x.ravel()])
+        n_id_id += len(ii)
+        n_id_ood += len(xo1)
+        pick_ii = rng.random(len(ii)) < cfg.id_id_fraction
+        pick_io = rng.random(len(xo1)) < cfg.id_ood_fraction
+        tr1 = np.concatenate([ii[pick_ii], xo1[pick_io]])
+        tr2 = np.concatenate([ij[pick_ii], xo2[pick_io]])
+        tr_parts.append((np.full(len(tr1), a), tr1, tr2))
+        iid_parts.append((np.full(int((~pick_ii).sum()), a), ii[~pick_ii], ij[~pick_ii]))
+        order = derivable_order(kb, a, (tr1, tr2), ~kb.ood[:, a])
+        o1, o2 = np.meshgrid(oods, oods, indexing="ij")
+        keep = o1 != o2
+        o1, o2 = o1[keep], o2[keep]
+        lab = order[o1, o2]
+        for label in range(3):
+            sel = lab == label
+            n_derivable[label] += int(sel.sum())
+            test_parts[label].append((np.full(int(sel.sum()), a), o1[sel], o2[sel]))
+
+    def cat(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+        return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+
+    tr_a, tr_e1, tr_e2 = cat(tr_parts)
+    iid_a, iid_e1, iid_e2 = cat(iid_parts)
+    test_sel = []
+    for label in range(3):
+        ta, t1, t2 = cat(test_parts[label])
+        pick = _probe(rng, np.arange(len(ta)), cfg.n_test_per_label)
+        test_sel.append((ta[pick], t1[pick], t2[pick]))
+    te_a, te_e1, te_e2 = cat(test_sel)
+
+    ae, aa = _atomic_index(kb)
+    a_ood = kb.ood[ae, aa]
+    id_e, id_a = ae[~a_ood], aa[~a_ood]
+    train = concat_splits(
+        "train",
+        [build.atomic("train", id_e, id_a), build.inferred("train", tr_a, tr_e1, tr_e2)],
+        pad_id=vocab[END],
+    )
+    p_tr = _probe(rng, np.arange(len(tr_a)), cfg.probe_size)
+    p_iid = _probe(rng, np.arange(len(iid_a)), cfg.probe_size)
+    p_ia = _probe(rng, np.flatnonzero(~a_ood), cfg.probe_size)
+    p_oa = _probe(rng, np.flatnonzero(a_ood), cfg.probe_size)
+    splits = {
+        "train": train,
+        "id_atomic": build.atomic("id_atomic", ae[p_ia], aa[p_ia]),
+        "ood_atomic": build.atomic("ood_atomic", ae[p_oa], aa[p_oa]),
+        "train_inferred": build.inferred("train_inferred", tr_a[p_tr], tr_e1[p_tr], tr_e2[p_tr]),
+        "test_inferred_iid": build.inferred("test_inferred_iid", iid_a[p_iid], iid_e1[p_iid], iid_e2[p_iid]),
+        "test_inferred_ood": build.inferred("test_inferred_ood", te_a, te_e1, te_e2),
+    }
+    counts = {
+        "n_atomic": kb.n_facts,
+        "n_id_atomic": int((~kb.ood).sum()),
+        "n_ood_atomic_untrained": int(kb.ood.sum()),
+        "n_id_id_comparisons": n_id_id,
+        "n_id_ood_comparisons": n_id_ood,
+        "n_train_inferred": int(len(tr_a)),
+        "n_train": len(train),
+        "n_derivable_ood_ood": {"lt": int(n_derivable[0]), "eq": int(n_derivable[1]), "gt": int(n_derivable[2])},
+        "n_test_per_label": [int(len(x[0])) for x in test_sel],
+    }
+    return TaskDataset(
+        task="complex", vocab=vocab, kb=kb, splits=splits, counts=counts,
+        config=dataclasses.asdict(cfg),
+    )
