@@ -12,7 +12,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -55,13 +55,13 @@ def _print_table(rows: list[tuple[str, Any]], title: str | None = None) -> None:
 def data(
     task: TaskChoice = typer.Argument(..., help="Which task: composition, comparison or complex."),
     out: Path = typer.Option(..., "--out", help="Directory to write the paper-format files into."),
-    entities: Optional[int] = typer.Option(None, "--entities", help="Number of entities (paper: 2000 / 1000)."),
-    relations: Optional[int] = typer.Option(None, "--relations", help="Composition: number of relations (paper: 200)."),
-    out_degree: Optional[int] = typer.Option(None, "--out-degree", help="Composition: relations per entity (paper: 20)."),
-    attributes: Optional[int] = typer.Option(None, "--attributes", help="Comparison/complex: attributes (paper: 20)."),
-    values: Optional[int] = typer.Option(None, "--values", help="Comparison/complex: ordinal values (paper: 20)."),
-    ood_fraction: Optional[float] = typer.Option(None, "--ood-fraction", help="OOD share, in (0, 1)."),
-    phi: Optional[float] = typer.Option(None, "--phi", help="Inferred/atomic ratio (composition, comparison)."),
+    entities: int | None = typer.Option(None, "--entities", help="Number of entities (paper: 2000 / 1000)."),
+    relations: int | None = typer.Option(None, "--relations", help="Composition: number of relations (paper: 200)."),
+    out_degree: int | None = typer.Option(None, "--out-degree", help="Composition: relations per entity (paper: 20)."),
+    attributes: int | None = typer.Option(None, "--attributes", help="Comparison/complex: attributes (paper: 20)."),
+    values: int | None = typer.Option(None, "--values", help="Comparison/complex: ordinal values (paper: 20)."),
+    ood_fraction: float | None = typer.Option(None, "--ood-fraction", help="OOD share, in (0, 1)."),
+    phi: float | None = typer.Option(None, "--phi", help="Inferred/atomic ratio (composition, comparison)."),
     seed: int = typer.Option(0, "--seed", help="Data seed."),
 ) -> None:
     """Generate a task and write it in the paper's format plus stats.json.
@@ -100,6 +100,136 @@ def data(
     rows += [(k, v if not isinstance(v, dict) else json.dumps(v)) for k, v in stats["counts"].items()]
     rows += [("vocab size", stats["vocab_size"]), ("content hash", stats["content_hash"][:16])]
     _print_table(rows, title=f"{ds.task} dataset written to {out}")
+
+
+def _parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not key=value (e.g. train.lr=1e-3, model.n_layers=6, task.phi=9)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides: task.phi=9 model.n_layers=6 train.lr=1e-3 ..."),
+    preset_name: str | None = typer.Option(None, "--preset", help="Preset: composition-tiny, composition-small, comparison-small, composition-paper, ..."),
+    out: Path | None = typer.Option(None, "--out", help="New run directory (default runs/PRESET)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory from its latest checkpoint."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Override train.max_steps."),
+    seed: int | None = typer.Option(None, "--seed", help="Run seed (init and batch order)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: OMP_NUM_THREADS, else 1)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a model from scratch on a paper task, or resume a run.
+
+    Example: grokscope train --preset composition-tiny --out runs/tiny train.lr=1e-3
+    Example: grokscope train --resume runs/tiny
+    """
+    from grokscope.config import PRESET_NAMES, preset
+    from grokscope.run import Run
+    from grokscope.train import train as train_run
+    from grokscope.train import train_new
+
+    ov = _parse_overrides(overrides or [])
+    if max_steps is not None:
+        ov["train.max_steps"] = str(max_steps)
+    if device is not None:
+        ov["train.device"] = device
+    if threads is not None:
+        ov["train.threads"] = str(threads)
+    if resume is not None:
+        if preset_name or out or seed is not None:
+            raise UserError("--resume continues a run as configured; do not combine it with --preset, --out or --seed")
+        run = Run.open(resume)
+        if ov:
+            run = _reconfigure(run, ov)
+        state = train_run(run, quiet=quiet)
+    else:
+        if preset_name is None:
+            raise UserError(f"give --preset NAME (one of: {', '.join(PRESET_NAMES)}) or --resume RUN")
+        cfg = preset(preset_name)
+        if seed is not None:
+            ov["seed"] = str(seed)
+        cfg = cfg.override(ov)
+        run = train_new(cfg, out or Path("runs") / preset_name, quiet=quiet)
+        state = None
+    run = Run.open(run.path)
+    last = run.metrics()[-1] if run.metrics() else {}
+    acc = last.get("acc", {})
+    typer.echo(f"run {run.path}: step {last.get('step')} ({(state or {}).get('stop_reason') or 'done'})")
+    _print_table([(f"acc {k}", v) for k, v in acc.items()])
+
+
+def _reconfigure(run, ov: dict[str, str]):
+    """Apply train.* overrides when resuming (e.g. a longer max_steps); refuse others."""
+    from grokscope.run import CONFIG_FILE, Run, atomic_write_json
+
+    bad = [k for k in ov if not k.startswith("train.")]
+    if bad:
+        raise UserError(f"only train.* settings can change on resume; got {', '.join(bad)}")
+    cfg = run.config.override(ov)
+    doc = json.loads((run.path / CONFIG_FILE).read_text())
+    doc["run"] = cfg.to_dict()
+    atomic_write_json(run.path / CONFIG_FILE, doc)
+    return Run.open(run.path)
+
+
+@app.command("eval")
+def eval_cmd(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    step: int | None = typer.Option(None, "--step", help="Checkpoint step (default: latest)."),
+    size: int | None = typer.Option(None, "--size", help="Examples per split (default: all)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the table as JSON."),
+) -> None:
+    """Evaluate one checkpoint on every probe split (accuracy and loss).
+
+    Example: grokscope eval checkpoints/composition-small --step 2000
+    """
+    from grokscope.run import Run
+    from grokscope.train import eval_subsets, evaluate
+
+    run = Run.open(run_dir)
+    step = run.resolve_step(step)
+    model = run.load_model(step)
+    res = evaluate(model, eval_subsets(run.dataset(), size, run.config.seed))
+    typer.echo(f"{run.path} step {step}")
+    typer.echo(f"  {'split':<20} {'acc':>7} {'loss':>8}")
+    for k, a in res["acc"].items():
+        typer.echo(f"  {k:<20} {a:7.4f} {res['loss'][k]:8.4f}")
+    if json_out:
+        json_out.write_text(json.dumps({"run": str(run.path), "step": step, **res}, indent=2) + "\n")
+
+
+@app.command()
+def runs(directory: Path = typer.Argument(Path("runs"), help="Directory holding run directories.")) -> None:
+    """List the runs under a directory with their latest accuracies.
+
+    Example: grokscope runs checkpoints
+    """
+    from grokscope.run import CONFIG_FILE, Run, RunError
+
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such directory")
+    found = sorted(p.parent for p in directory.glob(f"*/{CONFIG_FILE}"))
+    if not found:
+        typer.echo(f"no runs under {directory}")
+        return
+    typer.echo(f"{'run':<40} {'task':<12} {'steps':>8} {'train':>6} {'ID':>6} {'OOD':>6}")
+    for p in found:
+        try:
+            run = Run.open(p)
+        except RunError as e:
+            typer.echo(f"{str(p):<40} unreadable: {e}")
+            continue
+        m = run.metrics()
+        acc = m[-1]["acc"] if m else {}
+        cols = [f"{acc[k]:.3f}" if k in acc else "-" for k in ("train_inferred", "test_inferred_iid", "test_inferred_ood")]
+        typer.echo(f"{str(p):<40} {run.config.task.task:<12} {m[-1]['step'] if m else 0:>8} "
+                   f"{cols[0]:>6} {cols[1]:>6} {cols[2]:>6}")
 
 
 def main() -> None:

@@ -372,23 +372,26 @@ class RunConfig:
         Keys: ``seed``, ``name``, ``task.<field>``, ``model.<field>``, ``train.<field>``.
         Values given as strings are parsed to the field's type.
         """
-        cfg = self
+        top: dict[str, Any] = {}
+        sections: dict[str, dict[str, Any]] = {"task": {}, "model": {}, "train": {}}
         for key, value in overrides.items():
             section, _, name = key.partition(".")
             if not name:
                 if section not in ("seed", "name"):
                     raise ValueError(f"unknown override {key!r}; use task.X, model.X, train.X, seed or name")
-                cfg = replace(cfg, **{section: _parse(type(getattr(cfg, section)), value)})
+                top[section] = _parse(type(getattr(self, section)), value)
                 continue
-            if section not in ("task", "model", "train"):
+            if section not in sections:
                 raise ValueError(f"unknown override section in {key!r}; use task., model. or train.")
-            sub = getattr(cfg, section)
+            sub = getattr(self, section)
             names = {f.name: f for f in fields(sub)}
             if name not in names or name == "task":
-                raise ValueError(f"unknown override {key!r}; {section} fields are: {', '.join(n for n in names if n != 'task')}")
-            current = getattr(sub, name)
-            cfg = replace(cfg, **{section: replace(sub, **{name: _parse_like(current, names[name], value)})})
-        return cfg
+                allowed = ", ".join(n for n in names if n != "task")
+                raise ValueError(f"unknown override {key!r}; {section} fields are: {allowed}")
+            sections[section][name] = _parse_like(getattr(sub, name), names[name], value)
+        # One replace per section, so settings that depend on each other change together.
+        changed = {sec: replace(getattr(self, sec), **kw) for sec, kw in sections.items() if kw}
+        return replace(self, **changed, **top)
 
 
 # --------------------------------------------------------------------------- presets

@@ -26,7 +26,10 @@ are [d_vocab, d_model]); the embedding's init is kept. ``share_layers=True``
 (the paper's Appendix E.2): block ``l + n_layers // 2`` holds the very
 ``nn.Parameter`` objects of block ``l`` (the upper blocks' own init is discarded),
 while every block keeps its own hook points. ``model.parameters()`` counts a
-shared parameter once and its gradient is the sum over its uses.
+shared parameter once and its gradient is the sum over its uses. Beware:
+``model.enable_compatibility_mode()`` (fold_ln, centering) replaces parameters and
+so silently unties and unshares them (log-probs are kept); use it only on a
+throwaway copy for analysis, never on a model you train or save.
 
 Checkpoints are plain: :func:`save_tensors` gives every state-dict key its own
 contiguous copy (safetensors refuses shared storage), so a user without grokscope

@@ -39,17 +39,16 @@ def _logits(model, tokens: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- reference
 
 
-def _hf_gpt2_from(model, cfg: ModelConfig):
+def _hf_gpt2(cfg: ModelConfig):
+    """A freshly initialized HF GPT-2 of the same shape (no dropout, eager attention)."""
     transformers = pytest.importorskip("transformers")
     hf_cfg = transformers.GPT2Config(
         vocab_size=D_VOCAB, n_positions=N_CTX, n_embd=cfg.d_model, n_layer=cfg.n_layers,
         n_head=cfg.n_heads, n_inner=cfg.d_mlp, activation_function="gelu_new",
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-        tie_word_embeddings=cfg.tie_embeddings,
+        tie_word_embeddings=cfg.tie_embeddings, attn_implementation="eager",
     )
-    hf_cfg._attn_implementation = "eager"
-    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
-    return hf
+    return transformers.GPT2LMHeadModel(hf_cfg).eval()
 
 
 def _copy_into_hf(model, hf) -> None:
@@ -84,7 +83,7 @@ def _copy_into_hf(model, hf) -> None:
 def test_logits_match_hf_gpt2(tie: bool) -> None:
     cfg = dataclasses.replace(SMALL, tie_embeddings=tie)
     model = build_model(cfg, D_VOCAB, N_CTX, seed=3)
-    hf = _hf_gpt2_from(model, cfg)
+    hf = _hf_gpt2(cfg)
     assert (hf.lm_head.weight is hf.transformer.wte.weight) == tie
     tokens = _tokens()
     ours = _logits(model, tokens)

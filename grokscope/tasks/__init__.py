@@ -1,7 +1,14 @@
 """The paper's three tasks as exact, seeded datasets, and its file format."""
 
 from grokscope.tasks.composition import composition, generate_composition
-from grokscope.tasks.dataset import PROBE_SPLITS, SPLITS, ComparisonKB, CompositionKB, Split, TaskDataset
+from grokscope.tasks.dataset import (
+    PROBE_SPLITS,
+    SPLITS,
+    ComparisonKB,
+    CompositionKB,
+    Split,
+    TaskDataset,
+)
 from grokscope.tasks.vocab import Vocab
 
 __all__ = [

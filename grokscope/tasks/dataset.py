@@ -129,7 +129,9 @@ def make_split(
     roles: dict[str, int],
 ) -> Split:
     """Build a homogeneous split from (n, P) input ids and (n,) answer ids."""
-    inputs = np.asarray(inputs, dtype=np.int64).reshape(len(answers), -1)
+    inputs = np.asarray(inputs, dtype=np.int64)
+    if inputs.ndim != 2 or len(inputs) != len(answers):
+        raise ValueError(f"split {name!r}: inputs must be (n, P) with n = {len(answers)}, got {inputs.shape}")
     n, p = inputs.shape
     tokens = np.empty((n, p + 2), dtype=np.int64)
     tokens[:, :p] = inputs
