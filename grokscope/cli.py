@@ -232,6 +232,37 @@ def runs(directory: Path = typer.Argument(Path("runs"), help="Directory holding 
                    f"{cols[0]:>6} {cols[1]:>6} {cols[2]:>6}")
 
 
+@app.command()
+def sweep(
+    preset_name: str = typer.Option(..., "--preset", help="Preset every run starts from."),
+    grid: list[str] = typer.Option(..., "--grid", help="An axis: key=v1,v2,... (repeat for more axes)."),
+    out: Path = typer.Option(..., "--out", help="Directory for the runs and the table."),
+    budget: float | None = typer.Option(None, "--budget", help="Seconds; points not started by then are skipped."),
+    jobs: int = typer.Option(1, "--jobs", help="Runs at a time (each on OMP_NUM_THREADS threads, default 1)."),
+    overrides: list[str] | None = typer.Argument(None, help="key=value settings for every run."),
+) -> None:
+    """Train a grid of settings and write one table (sweep.csv, sweep.md).
+
+    Example: grokscope sweep --preset composition-small --grid task.phi=7.2,9,12.6 --grid train.weight_decay=0.1,0.3 --out sweeps/phi-wd --budget 3600
+    """
+    from grokscope.sweep import grid_points, run_sweep
+
+    axes = {}
+    for item in grid:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise UserError(f"--grid {item!r} is not key=v1,v2 (e.g. --grid task.phi=7.2,9)")
+        axes[key.strip()] = [v.strip() for v in values.split(",") if v.strip()]
+    from grokscope.config import preset
+
+    base = _parse_overrides(overrides or [])
+    for point in grid_points(axes):
+        preset(preset_name).override({**base, **point})  # validate every point before training
+    rows = run_sweep(preset_name, axes, out, budget_s=budget, jobs=jobs, base_overrides=base)
+    typer.echo((out / "sweep.md").read_text())
+    typer.echo(f"{len(rows)} runs; table in {out / 'sweep.csv'}")
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line + exit 2."""
     try:

@@ -1,0 +1,185 @@
+"""Grid sweeps over run settings, and the grokking summary of a run's metrics.
+
+A sweep trains one run per point of a grid (``key=v1,v2`` per axis, the override keys
+of :meth:`grokscope.config.RunConfig.override`), one after the other within a time
+budget (or ``jobs`` at a time on a machine with cores to spare), and writes one table:
+per run, when train accuracy saturated, the test accuracy at that moment, when test ID
+reached 0.95, the final accuracies and the wall time.
+
+Example:
+    >>> summarize_metrics([{"step": 0, "acc": {"train_inferred": 0.1, "test_inferred_iid": 0.0}},
+    ...                    {"step": 100, "acc": {"train_inferred": 0.995, "test_inferred_iid": 0.4}},
+    ...                    {"step": 200, "acc": {"train_inferred": 1.0, "test_inferred_iid": 0.96}}])["grokking_gap"]
+    100
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TRAIN_SATURATED = 0.99
+TEST_GENERALIZED = 0.95
+
+
+def summarize_metrics(
+    metrics: list[dict[str, Any]],
+    train_threshold: float = TRAIN_SATURATED,
+    test_threshold: float = TEST_GENERALIZED,
+) -> dict[str, Any]:
+    """Grokking statistics of one run's evaluation records.
+
+    Returns:
+        ``train_saturated_step`` (first step with train_inferred >= train_threshold),
+        ``iid_at_saturation`` (test ID accuracy then), ``iid_generalized_step`` (first
+        step with test ID >= test_threshold), ``grokking_gap`` (their difference),
+        ``groks`` (saturation came first, test ID <= 0.6 then, and it later reached the
+        threshold), final and best accuracies, ``max_ood``, the final step and wall time,
+        and ``collapses`` (evaluations where train accuracy fell by more than 0.3).
+    """
+    out: dict[str, Any] = {
+        "train_saturated_step": None, "iid_at_saturation": None, "iid_generalized_step": None,
+        "grokking_gap": None, "groks": False, "collapses": 0,
+    }
+    if not metrics:
+        return out
+    prev_train = None
+    for m in metrics:
+        acc = m.get("acc", {})
+        tr, iid = acc.get("train_inferred"), acc.get("test_inferred_iid")
+        if tr is not None and out["train_saturated_step"] is None and tr >= train_threshold:
+            out["train_saturated_step"] = m["step"]
+            out["iid_at_saturation"] = iid
+        if iid is not None and out["iid_generalized_step"] is None and iid >= test_threshold:
+            out["iid_generalized_step"] = m["step"]
+        if tr is not None and prev_train is not None and prev_train - tr > 0.3:
+            out["collapses"] += 1
+        if tr is not None:
+            prev_train = tr
+    if out["train_saturated_step"] is not None and out["iid_generalized_step"] is not None:
+        out["grokking_gap"] = out["iid_generalized_step"] - out["train_saturated_step"]
+        out["groks"] = bool(
+            out["grokking_gap"] > 0 and out["iid_at_saturation"] is not None and out["iid_at_saturation"] <= 0.6
+        )
+    last = metrics[-1]
+    out["final_step"] = last["step"]
+    out["wall_time"] = last.get("wall_time")
+    for k, v in last.get("acc", {}).items():
+        out[f"final_{k}"] = v
+    oods = [m["acc"]["test_inferred_ood"] for m in metrics if "test_inferred_ood" in m.get("acc", {})]
+    out["max_ood"] = max(oods) if oods else None
+    return out
+
+
+def grid_points(axes: dict[str, list[str]]) -> list[dict[str, str]]:
+    """Every combination of the axes' values, in order."""
+    keys = list(axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def point_name(point: dict[str, str]) -> str:
+    return "_".join(f"{k.split('.')[-1]}={v}" for k, v in point.items()) or "base"
+
+
+COLUMNS = (
+    "run", "groks", "train_saturated_step", "iid_at_saturation", "iid_generalized_step",
+    "grokking_gap", "final_step", "final_train_inferred", "final_test_inferred_iid",
+    "final_test_inferred_ood", "max_ood", "collapses", "wall_time", "status",
+)
+
+
+def run_sweep(
+    preset_name: str,
+    axes: dict[str, list[str]],
+    out: str | os.PathLike[str],
+    *,
+    budget_s: float | None = None,
+    jobs: int = 1,
+    base_overrides: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Train every grid point of ``preset_name`` under ``out/`` and write ``out/sweep.csv``
+    and ``out/sweep.md``.
+
+    Each run is a ``grokscope train`` subprocess (so a crash or a kill loses one run
+    only); finished runs are not trained again when the sweep is re-run. Points not
+    started before ``budget_s`` elapses are listed as ``skipped``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    points = grid_points(axes)
+    pending = list(points)
+    running: list[tuple[dict[str, str], subprocess.Popen[bytes], Path]] = []
+    status: dict[str, str] = {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            if budget_s is not None and time.monotonic() - t0 > budget_s:
+                for p in pending:
+                    status[point_name(p)] = "skipped (budget)"
+                pending = []
+                break
+            p = pending.pop(0)
+            name = point_name(p)
+            run_dir = out / name
+            if (run_dir / "config.json").exists():
+                cmd = [sys.executable, "-m", "grokscope.cli", "train", "--resume", str(run_dir), "--quiet"]
+            else:
+                ov = {**(base_overrides or {}), **p}
+                cmd = [sys.executable, "-m", "grokscope.cli", "train", "--preset", preset_name,
+                       "--out", str(run_dir), "--quiet", *[f"{k}={v}" for k, v in ov.items()]]
+            log = open(out / f"{name}.log", "ab")
+            env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+            running.append((p, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), run_dir))
+        still = []
+        for p, proc, run_dir in running:
+            if proc.poll() is None:
+                still.append((p, proc, run_dir))
+            else:
+                status[point_name(p)] = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+        running = still
+        if running:
+            time.sleep(1.0)
+    rows = []
+    for p in points:
+        name = point_name(p)
+        metrics = _read_metrics(out / name / "metrics.jsonl")
+        row = {"run": name, **p, **summarize_metrics(metrics), "status": status.get(name, "ok")}
+        rows.append(row)
+    write_table(rows, out, list(axes))
+    return rows
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def write_table(rows: list[dict[str, Any]], out: Path, axis_keys: list[str]) -> None:
+    cols = ["run", *axis_keys, *[c for c in COLUMNS if c != "run"]]
+    with open(out / "sweep.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
