@@ -419,7 +419,6 @@ def _small_train(**kw: Any) -> TrainConfig:
 
 
 def _presets() -> dict[str, RunConfig]:
-    small_model = ModelConfig(n_layers=4, d_model=128, n_heads=4, d_mlp=512)
     tiny_model = ModelConfig(n_layers=4, d_model=64, n_heads=4, d_mlp=256)
     paper_model = ModelConfig()
     paper_train = TrainConfig()
@@ -435,13 +434,19 @@ def _presets() -> dict[str, RunConfig]:
             ComparisonConfig(n_entities=50, n_attributes=5, n_values=10, phi=7.2, probe_size=500),
             tiny_model, _tiny_train(), name="comparison-tiny",
         ),
+        # Tuned on sweeps (docs/REPRODUCTION.md): train saturates while test ID is low,
+        # test ID then climbs; checkpoints of this width ship under checkpoints/.
         "composition-small": RunConfig(
-            CompositionConfig(n_entities=100, n_relations=20, out_degree=20, phi=7.2, probe_size=1000),
-            small_model, _small_train(), name="composition-small",
+            CompositionConfig(n_entities=50, n_relations=20, out_degree=20, phi=7.2,
+                              test_fraction=0.05, probe_size=1000),
+            ModelConfig(n_layers=4, d_model=64, n_heads=4, d_mlp=512),
+            _small_train(weight_decay=0.1), name="composition-small",
         ),
         "comparison-small": RunConfig(
-            ComparisonConfig(n_entities=100, n_attributes=10, n_values=20, phi=12.6, probe_size=1000),
-            small_model, _small_train(), name="comparison-small",
+            ComparisonConfig(n_entities=50, n_attributes=10, n_values=10, phi=18.0, probe_size=1000),
+            ModelConfig(n_layers=4, d_model=64, n_heads=4, d_mlp=256),
+            _small_train(weight_decay=0.1, stop_iid_threshold=None, max_steps=10_000),
+            name="comparison-small",
         ),
     }
 

@@ -1,0 +1,551 @@
+"""Logit lens and direct logit attribution on the real model, through hooks.
+
+Notation (the paper's): ``S[l, p]`` is the residual stream entering block ``l`` at
+input position ``p`` (``l = 0`` is the embeddings) and ``S[L, p]`` the output of the
+last block. Each ``S[l]`` is read at one TransformerLens hook:
+``blocks.{l}.hook_resid_pre`` for ``l < L`` and ``blocks.{L-1}.hook_resid_post`` for
+``l = L`` (:func:`resid_hook_names`). The logit lens decodes ``S[l, p]`` through the
+model's own final norm and unembedding (``model.unembed(model.ln_final(x))``, which
+on ``S[L]`` gives exactly the model's logits) and ranks a target token, either among
+the whole vocabulary or among an allowed set (a token class).
+
+:func:`lens_targets` turns a split's metadata into the paper's lens targets
+(composition: the bridge at ``r1``, ``r2`` at ``r2``, the answer at the last
+position; comparison: ``v1`` at ``e1``, ``v2`` at ``e2``, the three labels of the
+example's attribute at ``attr``, the answer at the last position).
+:func:`direct_logit_attribution` splits a final logit into the contributions of the
+embeddings, every attention and MLP output (and every head), through the final
+norm's scale of the final residual.
+
+Example:
+    >>> from grokscope.run import Run                              # doctest: +SKIP
+    >>> run = Run.open("runs/composition-tiny")                   # doctest: +SKIP
+    >>> ds, model = run.dataset(), run.load_model()               # doctest: +SKIP
+    >>> res = lens_split(model, ds.splits["train_inferred"], ds.vocab)  # doctest: +SKIP
+    >>> res.mrr("bridge@r1")       # one value per layer l = 0..L  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float, Int
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from grokscope.tasks.dataset import Split
+    from grokscope.tasks.vocab import Vocab
+
+DEFAULT_BATCH_SIZE = 1024
+"""Examples per forward pass in the lens and attribution helpers."""
+
+
+# --------------------------------------------------------------------------- hooks and decoding
+
+
+def resid_hook_names(n_layers: int) -> list[str]:
+    """The hook name of every residual state ``S[l]``, ``l = 0..n_layers``.
+
+    Example:
+        >>> resid_hook_names(2)
+        ['blocks.0.hook_resid_pre', 'blocks.1.hook_resid_pre', 'blocks.1.hook_resid_post']
+    """
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+    return [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [
+        f"blocks.{n_layers - 1}.hook_resid_post"
+    ]
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without any)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def as_index_tensor(value: Any, n: int, what: str, device: torch.device | None = None) -> Int[torch.Tensor, " batch"]:
+    """An int or a length-``n`` sequence as an int64 tensor of shape ``[n]``."""
+    t = torch.as_tensor(np.asarray(value), dtype=torch.long)
+    if t.ndim == 0:
+        t = t.expand(n)
+    if t.shape != (n,):
+        raise ValueError(f"{what}: expected an int or {n} values, got shape {tuple(t.shape)}")
+    return t.to(device) if device is not None else t
+
+
+def residual_stack(
+    model: TransformerBridge, tokens: Int[torch.Tensor, "batch pos"]
+) -> tuple[Float[torch.Tensor, "layer batch pos d_model"], Float[torch.Tensor, "batch pos d_vocab"]]:
+    """Every residual state ``S[l]`` of one forward pass (one ``run_with_cache``).
+
+    Args:
+        model: the model.
+        tokens: input ids.
+
+    Returns:
+        ``(resid, logits)``: ``resid[l]`` is the state at ``resid_hook_names(L)[l]``;
+        ``logits`` are the model's own output.
+
+    Example:
+        >>> resid, logits = residual_stack(model, tokens)       # doctest: +SKIP
+        >>> resid.shape[0] == model.cfg.n_layers + 1             # doctest: +SKIP
+        True
+    """
+    names = resid_hook_names(model.cfg.n_layers)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens.to(model_device(model)), names_filter=names)
+    return torch.stack([cache[name] for name in names]), logits
+
+
+def decode_resid(model: TransformerBridge, resid: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_vocab"]:
+    """Decode residual states through the model's final norm and unembedding.
+
+    Example:
+        >>> resid, logits = residual_stack(model, tokens)                # doctest: +SKIP
+        >>> torch.allclose(decode_resid(model, resid[-1]), logits)      # doctest: +SKIP
+        True
+    """
+    shape = resid.shape
+    with torch.no_grad():
+        out = model.unembed(model.ln_final(resid.reshape(-1, shape[-1])))
+    return out.reshape(*shape[:-1], out.shape[-1])
+
+
+def token_ranks(
+    logits: Float[torch.Tensor, "... d_vocab"],
+    target: Int[torch.Tensor, "..."],
+    allowed: Bool[torch.Tensor, "... d_vocab"] | None = None,
+) -> Int[torch.Tensor, "..."]:
+    """Rank (1 = top) of ``target`` among all tokens, or among the ``allowed`` ones.
+
+    The rank is one plus the number of (allowed) tokens with a strictly larger logit.
+
+    Example:
+        >>> token_ranks(torch.tensor([[0.1, 0.5, 0.3]]), torch.tensor([2]))
+        tensor([2])
+        >>> token_ranks(torch.tensor([[0.1, 0.5, 0.3]]), torch.tensor([2]),
+        ...             torch.tensor([[True, False, True]]))
+        tensor([1])
+    """
+    target = target.to(logits.device)
+    tgt = logits.gather(-1, target.unsqueeze(-1))
+    better = logits > tgt
+    if allowed is not None:
+        allowed = allowed.to(logits.device)
+        if not bool(allowed.gather(-1, target.unsqueeze(-1).expand(*allowed.shape[:-1], 1)).all()):
+            raise ValueError("a target token is not among its allowed tokens")
+        better = better & allowed
+    return better.sum(-1) + 1
+
+
+def allowed_mask(allowed: Any, n: int, d_vocab: int) -> Bool[torch.Tensor, "batch d_vocab"] | None:
+    """An allowed-token spec as a ``[n, d_vocab]`` mask (None stays None).
+
+    ``allowed`` is None (the whole vocabulary), a 1-D sequence of token ids shared by
+    every example, or a ``[n, d_vocab]`` boolean mask.
+    """
+    if allowed is None:
+        return None
+    t = torch.as_tensor(np.asarray(allowed))
+    if t.dtype == torch.bool:
+        if t.shape != (n, d_vocab):
+            raise ValueError(f"an allowed mask must have shape {(n, d_vocab)}, got {tuple(t.shape)}")
+        return t
+    if t.ndim != 1:
+        raise ValueError("allowed must be None, a 1-D list of token ids or a [batch, d_vocab] bool mask")
+    mask = torch.zeros(d_vocab, dtype=torch.bool)
+    mask[t.long()] = True
+    return mask.expand(n, d_vocab)
+
+
+# --------------------------------------------------------------------------- logit lens
+
+
+@dataclass(frozen=True)
+class LensTarget:
+    """What to rank where: a token per example, read at a position per example.
+
+    Attributes:
+        name: a label such as ``"bridge@r1"``.
+        position: input position (an int, or one per example).
+        token_ids: ``[batch]`` target token ids.
+        allowed: None (rank among the whole vocabulary), a 1-D list of token ids, or a
+            ``[batch, d_vocab]`` bool mask (e.g. the three labels of each example).
+    """
+
+    name: str
+    position: Any
+    token_ids: Any
+    allowed: Any = None
+
+
+@dataclass
+class LensResult:
+    """Logit-lens ranks of every target at every layer ``l = 0..L``.
+
+    Attributes:
+        ranks: target name -> ``[layer, batch]`` int ranks (1 = top).
+        positions: target name -> ``[batch]`` the position each rank was read at.
+        token_ids: target name -> ``[batch]`` the target tokens.
+        hook_names: the hook of every layer ``l`` (:func:`resid_hook_names`).
+        restricted: target name -> whether ranks are among an allowed set.
+    """
+
+    ranks: dict[str, Int[torch.Tensor, "layer batch"]]
+    positions: dict[str, Int[torch.Tensor, " batch"]]
+    token_ids: dict[str, Int[torch.Tensor, " batch"]]
+    hook_names: list[str]
+    restricted: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.ranks)
+
+    def mrr(self, name: str) -> Float[torch.Tensor, " layer"]:
+        """Mean reciprocal rank of one target at every layer.
+
+        Example:
+            >>> LensResult({"t": torch.tensor([[1, 4], [1, 1]])}, {}, {}, ["a", "b"]).mrr("t")
+            tensor([0.6250, 1.0000])
+        """
+        return (1.0 / self.ranks[name].double()).mean(-1).float()
+
+    def recall(self, name: str, k: int) -> Float[torch.Tensor, " layer"]:
+        """Fraction of examples whose target ranks within the top ``k``, per layer."""
+        return (self.ranks[name] <= k).double().mean(-1).float()
+
+    def to_dict(self, ks: Sequence[int] = (1, 10), per_example: bool = True) -> dict[str, Any]:
+        """JSON-ready: hook names, and per target MRR, recall@k and the raw ranks."""
+        targets: dict[str, Any] = {}
+        for name in self.ranks:
+            entry: dict[str, Any] = {
+                "mrr": self.mrr(name).tolist(),
+                "recall": {str(k): self.recall(name, k).tolist() for k in ks},
+                "restricted": bool(self.restricted.get(name, False)),
+            }
+            if per_example:
+                entry["ranks"] = self.ranks[name].tolist()
+                entry["positions"] = self.positions[name].tolist()
+                entry["token_ids"] = self.token_ids[name].tolist()
+            targets[name] = entry
+        return {"hook_names": list(self.hook_names), "targets": targets}
+
+
+def logit_lens(
+    model: TransformerBridge,
+    tokens: Int[torch.Tensor, "batch pos"],
+    targets: Sequence[LensTarget],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> LensResult:
+    """Rank each target token at its position in every residual state ``S[l]``.
+
+    One ``run_with_cache`` per batch collects all ``S[l]``; the states at the
+    targets' positions are decoded through ``ln_final`` + ``unembed`` in one call.
+
+    Args:
+        model: the model.
+        tokens: input ids (all examples the same length).
+        targets: what to rank where (see :class:`LensTarget`).
+        batch_size: examples per forward pass.
+
+    Returns:
+        A :class:`LensResult`.
+
+    Example:
+        >>> t = LensTarget("answer@last", 2, answers)               # doctest: +SKIP
+        >>> logit_lens(model, tokens, [t]).ranks["answer@last"][-1]  # doctest: +SKIP
+    """
+    n, n_pos = tokens.shape
+    d_vocab = model.cfg.d_vocab
+    names = [t.name for t in targets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"lens target names must be unique, got {names}")
+    pos = {t.name: as_index_tensor(t.position, n, f"target {t.name!r} position") for t in targets}
+    ids = {t.name: as_index_tensor(t.token_ids, n, f"target {t.name!r} token_ids") for t in targets}
+    for name in names:
+        if bool((pos[name] < 0).any() or (pos[name] >= n_pos).any()):
+            raise ValueError(f"target {name!r}: positions must lie in [0, {n_pos})")
+        if bool((ids[name] < 0).any() or (ids[name] >= d_vocab).any()):
+            raise ValueError(f"target {name!r}: token ids must lie in [0, {d_vocab}) (is a meta field -1?)")
+    masks = {t.name: allowed_mask(t.allowed, n, d_vocab) for t in targets}
+    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    for lo in range(0, n, batch_size):
+        hi = min(n, lo + batch_size)
+        resid, _ = residual_stack(model, tokens[lo:hi])
+        rows = torch.arange(hi - lo, device=resid.device)
+        picked = torch.stack([resid[:, rows, pos[name][lo:hi].to(resid.device)] for name in names])
+        logits = decode_resid(model, picked)  # [target, layer, batch, d_vocab]
+        for i, name in enumerate(names):
+            mask = masks[name]
+            tgt = ids[name][lo:hi].expand(logits.shape[1], hi - lo)
+            chunks[name].append(
+                token_ranks(logits[i], tgt, None if mask is None else mask[lo:hi].expand(logits.shape[1], -1, -1)).cpu()
+            )
+    return LensResult(
+        ranks={name: torch.cat(chunks[name], dim=1) for name in names},
+        positions=pos,
+        token_ids=ids,
+        hook_names=resid_hook_names(model.cfg.n_layers),
+        restricted={name: masks[name] is not None for name in names},
+    )
+
+
+def _index_of(token_ids: np.ndarray, class_ids: np.ndarray, what: str) -> np.ndarray:
+    """Map token ids to their index within ``class_ids`` (``<attr_k>`` -> k)."""
+    lookup = {int(t): i for i, t in enumerate(class_ids)}
+    try:
+        return np.array([lookup[int(t)] for t in token_ids], dtype=np.int64)
+    except KeyError as e:
+        raise ValueError(f"token id {e.args[0]} in meta[{what!r}] is not a {what} token of this vocabulary") from None
+
+
+def lens_targets(split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
+    """The paper's logit-lens targets for a homogeneous split, from its metadata.
+
+    Composition inferred (roles ``h, r1, r2``): ``bridge@r1``, ``r2@r2``, ``t@last``.
+    Comparison inferred (roles ``attr, q, e1, mask, e2``): ``v1@e1``, ``v2@e2``,
+    ``label0@attr``, ``label1@attr``, ``label2@attr`` (the labels ``<attr_k_0|1|2>``
+    of the example's own attribute: v1 < v2, =, >) and ``label@last`` (the answer).
+    Atomic splits: the answer at the last position (``t@last`` / ``v@last``).
+
+    Args:
+        split: a split with ``roles`` (not the mixed ``train`` split).
+        vocab: the dataset's vocabulary.
+        within_class: rank among the target's token class (entities, relations,
+            values, or the three labels of the example's attribute) instead of
+            the whole vocabulary.
+
+    Returns:
+        :class:`LensTarget` objects for :func:`logit_lens` on ``split.input_ids``.
+
+    Example:
+        >>> from grokscope.tasks import composition
+        >>> ds = composition(n_entities=20, n_relations=5, out_degree=5, phi=2.0, seed=0)
+        >>> [t.name for t in lens_targets(ds.splits["train_inferred"], ds.vocab)]
+        ['bridge@r1', 'r2@r2', 't@last']
+    """
+    roles, meta, n = split.roles, split.meta, len(split)
+    if not roles:
+        raise ValueError(f"split {split.name!r} mixes layouts (no roles); pick a probe split such as 'train_inferred'")
+    last = split.target_pos
+    ent = vocab.class_ids("entity") if within_class else None
+    if set(roles) == {"h", "r1", "r2"}:
+        rel = vocab.class_ids("relation") if within_class else None
+        return [
+            LensTarget("bridge@r1", roles["r1"], meta["bridge"], ent),
+            LensTarget("r2@r2", roles["r2"], meta["r2"], rel),
+            LensTarget("t@last", last, meta["t"], ent),
+        ]
+    if set(roles) == {"h", "r"}:
+        return [LensTarget("t@last", last, meta["t"], ent)]
+    val = vocab.class_ids("value") if within_class else None
+    if set(roles) == {"attr", "q", "e1", "mask", "e2"}:
+        attr_idx = _index_of(meta["attr"], vocab.attribute_ids, "attr")
+        labels = vocab.label_ids[attr_idx]  # [n, 3] token ids of each example's labels
+        label_space = None
+        if within_class:
+            label_space = np.zeros((n, len(vocab)), dtype=bool)
+            label_space[np.arange(n)[:, None], labels] = True
+        answer = labels[np.arange(n), meta["label"]]
+        return [
+            LensTarget("v1@e1", roles["e1"], meta["v1"], val),
+            LensTarget("v2@e2", roles["e2"], meta["v2"], val),
+            *(LensTarget(f"label{k}@attr", roles["attr"], labels[:, k], label_space) for k in range(3)),
+            LensTarget("label@last", last, answer, label_space),
+        ]
+    if set(roles) == {"e", "attr"}:
+        return [LensTarget("v@last", last, meta["v1"], val)]
+    raise ValueError(f"split {split.name!r}: no lens targets known for roles {sorted(roles)}")
+
+
+def lens_split(
+    model: TransformerBridge,
+    split: Split,
+    vocab: Vocab,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    within_class: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> LensResult:
+    """:func:`logit_lens` of :func:`lens_targets` on a split (or ``n`` of its examples).
+
+    Args:
+        model: the model.
+        split: a homogeneous split.
+        vocab: the dataset's vocabulary.
+        n: sample this many examples (``numpy.random.default_rng(seed)``); None: all.
+        seed: the sampling seed.
+        within_class: see :func:`lens_targets`.
+        batch_size: examples per forward pass.
+
+    Example:
+        >>> res = lens_split(model, ds.splits["train_inferred"], ds.vocab, n=300)  # doctest: +SKIP
+    """
+    if n is not None and n < len(split):
+        split = split.subset(np.sort(np.random.default_rng(seed).choice(len(split), n, replace=False)))
+    targets = lens_targets(split, vocab, within_class=within_class)
+    return logit_lens(model, torch.from_numpy(split.input_ids), targets, batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------- direct logit attribution
+
+
+@dataclass
+class DLAResult:
+    """Direct logit attribution of one logit (or logit difference) per example.
+
+    ``values.sum(0) + bias == logit`` (up to float error); per layer,
+    ``head_values[l].sum(0) + attn_bias_values[l]`` equals the value of
+    ``blocks.{l}.hook_attn_out``.
+
+    Attributes:
+        components: hook name of every component: ``hook_embed``, ``hook_pos_embed``
+            (learned positions only), then ``blocks.{l}.hook_attn_out`` and
+            ``blocks.{l}.hook_mlp_out`` per layer.
+        values: ``[component, batch]`` contributions.
+        bias: ``[batch]`` what no component writes: the final norm's bias and the
+            unembedding bias, projected on the target direction.
+        logit: ``[batch]`` the model's own logit (difference) at the position.
+        head_values: ``[layer, head_index, batch]`` per-head share of each attention
+            output (the output bias excluded), or None.
+        attn_bias_values: ``[layer, batch]`` the attention output bias's share, or None.
+    """
+
+    components: list[str]
+    values: Float[torch.Tensor, "component batch"]
+    bias: Float[torch.Tensor, " batch"]
+    logit: Float[torch.Tensor, " batch"]
+    head_values: Float[torch.Tensor, "layer head_index batch"] | None = None
+    attn_bias_values: Float[torch.Tensor, "layer batch"] | None = None
+
+    def to_dict(self, per_example: bool = True) -> dict[str, Any]:
+        """JSON-ready: mean contribution per component (and per head), raw values."""
+        out: dict[str, Any] = {
+            "components": list(self.components),
+            "mean": self.values.mean(-1).tolist(),
+            "bias_mean": float(self.bias.mean()),
+            "logit_mean": float(self.logit.mean()),
+        }
+        if self.head_values is not None:
+            out["head_mean"] = self.head_values.mean(-1).tolist()
+        if per_example:
+            out["values"] = self.values.tolist()
+            out["bias"] = self.bias.tolist()
+            out["logit"] = self.logit.tolist()
+            if self.head_values is not None:
+                out["head_values"] = self.head_values.tolist()
+        return out
+
+
+def _final_norm_params(model: TransformerBridge) -> tuple[str, torch.Tensor | None, torch.Tensor | None]:
+    kind = model.cfg.normalization_type
+    if kind is None:
+        return "none", None, None
+    ln = model.ln_final.original_component
+    w = getattr(ln, "weight", None)
+    b = getattr(ln, "bias", None)
+    if kind in ("LN", "LNPre"):
+        return "LN", w, b
+    if kind in ("RMS", "RMSPre"):
+        return "RMS", w, None
+    raise NotImplementedError(f"direct logit attribution does not know normalization {kind!r}")
+
+
+def direct_logit_attribution(
+    model: TransformerBridge,
+    tokens: Int[torch.Tensor, "batch pos"],
+    position: Any,
+    target_ids: Any,
+    baseline_ids: Any = None,
+    per_head: bool = True,
+) -> DLAResult:
+    """Split the logit of ``target_ids`` at ``position`` into component contributions.
+
+    The standard DLA: each component's output ``c`` (embeddings, every
+    ``hook_attn_out``, every ``hook_mlp_out``) is centred (LayerNorm), divided by the
+    final norm's scale of the *final* residual at that position (read at
+    ``ln_final.hook_scale``), multiplied by the norm weight and projected on the
+    unembedding column of the target (minus that of ``baseline_ids`` if given).
+
+    Args:
+        model: the model.
+        tokens: input ids.
+        position: where the logit is read (an int, or one per example).
+        target_ids: ``[batch]`` tokens whose logit is attributed.
+        baseline_ids: optional ``[batch]`` tokens: attribute ``logit(target) -
+            logit(baseline)`` instead.
+        per_head: also split every attention output into heads (via ``attn.hook_z``).
+
+    Returns:
+        A :class:`DLAResult`.
+
+    Example:
+        >>> dla = direct_logit_attribution(model, tokens, 2, answers)   # doctest: +SKIP
+        >>> torch.allclose(dla.values.sum(0) + dla.bias, dla.logit, atol=1e-4)  # doctest: +SKIP
+        True
+    """
+    n = tokens.shape[0]
+    n_layers = model.cfg.n_layers
+    device = model_device(model)
+    pos = as_index_tensor(position, n, "position", device)
+    tgt = as_index_tensor(target_ids, n, "target_ids", device)
+    components = ["hook_embed"]
+    if model.cfg.positional_embedding_type == "standard":
+        components.append("hook_pos_embed")
+    for layer in range(n_layers):
+        components += [f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
+    zs = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)] if per_head else []
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(
+            tokens.to(device), names_filter=[*components, *zs, "ln_final.hook_scale"]
+        )
+        rows = torch.arange(n, device=device)
+        w_u = model.W_U  # [d_model, d_vocab]
+        direction = w_u[:, tgt].T  # [batch, d_model]
+        b_u = model.b_U[tgt]
+        logit = logits[rows, pos, tgt]
+        if baseline_ids is not None:
+            base = as_index_tensor(baseline_ids, n, "baseline_ids", device)
+            direction = direction - w_u[:, base].T
+            b_u = b_u - model.b_U[base]
+            logit = logit - logits[rows, pos, base]
+        kind, w_ln, b_ln = _final_norm_params(model)
+        if kind == "none":
+            scale = torch.ones(n, 1, device=device)
+        else:
+            scale = cache["ln_final.hook_scale"][rows, pos]  # [batch, 1]
+        folded = direction * w_ln if w_ln is not None else direction  # [batch, d_model]
+
+        def project(x: Float[torch.Tensor, "... batch d_model"]) -> Float[torch.Tensor, "... batch"]:
+            if kind == "LN":
+                x = x - x.mean(-1, keepdim=True)
+            return ((x / scale) * folded).sum(-1)
+
+        values = torch.stack([project(cache[name][rows, pos]) for name in components])
+        bias = b_u + direction @ b_ln if b_ln is not None else b_u.clone()
+        head_values = attn_bias_values = None
+        if per_head:
+            per_layer, bias_layer = [], []
+            for layer, name in enumerate(zs):
+                z = cache[name][rows, pos]  # [batch, head_index, d_head]
+                attn = model.blocks[layer].attn
+                heads = torch.einsum("bhd,hdm->hbm", z, attn.W_O)  # [head_index, batch, d_model]
+                per_layer.append(project(heads))
+                bias_layer.append(project(attn.b_O.expand(n, -1)))
+            head_values = torch.stack(per_layer)
+            attn_bias_values = torch.stack(bias_layer)
+    return DLAResult(
+        components=components,
+        values=values.cpu(),
+        bias=bias.cpu(),
+        logit=logit.cpu(),
+        head_values=None if head_values is None else head_values.cpu(),
+        attn_bias_values=None if attn_bias_values is None else attn_bias_values.cpu(),
+    )
