@@ -274,7 +274,13 @@ def _load_optimizer(model: torch.nn.Module, opt: torch.optim.Optimizer, tensors:
 
 
 def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    """(rank, world size); joins the process group when launched by torchrun."""
+    if not torch.distributed.is_available():
+        return 0, 1
+    if not torch.distributed.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    if torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
 
@@ -450,6 +456,11 @@ def train(run: Run, *, quiet: bool = False, dataset: TaskDataset | None = None, 
                     rec = do_eval(s)
             if s >= tc.max_steps:
                 state.done, state.stop_reason = True, "max_steps"
+            if world > 1:  # every rank stops together (wall time differs between ranks)
+                flag = torch.tensor([1.0 if state.done else 0.0], device=device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                if flag.item() and not state.done:
+                    state.done, state.stop_reason = True, "stopped by another rank"
             if s in ck_steps or state.done or s == stop_at:
                 save(s, rec)
             if state.done:

@@ -138,3 +138,30 @@ def test_composition_tiny_learns(tmp_path):
     assert acc["id_atomic"] > 0.9
     assert acc["train_inferred"] > 0.9
     assert acc["test_inferred_iid"] > 0.5  # chance is 1/50
+
+
+MICRO_CLI = [
+    "task.n_entities=30", "task.n_relations=6", "task.out_degree=4", "task.phi=3",
+    "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.d_mlp=64",
+    "train.batch_size=32", "train.eval_every=10", "train.dense_every=10", "train.dense_until=20",
+    "train.log_per_decade=1", "train.warmup_steps=5", "train.eval_size=50", "train.max_steps=20",
+]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_one(tmp_path):
+    """torchrun with 2 CPU processes (gloo) and the same global batch = 1 process."""
+    base = [sys.executable, "-m", "grokscope.cli", "train", "--preset", "composition-tiny", "-q", *MICRO_CLI]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*base, "--out", str(tmp_path / "one")], check=True, env=env, capture_output=True)
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "grokscope.cli", "train", "--preset", "composition-tiny", "-q", *MICRO_CLI, "--out", str(tmp_path / "two")]
+    res = subprocess.run(ddp, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = Run.open(tmp_path / "one").load_model().state_dict()
+    b = Run.open(tmp_path / "two").load_model().state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    la = [m["train_loss"] for m in Run.open(tmp_path / "one").metrics()[1:]]
+    lb = [m["train_loss"] for m in Run.open(tmp_path / "two").metrics()[1:]]
+    assert la == pytest.approx(lb, rel=1e-4)
