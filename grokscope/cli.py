@@ -263,6 +263,245 @@ def sweep(
     typer.echo(f"{len(rows)} runs; table in {out / 'sweep.csv'}")
 
 
+@app.command("import-hf")
+def import_hf_cmd(
+    hf_dir: Path = typer.Argument(..., help="HuggingFace GPT-2 directory, or one holding checkpoint-N/ directories."),
+    out: Path = typer.Option(..., "--out", help="New run directory."),
+    task_data: Path | None = typer.Option(None, "--task-data", help="Paper-format data the model was trained on (default: found next to HF_DIR)."),
+    step: int | None = typer.Option(None, "--step", help="Step of a single checkpoint whose step is unknown (default: from trainer_state.json or checkpoint-N, else 0)."),
+) -> None:
+    """Convert the paper authors' HF GPT-2 checkpoints into a grokscope run (task tokens only).
+
+    Reads safetensors (or pytorch_model.bin with torch.load(weights_only=True)) and JSON only.
+
+    Example: grokscope import-hf ckpts/composition.2000.200.18.0_0.1_8 --out runs/paper-comp --task-data data/composition.2000.200.18.0
+    """
+    from grokscope.hf_import import import_hf
+
+    run = import_hf(hf_dir, out, task_data, step=step)
+    steps = run.steps()
+    typer.echo(f"imported {len(steps)} checkpoint(s) into {run.path}: steps {', '.join(map(str, steps))}")
+    typer.echo(f"  task {run.data_info['task']}, d_vocab {run.data_info['d_vocab']}, n_ctx {run.data_info['n_ctx']}")
+
+
+def _analysis_run(run_dir: Path):
+    from grokscope.run import Run
+
+    return Run.open(run_dir)
+
+
+def _analysis_steps(run, step: int | None, all_steps: bool) -> list[int]:
+    """``--step N`` / ``--all`` / the latest checkpoint, as a list of steps."""
+    if step is not None and all_steps:
+        raise UserError("give either --step N or --all, not both")
+    if all_steps:
+        steps = run.steps()
+        if not steps:
+            raise UserError(f"{run.path}: holds no checkpoint yet")
+        return steps
+    if step is not None and step not in run.steps():
+        avail = ", ".join(map(str, run.steps())) or "none"
+        raise UserError(f"--step {step} is not a checkpoint of {run.path}; allowed values: {avail}")
+    return [run.resolve_step(step)]
+
+
+def _check_examples(examples: int) -> None:
+    if examples < 1:
+        raise UserError(f"--examples must be a positive number of examples (e.g. 300), got {examples}")
+
+
+def _check_split_arg(run, split: str) -> None:
+    allowed = ("train_inferred", "test_inferred_iid", "test_inferred_ood")
+    if split not in allowed:
+        raise UserError(f"--split {split!r} is not an inferred probe split; allowed values: {', '.join(allowed)}")
+
+
+def _grid(title: str, row_labels: list[str], col_labels: list[str], values: list[list[Any]]) -> None:
+    typer.echo(title)
+    w0 = max([len(r) for r in row_labels] + [5])
+    widths = [max(len(c), 6) for c in col_labels]
+    typer.echo("  " + " " * w0 + "  " + "  ".join(c.rjust(w) for c, w in zip(col_labels, widths)))
+    for label, row in zip(row_labels, values):
+        cells = []
+        for v, w in zip(row, widths):
+            if v is None or (isinstance(v, float) and v != v):
+                cells.append("-".rjust(w))
+            elif isinstance(v, float):
+                cells.append(f"{v:.3f}".rjust(w))
+            else:
+                cells.append(str(v).rjust(w))
+        typer.echo(f"  {label.ljust(w0)}  " + "  ".join(cells))
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    from grokscope.run import atomic_write_bytes
+
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
+    typer.echo(f"JSON written to {path}")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(Path("checkpoints/composition-small"), help="Run directory (default checkpoints/composition-small)."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default reports/<run name>)."),
+    steps: str = typer.Option("all", "--steps", help="Checkpoints to analyse: all, or comma-separated steps N,M,..."),
+    examples: int = typer.Option(300, "--examples", help="Training inferred examples per checkpoint (paper: 300)."),
+    seed: int = typer.Option(0, "--seed", help="Seed that draws the examples (the same at every checkpoint)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute everything instead of reading RUN/.grokscope-cache."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Analyse every checkpoint and write report.html (self-contained) and summary.json.
+
+    Example: grokscope report checkpoints/composition-small --out reports/small --steps all --examples 300
+    """
+    from grokscope.analysis.series import parse_steps
+    from grokscope.report import write_report
+
+    _check_examples(examples)
+    run = _analysis_run(run_dir)
+    try:
+        chosen = parse_steps(steps, run.steps())
+    except ValueError as e:
+        raise UserError(f"--steps: {e}") from None
+    if not chosen:
+        raise UserError(f"{run.path}: holds no checkpoint yet; train it first")
+    rep = write_report(run, out, steps=chosen, n=examples, seed=seed, progress=not quiet, cache=not no_cache)
+    s = rep.series
+    final = s.checkpoints[-1]
+    typer.echo(f"report of {run.path} ({s.task}, {len(s.steps)} checkpoints, {examples} examples each)")
+    _print_table([
+        ("report", str(rep.html)),
+        ("summary", str(rep.summary)),
+        ("grokking gap", s.grokking.get("grokking_gap")),
+        (f"circuit layers at step {final['step']}", json.dumps(final["circuit"]["layers"])),
+        ("cache", f"{s.cache_hits} hits, {s.cache_misses} computed"),
+    ])
+
+
+@app.command()
+def lens(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    step: int | None = typer.Option(None, "--step", help="Checkpoint step (default: latest)."),
+    all_steps: bool = typer.Option(False, "--all", help="Every checkpoint."),
+    examples: int = typer.Option(300, "--examples", help="Examples of the split (paper: 300)."),
+    split: str = typer.Option("train_inferred", "--split", help="train_inferred, test_inferred_iid or test_inferred_ood."),
+    seed: int = typer.Option(0, "--seed", help="Seed that draws the examples."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write everything (example token ids, hook names, per-example ranks) as JSON."),
+) -> None:
+    """Logit lens: MRR of every target token at every residual state S[l] (by hook name).
+
+    Example: grokscope lens checkpoints/composition-small --step 2000 --json lens.json
+    """
+    from grokscope.analysis.series import checkpoint_lens
+
+    _check_examples(examples)
+    run = _analysis_run(run_dir)
+    _check_split_arg(run, split)
+    docs = []
+    for s in _analysis_steps(run, step, all_steps):
+        d = checkpoint_lens(run, s, split=split, n=examples, seed=seed)
+        names = list(d["targets"])
+        top = d["top_tokens"]["tokens"]
+        roles = d["position_roles"]
+        cols = [f"{k} (pos {d['target_positions'][k]})" for k in names] + [f"top@{r}" for r in roles]
+        rows = [
+            [*(d["targets"][k]["mrr"][layer] for k in names), *top[layer]]
+            for layer in range(len(d["hook_names"]))
+        ]
+        _grid(f"{run.path} step {s}: logit-lens MRR on {d['n_examples']} {split} examples "
+              "(top@role: most frequent decoded token)",
+              [f"S[{i}] {h}" for i, h in enumerate(d["hook_names"])], cols, rows)
+        docs.append({"step": s, **d})
+    if json_out:
+        _write_json(json_out, {"run": str(run.path), "analysis": "logit_lens", "checkpoints": docs})
+
+
+@app.command("trace")
+def trace_cmd(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    step: int | None = typer.Option(None, "--step", help="Checkpoint step (default: latest)."),
+    all_steps: bool = typer.Option(False, "--all", help="Every checkpoint."),
+    perturb: str | None = typer.Option(None, "--perturb", help="Comma-separated perturbations: h,r1,r2 (composition) or e1,e2,attr (comparison); default all."),
+    site: str = typer.Option("resid", "--site", help="What to patch: resid, attn, mlp or head."),
+    examples: int = typer.Option(300, "--examples", help="Examples of the split (paper: 300)."),
+    split: str = typer.Option("train_inferred", "--split", help="train_inferred, test_inferred_iid or test_inferred_ood."),
+    seed: int = typer.Option(0, "--seed", help="Seed that draws the examples and counterfactuals."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write everything (example and counterfactual token ids, hook names, per-example values) as JSON."),
+) -> None:
+    """Causal tracing: fraction of predictions changed by patching each (layer, position).
+
+    Example: grokscope trace checkpoints/composition-small --perturb h,r1 --site resid --json trace.json
+    """
+    from grokscope.analysis.series import checkpoint_trace, task_family
+    from grokscope.analysis.tracing import PERTURBATIONS, SITE_KINDS
+
+    _check_examples(examples)
+    if site not in SITE_KINDS:
+        raise UserError(f"--site {site!r} is unknown; allowed values: {', '.join(SITE_KINDS)}")
+    run = _analysis_run(run_dir)
+    _check_split_arg(run, split)
+    family = task_family(run.data_info.get("task", run.config.task.task))
+    allowed = PERTURBATIONS[family]
+    perts = list(allowed) if perturb is None else [p.strip() for p in perturb.split(",") if p.strip()]
+    bad = [p for p in perts if p not in allowed]
+    if bad or not perts:
+        raise UserError(f"--perturb {perturb!r}: unknown perturbation(s) {', '.join(bad) or '(none given)'}; "
+                        f"allowed values for {family}: {', '.join(allowed)}")
+    docs = []
+    for s in _analysis_steps(run, step, all_steps):
+        d = checkpoint_trace(run, s, split=split, n=examples, seed=seed, site=site, perturbations=perts)
+        for i, p in enumerate(d["perturbations"]):
+            table = d["strength"][i]
+            if site == "head":
+                rows_l = [f"{h}[head {k}]" for h in d["hook_names"] for k in range(len(table[0]))]
+                rows_v = [row for layer in table for row in layer]
+            else:
+                rows_l = [f"{h}" for h in d["hook_names"]]
+                rows_v = table
+            _grid(f"{run.path} step {s}: causal strength, {site} patched from the {p}' run "
+                  f"({d['n_examples'][p]} examples, clean accuracy {d['clean_accuracy'][p]:.3f})",
+                  rows_l, [f"{r} ({j})" for j, r in zip(d["positions"], d["position_roles"])], rows_v)
+        docs.append({"step": s, **d})
+    if json_out:
+        _write_json(json_out, {"run": str(run.path), "analysis": "causal_tracing", "checkpoints": docs})
+
+
+@app.command()
+def circuit(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    step: int | None = typer.Option(None, "--step", help="Checkpoint step (default: latest)."),
+    examples: int = typer.Option(300, "--examples", help="Examples of the split (paper: 300)."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Lens MRR a state must reach to hold its target, in (0, 1]."),
+    seed: int = typer.Option(0, "--seed", help="Seed that draws the examples."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the circuit (nodes, edges, hook names, lens and tracing evidence) as JSON."),
+) -> None:
+    """Locate the circuit of one checkpoint from the logit lens and causal tracing.
+
+    Example: grokscope circuit checkpoints/composition-small --step 2000 --json circuit.json
+    """
+    from grokscope.analysis.series import checkpoint_circuit
+
+    _check_examples(examples)
+    if not 0 < threshold <= 1:
+        raise UserError(f"--threshold must lie in (0, 1], got {threshold}")
+    run = _analysis_run(run_dir)
+    (s,) = _analysis_steps(run, step, False)
+    d = checkpoint_circuit(run, s, n=examples, seed=seed, threshold=threshold)
+    typer.echo(f"{run.path} step {s}: {d['task']} circuit (lens threshold {threshold})")
+    _print_table([(f"layer {k}", "-" if v is None else v) for k, v in d["layers"].items()], title="resolve layers")
+    _grid("nodes", [nd["name"] for nd in d["nodes"]], ["hook", "content", "MRR", *[f"{p}'" for p in d["strength"]]],
+          [[nd["hook_name"], nd["content"], nd["mrr"], *[nd["strengths"].get(p) for p in d["strength"]]]
+           for nd in d["nodes"]])
+    _grid("edges (weight: causal strength)", [f"{e['src']} -> {e['dst']}" for e in d["edges"]],
+          ["perturb", "weight"], [[e["perturbation"], e["weight"]] for e in d["edges"]])
+    for note in d["notes"]:
+        typer.echo(f"note: {note}")
+    if json_out:
+        _write_json(json_out, {"run": str(run.path), "analysis": "circuit", "step": s, **d})
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line + exit 2."""
     try:

@@ -205,13 +205,18 @@ class Run:
         """Directory of the checkpoint at ``step``.
 
         Raises:
-            RunError: no checkpoint at that step (the message lists the ones there are).
+            RunError: no checkpoint at that step (the message lists the ones there are),
+                or the checkpoint directory holds a pickle file (never loaded).
         """
         p = self.checkpoints_dir / step_dir_name(step)
+        refuse_pickles(p)
         if not (p / MODEL_FILE).is_file():
             steps = self.steps()
             shown = ", ".join(map(str, steps[:20])) + (" ..." if len(steps) > 20 else "")
-            raise RunError(f"{self.path}: no checkpoint at step {step}; available steps: {shown or 'none'}")
+            raise RunError(
+                f"{self.path}: no checkpoint at step {step}; available steps: {shown or 'none'} "
+                "(pass one of them to --step)"
+            )
         return p
 
     def resolve_step(self, step: int | None) -> int:
@@ -253,11 +258,11 @@ class Run:
         model = self.build_model(device=device)
         try:
             load_tensors(model, tensors, strict=True)
-        except RuntimeError as e:
+        except (RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()
             raise RunError(
                 f"{self.checkpoint_path(step) / MODEL_FILE}: weights do not match {self.path / CONFIG_FILE} "
-                f"({first[1].strip() if len(first) > 1 else first[0]}); the checkpoint belongs to another run"
+                f"({first[1].strip() if len(first) > 1 else first[0]}); restore that config.json, or load this checkpoint with the run it belongs to"
             ) from None
         model.eval()
         return model
@@ -275,16 +280,18 @@ class Run:
             ds = load_paper_format(self.path / DATA_DIR)
         except (FileNotFoundError, ValueError) as e:
             raise RunError(f"{self.path / DATA_DIR}: {e}") from None
+        if len(ds.vocab) != self.data_info.get("d_vocab"):
+            raise RunError(
+                f"{self.path / DATA_DIR / 'vocab.json'}: {len(ds.vocab)} tokens, but {self.path / CONFIG_FILE} "
+                f"says d_vocab={self.data_info.get('d_vocab')}; the vocabulary was changed: restore "
+                f"{self.path / DATA_DIR} from a backup or re-create the run"
+            )
         want = self.data_info.get("content_hash")
         if want and ds.content_hash() != want:
             raise RunError(
                 f"{self.path / DATA_DIR}: content hash {ds.content_hash()[:12]} differs from "
-                f"{want[:12]} in {self.path / CONFIG_FILE}; the data files were changed"
-            )
-        if len(ds.vocab) != self.data_info.get("d_vocab"):
-            raise RunError(
-                f"{self.path / DATA_DIR / 'vocab.json'}: {len(ds.vocab)} tokens, but config.json says "
-                f"d_vocab={self.data_info.get('d_vocab')}"
+                f"{want[:12]} in {self.path / CONFIG_FILE}; the data files were changed: restore "
+                "them from a backup or re-create the run"
             )
         return ds
 
@@ -303,6 +310,27 @@ class Run:
             except json.JSONDecodeError:
                 continue
         return out
+
+
+def refuse_pickles(directory: Path) -> None:
+    """Refuse a checkpoint directory that holds a pickle file (by suffix); reads nothing.
+
+    grokscope writes only safetensors and JSON, so a pickle there was put there by
+    something else; loading it could run arbitrary code.
+
+    Raises:
+        RunError: naming the first pickle file found.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    found = sorted(f.name for f in directory.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES)
+    if found:
+        raise RunError(
+            f"{directory / found[0]}: a pickle file in a grokscope checkpoint, refused: unpickling can "
+            "run arbitrary code and grokscope loads only safetensors + JSON. Delete it (convert it to "
+            f"{MODEL_FILE} with safetensors only if you trust its source)"
+        )
 
 
 def read_safetensors(path: Path) -> dict[str, Any]:
@@ -345,28 +373,40 @@ def write_checkpoint(
     from safetensors.torch import save_file
 
     ck = Path(run_path) / CHECKPOINTS_DIR
-    ck.mkdir(parents=True, exist_ok=True)
     final = ck / step_dir_name(step)
     tmp = ck / f".{step_dir_name(step)}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(tensors, str(tmp / MODEL_FILE))
-    if resume is not None:
-        opt_tensors, state = resume
-        save_file(opt_tensors, str(tmp / OPTIMIZER_FILE))
-        (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():  # re-saving a step (e.g. after resume): swap in place
-        old = ck / f".{step_dir_name(step)}.old-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    try:
+        ck.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_file(tensors, str(tmp / MODEL_FILE))
+        if resume is not None:
+            opt_tensors, state = resume
+            save_file(opt_tensors, str(tmp / OPTIMIZER_FILE))
+            (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():  # re-saving a step (e.g. after resume): swap in place
+            old = ck / f".{step_dir_name(step)}.old-{os.getpid()}"
+            os.replace(final, old)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                os.replace(old, final)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunError(
+            f"{final}: could not write this checkpoint ({e.strerror or e}); the checkpoints already "
+            f"in {ck} are intact. Free disk space or make {Path(run_path)} writable, then retry "
+            f"(`grokscope train --resume {Path(run_path)}` continues a training run)"
+        ) from e
     _fsync_dir(ck)
     if resume is not None:
         for p in ck.iterdir():
@@ -375,7 +415,11 @@ def write_checkpoint(
                     (p / name).unlink(missing_ok=True)
     for p in ck.iterdir():  # leftovers of interrupted writes
         if p.name.startswith(".step_") and p != tmp:
-            shutil.rmtree(p, ignore_errors=True)
+            name, _, kind = p.name[1:].partition(".")
+            if kind.startswith("old-") and not (ck / name).exists():  # killed mid-swap: restore
+                os.replace(p, ck / name)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
     return final
 
 
@@ -394,8 +438,8 @@ def select_steps(steps: list[int], iid: dict[int, float], keep: int) -> list[int
     (so the transition is sampled densely however fast it happens).
 
     Example:
-        >>> select_steps([0, 10, 20, 30, 40, 50], {0: 0, 10: 0, 20: .1, 30: .9, 40: 1, 50: 1}, 4)
-        [0, 20, 30, 50]
+        >>> select_steps([0, 10, 20, 30, 40, 50], {0: 0, 10: 0, 20: .1, 30: .9, 40: 1, 50: 1}, 5)
+        [0, 10, 20, 30, 50]
     """
     steps = sorted(steps)
     if keep >= len(steps):
@@ -408,7 +452,7 @@ def select_steps(steps: list[int], iid: dict[int, float], keep: int) -> list[int
     candidates: list[int] = []
     if known:
         lo, hi = min(a for _, a in known), max(a for _, a in known)
-        n_levels = max(1, (keep - 2) // 2)
+        n_levels = max(1, (keep - 1) // 2)
         for i in range(1, n_levels + 1):
             level = lo + (hi - lo) * i / (n_levels + 1)
             candidates.append(min(known, key=lambda sa, lv=level: (abs(sa[1] - lv), sa[0]))[0])

@@ -378,10 +378,17 @@ def train(run: Run, *, quiet: bool = False, dataset: TaskDataset | None = None, 
         state.loss_sum, state.loss_count = 0.0, 0
         state.n_evals += 1
         if rank == 0:
-            with open(run.path / METRICS_FILE, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with open(run.path / METRICS_FILE, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise RunError(
+                    f"{run.path / METRICS_FILE}: could not record the step {step} evaluation "
+                    f"({e.strerror or e}); the checkpoints already written are intact. Free disk space "
+                    f"or make {run.path} writable, then `grokscope train --resume {run.path}`"
+                ) from e
         return rec
 
     from tqdm.auto import tqdm

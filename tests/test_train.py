@@ -136,8 +136,8 @@ def test_composition_tiny_learns(tmp_path):
     run = train_new(preset("composition-tiny"), tmp_path / "tiny", quiet=True)
     acc = run.metrics()[-1]["acc"]
     assert acc["id_atomic"] > 0.9
-    assert acc["train_inferred"] > 0.9
-    assert acc["test_inferred_iid"] > 0.5  # chance is 1/50
+    assert acc["train_inferred"] > 0.75
+    assert acc["test_inferred_iid"] > 0.25  # chance is 1/50
 
 
 MICRO_CLI = [

@@ -79,6 +79,47 @@ def as_index_tensor(value: Any, n: int, what: str, device: torch.device | None =
     return t.to(device) if device is not None else t
 
 
+def check_tokens(
+    model: TransformerBridge, tokens: Any, what: str = "tokens", *, allow_empty: bool = False
+) -> Int[torch.Tensor, "batch pos"]:
+    """Check input ids before they reach the model; raise a clear ValueError if unusable.
+
+    Valid: a rectangular ``[batch, pos]`` array of integers with ``1 <= pos <= n_ctx``
+    and every id in ``[0, d_vocab)``; ``batch == 0`` only when ``allow_empty``.
+
+    Returns:
+        The ids as an int64 tensor (lists and numpy arrays are converted).
+
+    Example:
+        >>> check_tokens(model, [[0, 1, 2]]).shape                  # doctest: +SKIP
+        torch.Size([1, 3])
+    """
+    try:
+        t = tokens if isinstance(tokens, torch.Tensor) else torch.as_tensor(np.asarray(tokens))
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ValueError(f"{what}: not a rectangular [batch, pos] array of token ids ({e})") from None
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{what}: expected integer token ids, got dtype {t.dtype}")
+    if t.ndim != 2:
+        raise ValueError(f"{what}: expected shape [batch, pos], got {tuple(t.shape)}")
+    n, n_pos = t.shape
+    if n == 0 and not allow_empty:
+        raise ValueError(f"{what}: empty batch (no examples)")
+    if n_pos == 0:
+        raise ValueError(f"{what}: sequences of length 0; give at least one token per example")
+    n_ctx, d_vocab = model.cfg.n_ctx, model.cfg.d_vocab
+    if n_pos > n_ctx:
+        raise ValueError(f"{what}: {n_pos} positions, but the model's context is n_ctx={n_ctx}; use shorter inputs")
+    if t.numel():
+        bad = t[(t < 0) | (t >= d_vocab)]
+        if bad.numel():
+            raise ValueError(
+                f"{what}: token id {int(bad[0])} is outside the model's vocabulary [0, {d_vocab}); "
+                "encode inputs with the run's vocabulary (run.dataset().vocab)"
+            )
+    return t.long()
+
+
 def residual_stack(
     model: TransformerBridge, tokens: Int[torch.Tensor, "batch pos"]
 ) -> tuple[Float[torch.Tensor, "layer batch pos d_model"], Float[torch.Tensor, "batch pos d_vocab"]]:
@@ -97,6 +138,7 @@ def residual_stack(
         >>> resid.shape[0] == model.cfg.n_layers + 1             # doctest: +SKIP
         True
     """
+    tokens = check_tokens(model, tokens)
     names = resid_hook_names(model.cfg.n_layers)
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens.to(model_device(model)), names_filter=names)
@@ -159,6 +201,8 @@ def allowed_mask(allowed: Any, n: int, d_vocab: int) -> Bool[torch.Tensor, "batc
         return t
     if t.ndim != 1:
         raise ValueError("allowed must be None, a 1-D list of token ids or a [batch, d_vocab] bool mask")
+    if t.is_floating_point() or (t.numel() and bool(((t < 0) | (t >= d_vocab)).any())):
+        raise ValueError(f"allowed token ids must be integers in [0, {d_vocab}), got {t.tolist()[:10]}")
     mask = torch.zeros(d_vocab, dtype=torch.bool)
     mask[t.long()] = True
     return mask.expand(n, d_vocab)
@@ -261,6 +305,7 @@ def logit_lens(
         >>> t = LensTarget("answer@last", 2, answers)               # doctest: +SKIP
         >>> logit_lens(model, tokens, [t]).ranks["answer@last"][-1]  # doctest: +SKIP
     """
+    tokens = check_tokens(model, tokens, allow_empty=True)
     n, n_pos = tokens.shape
     d_vocab = model.cfg.d_vocab
     names = [t.name for t in targets]
@@ -274,7 +319,10 @@ def logit_lens(
         if bool((ids[name] < 0).any() or (ids[name] >= d_vocab).any()):
             raise ValueError(f"target {name!r}: token ids must lie in [0, {d_vocab}) (is a meta field -1?)")
     masks = {t.name: allowed_mask(t.allowed, n, d_vocab) for t in targets}
-    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n_states = model.cfg.n_layers + 1
+    chunks: dict[str, list[torch.Tensor]] = {name: [torch.zeros(n_states, 0, dtype=torch.long)] for name in names}
     for lo in range(0, n, batch_size):
         hi = min(n, lo + batch_size)
         resid, _ = residual_stack(model, tokens[lo:hi])
@@ -491,11 +539,20 @@ def direct_logit_attribution(
         >>> torch.allclose(dla.values.sum(0) + dla.bias, dla.logit, atol=1e-4)  # doctest: +SKIP
         True
     """
-    n = tokens.shape[0]
+    tokens = check_tokens(model, tokens)
+    n, n_pos = tokens.shape
     n_layers = model.cfg.n_layers
     device = model_device(model)
     pos = as_index_tensor(position, n, "position", device)
+    if bool((pos < 0).any() or (pos >= n_pos).any()):
+        raise ValueError(f"position must lie in [0, {n_pos})")
     tgt = as_index_tensor(target_ids, n, "target_ids", device)
+    ids_to_check = [("target_ids", tgt)]
+    if baseline_ids is not None:
+        ids_to_check.append(("baseline_ids", as_index_tensor(baseline_ids, n, "baseline_ids", device)))
+    for what, ids in ids_to_check:
+        if bool((ids < 0).any() or (ids >= model.cfg.d_vocab).any()):
+            raise ValueError(f"{what} must lie in [0, {model.cfg.d_vocab})")
     components = ["hook_embed"]
     if model.cfg.positional_embedding_type == "standard":
         components.append("hook_pos_embed")

@@ -52,6 +52,7 @@ from jaxtyping import Bool, Float, Int
 from grokscope.analysis.lens import (
     allowed_mask,
     as_index_tensor,
+    check_tokens,
     decode_resid,
     model_device,
     resid_hook_names,
@@ -445,17 +446,29 @@ def run_patches(
         >>> out = run_patches(model, clean, corrupt, patches)             # doctest: +SKIP
         >>> out.top1.shape     # [patch, example]                          # doctest: +SKIP
     """
+    clean = check_tokens(model, clean, "clean", allow_empty=True)
+    corrupt = check_tokens(model, corrupt, "corrupt", allow_empty=True)
     if clean.shape != corrupt.shape:
         raise ValueError(f"clean {tuple(clean.shape)} and corrupt {tuple(corrupt.shape)} must have one shape")
     device = model_device(model)
     n, n_pos = clean.shape
+    d_vocab = model.cfg.d_vocab
     clean, corrupt = clean.to(device), corrupt.to(device)
     read = as_index_tensor(n_pos - 1 if read_pos is None else read_pos, n, "read_pos", device)
-    answers = (
-        torch.zeros(n, 0, dtype=torch.long, device=device)
-        if answer_ids is None
-        else torch.as_tensor(answer_ids).long().to(device).reshape(n, -1)
-    )
+    if bool((read < 0).any() or (read >= n_pos).any()):
+        raise ValueError(f"read_pos must lie in [0, {n_pos})")
+    if answer_ids is None:
+        answers = torch.zeros(n, 0, dtype=torch.long, device=device)
+    else:
+        given = torch.as_tensor(np.asarray(answer_ids))
+        if given.is_floating_point() or given.dtype == torch.bool:
+            raise ValueError(f"answer_ids must be integer token ids, got dtype {given.dtype}")
+        k = given.shape[-1] if given.ndim == 2 else 1
+        if given.numel() != n * k:
+            raise ValueError(f"answer_ids: expected [{n}, k] token ids, got shape {tuple(given.shape)}")
+        answers = given.long().to(device).reshape(n, k)
+        if bool((answers < 0).any() or (answers >= d_vocab).any()):
+            raise ValueError(f"answer_ids must lie in [0, {d_vocab})")
     for patch in patches:
         for s in patch:
             if s.position is not None and not 0 <= s.position < n_pos:
@@ -466,6 +479,19 @@ def run_patches(
     ro_mask = {r.name: allowed_mask(r.allowed, n, model.cfg.d_vocab) for r in readouts}
     if len(ro_pos) != len(readouts):
         raise ValueError("readout names must be unique")
+    for r in readouts:
+        if bool((ro_pos[r.name] < 0).any() or (ro_pos[r.name] >= n_pos).any()):
+            raise ValueError(f"readout {r.name!r}: positions must lie in [0, {n_pos})")
+        if bool((ro_ids[r.name] < 0).any() or (ro_ids[r.name] >= d_vocab).any()):
+            raise ValueError(f"readout {r.name!r}: token ids must lie in [0, {d_vocab})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if n == 0:  # nothing to run: empty outputs of the right shapes
+        return PatchOutput(
+            top1=torch.empty(len(patches), 0, dtype=torch.long),
+            logits=torch.empty(len(patches), 0, answers.shape[1]),
+            readout_ranks={r.name: torch.empty(len(patches), 0, dtype=torch.long) for r in readouts},
+        )
 
     n_patch = len(patches)
     top1 = torch.empty(n_patch, n, dtype=torch.long)

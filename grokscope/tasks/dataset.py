@@ -16,7 +16,7 @@ Example:
     >>> from grokscope.tasks import composition
     >>> ds = composition(n_entities=20, n_relations=5, out_degree=5, phi=2.0, seed=0)
     >>> split = ds.splits["train_inferred"]
-    >>> ds.vocab.decode(split.tokens[0][: split.target_pos[0] + 1])[:6]
+    >>> ds.vocab.decode(split.tokens[0][: split.target_pos[0] + 1])[:5]
     '<e_0>'
 """
 

@@ -1,0 +1,346 @@
+"""A run's report: ``report.html`` (one self-contained file) and ``summary.json``.
+
+:func:`write_report` analyses a run's checkpoints (:func:`grokscope.analysis.series.
+analyse_series`, cached inside the run) and writes
+
+* ``DIR/report.html``: training curves, the logit lens and causal tracing of the last
+  checkpoint (with the change from an early one), the located circuit, their formation
+  over training (sliders over checkpoints), circuit measures beside the accuracies,
+  and for composition the OOD diagnosis. plotly.js is embedded once in the page head;
+  no network access is needed to open it.
+* ``DIR/summary.json``: the run config, the analysed steps, per-checkpoint accuracies,
+  the lens and tracing tables with their hook names, the located circuit, the
+  grokking statistics and the grokscope version (strict JSON: NaN is written as null).
+
+Example:
+    >>> rep = write_report("checkpoints/composition-small")        # doctest: +SKIP
+    >>> rep.html, rep.summary                                       # doctest: +SKIP
+    (PosixPath('reports/composition-small/report.html'), PosixPath('reports/composition-small/summary.json'))
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grokscope import __version__
+from grokscope.analysis.series import DEFAULT_EXAMPLES, DEFAULT_SPLIT, SeriesResult, analyse_series
+from grokscope.run import Run, atomic_write_bytes, atomic_write_json
+
+REPORT_FILE = "report.html"
+SUMMARY_FILE = "summary.json"
+REPORTS_DIR = "reports"
+SUMMARY_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :func:`write_report` wrote.
+
+    Attributes:
+        html: path of report.html.
+        summary: path of summary.json.
+        series: the analysis it shows.
+    """
+
+    html: Path
+    summary: Path
+    series: SeriesResult
+
+
+def default_out_dir(run: Run) -> Path:
+    """``reports/<run directory name>``."""
+    return Path(REPORTS_DIR) / run.path.resolve().name
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN / infinity replaced by None (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def early_step(series: SeriesResult) -> int | None:
+    """The early checkpoint the report compares the last one with.
+
+    The analysed step closest to where train accuracy saturated (the paper compares
+    that moment with the end of grokking), else the first analysed step; None when a
+    single step was analysed.
+    """
+    steps = series.steps
+    if len(steps) < 2:
+        return None
+    sat = series.grokking.get("train_saturated_step")
+    candidates = steps[:-1]
+    if sat is None:
+        return candidates[0]
+    return min(candidates, key=lambda s: (abs(s - sat), s))
+
+
+def summary_dict(series: SeriesResult, run: Run) -> dict[str, Any]:
+    """The JSON summary of a report (see the module docstring)."""
+    final = series.checkpoints[-1]
+    lens = {
+        "hook_names": series.hook_names,
+        "axes": ["step", "layer"],
+        "targets": {
+            t: {"position": p, "role": series.position_roles[p], "mrr": series.lens_mrr(t).tolist()}
+            for t, p in series.lens_targets.items()
+        },
+    }
+    tracing = {
+        "site": "resid",
+        "hook_names": series.hook_names,
+        "position_roles": series.position_roles,
+        "perturbations": series.perturbations,
+        "axes": ["step", "layer", "pos"],
+        "strength": {p: series.strength(p).tolist() for p in series.perturbations},
+        "logit_diff": {p: [c["logit_diff"][p] for c in series.checkpoints] for p in series.perturbations},
+        "n_examples": {str(c["step"]): c["n_examples"] for c in series.checkpoints},
+    }
+    per_ckpt = [
+        {
+            "step": c["step"],
+            "acc": c["acc"],
+            "loss": c["loss"],
+            "weight_norm": c["weight_norm"],
+            "circuit_layers": c["circuit"]["layers"],
+        }
+        for c in series.checkpoints
+    ]
+    doc = {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "grokscope_version": __version__,
+        "run": {
+            "path": str(run.path),
+            "name": run.config.name,
+            "task": run.config.task.task,
+            "config": run.config.to_dict(),
+            "data": run.data_info,
+        },
+        "analysis": series.args,
+        "steps": series.steps,
+        "early_step": early_step(series),
+        "grokking": series.grokking,
+        "checkpoints": per_ckpt,
+        "lens": lens,
+        "tracing": tracing,
+        "circuit": final["circuit"],
+        "circuits": [c["circuit"] for c in series.checkpoints],
+        "measures": series.measures(),
+        "ood": final.get("ood"),
+    }
+    return _finite(json.loads(json.dumps(doc, default=str)))
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1400px;
+       padding: 0 24px 48px; color: #222; }
+h1 { margin-bottom: 4px; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 36px; }
+p.note { color: #555; max-width: 1000px; }
+table { border-collapse: collapse; font-size: 13px; margin: 8px 0 16px; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
+th { background: #f4f4f4; } td.l, th.l { text-align: left; }
+code { background: #f4f4f4; padding: 0 3px; }
+nav a { margin-right: 14px; }
+"""
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) -> str:
+    def cell(v: Any, i: int, tag: str) -> str:
+        if isinstance(v, float):
+            v = "-" if not math.isfinite(v) else f"{v:.4g}"
+        elif v is None:
+            v = "-"
+        cls = ' class="l"' if i < left else ""
+        return f"<{tag}{cls}>{html.escape(str(v))}</{tag}>"
+
+    head = "".join(cell(h, i, "th") for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell(v, i, "td") for i, v in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fig_html(fig: Any, div_id: str) -> str:
+    return fig.to_html(
+        full_html=False, include_plotlyjs=False, div_id=div_id, auto_play=False,
+        config={"displaylogo": False, "responsive": True},
+    )
+
+
+def _figures(series: SeriesResult) -> list[tuple[str, str, str, Any]]:
+    """(anchor, heading, explanation, figure) of every section, in page order."""
+    from grokscope import plots
+
+    last = series.steps[-1]
+    early = early_step(series)
+    final = series.checkpoints[-1]
+    m = series.measures()
+    out: list[tuple[str, str, str, Any]] = [
+        ("curves", "Training curves",
+         "Accuracy and loss of every evaluated split (log step axis). Triangles mark checkpoints; dashed "
+         "lines mark where train accuracy saturated and where test ID accuracy generalized.",
+         plots.training_curves(series.metrics, series.steps, series.grokking)),
+        ("lens", f"Logit lens at step {last}",
+         "MRR of each target token decoded from the residual stream S[l, p] through the final norm and "
+         "unembedding (rows: hook names). Hover shows the most frequent decoded token.",
+         plots.lens_heatmap(series, last)),
+        ("tracing", f"Causal tracing at step {last}" + (f" and its change since step {early}" if early is not None else ""),
+         "Fraction of examples whose top-1 prediction changes when S[l, p] is copied from the "
+         "counterfactual run (one panel per perturbation)" + (
+             f"; second row: step {last} minus step {early}." if early is not None else "."),
+         plots.tracing_heatmap(series, last, diff_from=early)),
+        ("circuit", f"Located circuit at step {last}",
+         "Nodes sit at (input position, layer); edge width and colour are the causal strength of the "
+         "state the edge passes through, under the perturbation that changes what it carries.",
+         plots.circuit_diagram(final["circuit"])),
+    ]
+    if early is not None:
+        out.append(("circuit-early", f"Circuit at the early step {early}",
+                    "The same finder on the early checkpoint, for comparison.",
+                    plots.circuit_diagram(series.checkpoint(early)["circuit"])))
+    out += [
+        ("lens-formation", "Formation over training: logit lens",
+         "Drag the slider to move through the analysed checkpoints (starts at the last one).",
+         plots.lens_formation(series)),
+        ("tracing-formation", "Formation over training: causal tracing",
+         "Drag the slider to move through the analysed checkpoints (starts at the last one).",
+         plots.tracing_formation(series)),
+        ("measures", "Circuit measures beside accuracy",
+         f"Measures at the fixed reference layer S[{m['reference_layer']}] (<code>{m['hook_name']}</code>): "
+         "lens MRR (solid) and causal strength (dashed), next to the accuracies and the total weight norm.",
+         plots.circuit_measures(series)),
+    ]
+    if final.get("ood"):
+        out.append(("ood", f"OOD diagnosis at step {last}",
+                    "On test OOD inferred facts the lower layers still resolve the bridge at r1 (solid), but the "
+                    "answer never forms in the upper layers (dotted) and the final accuracy (star) stays low; "
+                    "test ID facts for contrast.",
+                    plots.ood_diagnosis_figure(final["ood"])))
+    return out
+
+
+def render_html(series: SeriesResult, run: Run) -> str:
+    """The report page: one ``<script>`` with plotly.js in the head, then every figure."""
+    from plotly.offline import get_plotlyjs
+
+    g = series.grokking
+    title = f"grokscope report: {run.path.resolve().name}"
+    cfg = run.config
+    config_rows = [
+        ("run directory", str(run.path)), ("config name", cfg.name), ("task", cfg.task.task),
+        ("model", ", ".join(f"{k}={v}" for k, v in cfg.to_dict()["model"].items()
+                            if k in ("n_layers", "d_model", "n_heads", "d_mlp"))),
+        ("task settings", ", ".join(f"{k}={v}" for k, v in cfg.to_dict()["task"].items() if k != "task")),
+        ("training", ", ".join(f"{k}={cfg.to_dict()['train'][k]}" for k in ("lr", "weight_decay", "batch_size", "max_steps"))),
+        ("checkpoints analysed", ", ".join(map(str, series.steps))),
+        ("examples", f"{series.args['n']} of {series.args['split']} (seed {series.args['seed']}), lens threshold "
+                     f"{series.args['threshold']}"),
+        ("grokscope", __version__),
+    ]
+    grok_rows = [(k, g.get(k)) for k in ("train_saturated_step", "iid_at_saturation", "iid_generalized_step",
+                                         "grokking_gap", "groks", "final_step", "max_ood")]
+    splits = ["train_inferred", "test_inferred_iid", "test_inferred_ood"]
+    ck_rows = []
+    layer_keys = sorted({k for c in series.checkpoints for k in c["circuit"]["layers"]})
+    for c in series.checkpoints:
+        ck_rows.append([c["step"], *[c["acc"].get(s) for s in splits], c["weight_norm"],
+                        *[c["circuit"]["layers"].get(k) for k in layer_keys]])
+    final_c = series.checkpoints[-1]["circuit"]
+    edge_rows = [(e["src"], e["dst"], e["perturbation"], e["weight"]) for e in final_c["edges"]]
+    node_rows = [(nd["name"], nd["hook_name"], nd["content"], nd.get("mrr"), nd.get("strength"))
+                 for nd in final_c["nodes"]]
+    figs = _figures(series)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style>",
+        '<script type="text/javascript">window.PlotlyConfig = {MathJaxConfig: "local"};</script>',
+        f'<script type="text/javascript">{get_plotlyjs()}</script>',
+        "</head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        '<p class="note">Mechanistic analysis after Wang et al. (2024), "Grokked Transformers are Implicit '
+        'Reasoners". Places are named by TransformerLens hook names; S[l] is <code>blocks.l.hook_resid_pre</code> '
+        "(S[L]: the last block's <code>hook_resid_post</code>).</p>",
+        "<nav>" + "".join(f'<a href="#{a}">{html.escape(h)}</a>' for a, h, _, _ in figs) + "</nav>",
+        "<h2 id=\"run\">Run</h2>",
+        _table(("setting", "value"), config_rows, left=2),
+        "<h2 id=\"grokking\">Grokking</h2>",
+        _table(("statistic", "value"), grok_rows),
+        "<h2 id=\"checkpoints\">Checkpoints</h2>",
+        _table(("step", "train acc", "test ID acc", "test OOD acc", "weight norm",
+                *[f"layer {k}" for k in layer_keys]), ck_rows, left=0),
+    ]
+    for anchor, heading, note, fig in figs:
+        parts += [f'<h2 id="{anchor}">{html.escape(heading)}</h2>', f'<p class="note">{note}</p>',
+                  _fig_html(fig, f"fig-{anchor}")]
+        if anchor == "circuit":
+            parts += [_table(("node", "hook", "content", "MRR", "max strength"), node_rows),
+                      _table(("edge from", "to", "perturbation", "weight"), edge_rows, left=3)]
+            if final_c.get("notes"):
+                parts.append('<p class="note">' + html.escape("; ".join(final_c["notes"])) + "</p>")
+    parts += [f'<p class="note">Written by grokscope {__version__}; data in <code>{SUMMARY_FILE}</code>.</p>',
+              "</body></html>"]
+    return "\n".join(parts)
+
+
+def write_report(
+    run: Run | str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    steps: str | Sequence[int] | None = None,
+    split: str = DEFAULT_SPLIT,
+    n: int | None = DEFAULT_EXAMPLES,
+    seed: int = 0,
+    threshold: float | None = None,
+    progress: bool = True,
+    cache: bool = True,
+    device: str | None = None,
+) -> Report:
+    """Analyse a run and write ``report.html`` and ``summary.json`` into ``out``.
+
+    Args:
+        run: a :class:`Run` or its directory (composition or comparison).
+        out: output directory (default ``reports/<run directory name>``).
+        steps: ``None``/``"all"``, ``"N,M"`` or a list of checkpoint steps.
+        split: the split whose examples are analysed.
+        n: examples per checkpoint (the paper: 300).
+        seed: sampling seed (the same examples at every step).
+        threshold: lens MRR threshold of the circuit finder (default 0.5).
+        progress: tqdm bar over checkpoints.
+        cache: use the run's analysis cache.
+        device: where models are loaded (None: CPU).
+
+    Returns:
+        A :class:`Report` with both paths.
+
+    Example:
+        >>> write_report("runs/tiny", "reports/tiny", steps="0,1500")    # doctest: +SKIP
+    """
+    from grokscope.analysis.circuits import DEFAULT_THRESHOLD
+
+    run = run if isinstance(run, Run) else Run.open(run)
+    series = analyse_series(
+        run, steps, split=split, n=n, seed=seed,
+        threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+        progress=progress, cache=cache, device=device,
+    )
+    out_dir = Path(out) if out is not None else default_out_dir(run)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    page = render_html(series, run)
+    atomic_write_bytes(out_dir / REPORT_FILE, page.encode("utf-8"))
+    atomic_write_json(out_dir / SUMMARY_FILE, summary_dict(series, run))
+    return Report(html=out_dir / REPORT_FILE, summary=out_dir / SUMMARY_FILE, series=series)
