@@ -317,20 +317,18 @@ def _check_split_arg(run, split: str) -> None:
 
 
 def _grid(title: str, row_labels: list[str], col_labels: list[str], values: list[list[Any]]) -> None:
+    def fmt(v: Any) -> str:
+        if v is None or (isinstance(v, float) and v != v):
+            return "-"
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    cells = [[fmt(v) for v in row] for row in values]
     typer.echo(title)
     w0 = max([len(r) for r in row_labels] + [5])
-    widths = [max(len(c), 6) for c in col_labels]
+    widths = [max([len(c)] + [len(row[j]) for row in cells if j < len(row)]) for j, c in enumerate(col_labels)]
     typer.echo("  " + " " * w0 + "  " + "  ".join(c.rjust(w) for c, w in zip(col_labels, widths)))
-    for label, row in zip(row_labels, values):
-        cells = []
-        for v, w in zip(row, widths):
-            if v is None or (isinstance(v, float) and v != v):
-                cells.append("-".rjust(w))
-            elif isinstance(v, float):
-                cells.append(f"{v:.3f}".rjust(w))
-            else:
-                cells.append(str(v).rjust(w))
-        typer.echo(f"  {label.ljust(w0)}  " + "  ".join(cells))
+    for label, row in zip(row_labels, cells):
+        typer.echo(f"  {label.ljust(w0)}  " + "  ".join(c.rjust(w) for c, w in zip(row, widths)))
 
 
 def _write_json(path: Path, doc: Any) -> None:

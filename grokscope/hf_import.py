@@ -80,6 +80,8 @@ _UNSUPPORTED_FLAGS = ("no_ln", "no_mlp", "share_mlp", "add_memory", "re_embed", 
 """Switches of the authors' modified GPT-2 that change the architecture beyond what
 grokscope's model expresses; a checkpoint with any of them on is refused."""
 _TL_LN_EPS = 1e-5
+_MIN_TORCH_WEIGHTS_ONLY = (2, 6)
+"""torch before 2.6 could run code through ``torch.load(weights_only=True)`` (CVE-2025-32434)."""
 
 
 class HFImportError(ValueError):
@@ -329,6 +331,13 @@ def load_hf_tensors(directory: str | os.PathLike[str]) -> dict[str, torch.Tensor
 def _torch_load_weights_only(path: Path) -> dict[str, torch.Tensor]:
     import pickle
 
+    version = tuple(int(x) for x in re.findall(r"\d+", torch.__version__)[:2])
+    if version < _MIN_TORCH_WEIGHTS_ONLY:
+        raise HFImportError(
+            f"{path}: refused: torch {torch.__version__} has a known bypass of torch.load(weights_only=True) "
+            "(CVE-2025-32434, fixed in 2.6); upgrade torch, or convert the file to model.safetensors "
+            "in a sandbox"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, ValueError, TypeError, AttributeError, EOFError) as e:
@@ -540,8 +549,11 @@ def import_hf(
             tensors = convert_gpt2_tensors(load_hf_tensors(ck.path), model_cfg, ids, n_ctx, where=str(ck.path))
             meta = {"step": s, "wall_time": None, "metrics": None, "source": str(ck.path.resolve())}
             write_checkpoint(tmp, s, tensors, meta)
-            provenance["checkpoints"].append({"step": s, "source": str(ck.path.resolve()), "step_known": ck.step is not None})
-            provenance["token_ids"] = dict(zip(vocab.tokens, ids))
+            entry = {"step": s, "source": str(ck.path.resolve()), "step_known": ck.step is not None}
+            token_ids = dict(zip(vocab.tokens, ids))
+            if provenance.setdefault("token_ids", token_ids) != token_ids:  # this tokenizer differs
+                entry["token_ids"] = token_ids
+            provenance["checkpoints"].append(entry)
         run = Run.open(tmp)
         run.load_model(steps[0])  # the first checkpoint loads strictly into the run's model
         (tmp / IMPORT_FILE).write_text(json.dumps(provenance, indent=2) + "\n")

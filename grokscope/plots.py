@@ -330,7 +330,7 @@ def _trace_traces(view: dict[str, Any], metric_label: str, diff: dict[str, Any] 
 def _trace_figure(view: dict[str, Any], rows: int, titles: list[str], metric_label: str) -> go.Figure:
     n = len(view["perturbations"])
     fig = make_subplots(rows=rows, cols=n, subplot_titles=titles, horizontal_spacing=0.04,
-                        vertical_spacing=0.2, shared_yaxes=True)
+                        vertical_spacing=0.24, shared_yaxes=True)
     vals, ticks = _layer_ticks(view["hook_names"]) if view["heads"] is None else (
         list(range(len(view["hook_names"]))), view["hook_names"])
     for r in range(1, rows + 1):

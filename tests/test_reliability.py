@@ -125,10 +125,6 @@ def test_pickle_file_in_checkpoint_dir_is_refused(run_copy, tmp_path, only_pickl
 # --------------------------------------------------------------------------- CLI errors
 
 
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(GROKSCOPE), *args], env=ENV, capture_output=True, text=True, timeout=timeout)
-
-
 def _damage(run: Path, kind: str, tmp_path: Path) -> tuple[str, str]:
     """Break ``run`` one way; return (the path the error must name, a word of advice it must hold)."""
     ck = run / CHECKPOINTS_DIR / step_dir_name(20)
@@ -158,25 +154,55 @@ def _damage(run: Path, kind: str, tmp_path: Path) -> tuple[str, str]:
     raise AssertionError(kind)
 
 
+def _main_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run ``grokscope.cli.main`` (the console entry point) here: exit code and stderr."""
+    from grokscope import cli
+
+    monkeypatch.setattr(sys, "argv", ["grokscope", *args])
+    monkeypatch.delenv("GROKSCOPE_DEBUG", raising=False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    return info.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("kind", ["truncated", "garbage", "pickle", "config-shape", "vocab", "schema", "missing-step"])
-def test_cli_eval_errors_are_one_line(run_copy, tmp_path, kind):
+def test_eval_errors_are_one_line(run_copy, tmp_path, monkeypatch, capsys, kind):
+    """Every kind of damage, through the CLI's entry point (in process: no import cost)."""
     if kind == "missing-step":
         names, advice, step = str(run_copy), "--step", "7"
     else:
         (names, advice), step = _damage(run_copy, kind, tmp_path), "20"
-    res = _cli("eval", str(run_copy), "--step", step)
-    lines = res.stderr.strip().splitlines()
-    assert res.returncode == 2, res.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    code, err = _main_in_process(monkeypatch, capsys, "eval", str(run_copy), "--step", step)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert names in lines[0] and advice in lines[0], lines[0]
-    assert "Traceback" not in res.stderr
     assert not (tmp_path / "pwned").exists()
 
 
-def test_cli_debug_shows_traceback(run_copy, tmp_path):
-    _damage(run_copy, "truncated", tmp_path)
-    res = _cli("--debug", "eval", str(run_copy), "--step", "20")
-    assert res.returncode != 0 and "Traceback" in res.stderr and "RunError" in res.stderr
+def test_cli_subprocess_one_line_exit_2_and_debug_traceback(full_run, tmp_path):
+    """The real ``grokscope`` executable: one line and exit 2; ``--debug`` shows the traceback."""
+    runs = {}
+    for name in ("truncated", "debug"):
+        runs[name] = tmp_path / name
+        shutil.copytree(full_run.path, runs[name])
+        _damage(runs[name], "truncated" if name == "debug" else name, tmp_path / name)
+    procs = {
+        name: subprocess.Popen(
+            [str(GROKSCOPE), *(["--debug"] if name == "debug" else []), "eval", str(path), "--step", "20"],
+            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for name, path in runs.items()
+    }
+    out = {name: p.communicate(timeout=120) for name, p in procs.items()}
+    err = out["truncated"][1]
+    assert procs["truncated"].returncode == 2, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert str(runs["truncated"] / CHECKPOINTS_DIR / step_dir_name(20) / MODEL_FILE) in err
+    assert "Traceback" not in err
+    err = out["debug"][1]
+    assert procs["debug"].returncode != 0 and "Traceback" in err and "RunError" in err
 
 
 # --------------------------------------------------------------------------- write failures
@@ -296,7 +322,7 @@ def test_kill9_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
     start = time.monotonic()
     first = [str(GROKSCOPE), "train", "--preset", "composition-tiny", "--out", str(path), "-q", *KILL_OVERRIDES]
     again = [str(GROKSCOPE), "train", "--resume", str(path), "-q"]
-    plan = ["write", "random", "write", "random"]
+    plan = ["write", "random", "write"]
     kills, mid_write = 0, 0
     for i, mode in enumerate(plan):
         proc = subprocess.Popen(first if i == 0 else again, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -98,10 +98,10 @@ def check_tokens(
         t = tokens if isinstance(tokens, torch.Tensor) else torch.as_tensor(np.asarray(tokens))
     except (ValueError, TypeError, RuntimeError) as e:
         raise ValueError(f"{what}: not a rectangular [batch, pos] array of token ids ({e})") from None
-    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
-        raise ValueError(f"{what}: expected integer token ids, got dtype {t.dtype}")
     if t.ndim != 2:
         raise ValueError(f"{what}: expected shape [batch, pos], got {tuple(t.shape)}")
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{what}: expected integer token ids, got dtype {t.dtype}")
     n, n_pos = t.shape
     if n == 0 and not allow_empty:
         raise ValueError(f"{what}: empty batch (no examples)")

@@ -58,8 +58,21 @@ from grokscope.analysis.lens import (
     logit_lens,
     residual_stack,
 )
-from grokscope.analysis.tracing import PERTURBATIONS, SITE_KINDS, TraceResult, make_counterfactuals, trace
-from grokscope.run import META_FILE, MODEL_FILE, Run, atomic_write_bytes, read_safetensors, step_dir_name
+from grokscope.analysis.tracing import (
+    PERTURBATIONS,
+    SITE_KINDS,
+    TraceResult,
+    make_counterfactuals,
+    trace,
+)
+from grokscope.run import (
+    META_FILE,
+    MODEL_FILE,
+    Run,
+    atomic_write_bytes,
+    read_safetensors,
+    step_dir_name,
+)
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -391,7 +404,8 @@ def checkpoint_circuit(
 
     Returns:
         :meth:`Circuit.to_dict`: resolve layers, nodes (hook names, causal strengths,
-        MRR), weighted edges, and the lens/tracing evidence.
+        MRR), weighted edges, and the lens/tracing evidence; plus ``examples`` (the
+        split, the sampled rows and their input token ids).
     """
     run, cache_ = _context(run, cache)
     args = {"split": split, "n": n, "seed": seed, "threshold": threshold, "within_class": within_class}
@@ -404,7 +418,10 @@ def checkpoint_circuit(
     perts = PERTURBATIONS[task_family(ck.dataset.task)]
     tracing = _trace_object(ck, split, n, seed, "resid", perts)
     circuit = build_circuit(ck.dataset.task, lens, tracing, threshold=threshold, step=step)
-    return cache_.put(step, "circuit", args, circuit.to_dict())
+    rows = _lens_objects(ck, split, n, seed, within_class)[1]
+    examples = {"split": split, "example_index": rows.tolist(),
+                "inputs": ck.dataset.splits[split].input_ids[rows].tolist()}
+    return cache_.put(step, "circuit", args, {**circuit.to_dict(), "examples": examples})
 
 
 def weight_norm(run: Run | str | os.PathLike[str], step: int, *, cache: AnalysisCache | bool = True) -> float:
@@ -775,7 +792,7 @@ def analyse_series(
             "logit_diff": dict(zip(tr["perturbations"], tr["logit_diff"])),
             "n_examples": tr["n_examples"],
             "clean_accuracy": tr["clean_accuracy"],
-            "circuit": {k: v for k, v in circ.items() if k not in ("mrr", "strength")},
+            "circuit": {k: v for k, v in circ.items() if k not in ("mrr", "strength", "examples")},
             "ood": ood_d,
         })
     assert first_lens is not None and first_trace is not None

@@ -296,6 +296,13 @@ def generate_complex(cfg: ComplexConfig) -> TaskDataset:
     """Generate the complex-reasoning task (see :func:`complex_reasoning`)."""
     rng = np.random.default_rng([cfg.seed, 0xC2])
     kb = _kb(cfg, rng)
+    n_ood = int(kb.ood.sum())
+    if n_ood > cfg.probe_size:
+        raise ValueError(
+            f"probe_size={cfg.probe_size} is below the {n_ood} OOD atomic facts: complex reasoning keeps "
+            "OOD facts out of training, so the ood_atomic probe split is their only record in the "
+            f"paper's files and must hold them all; use probe_size >= {n_ood}"
+        )
     vocab = Vocab.comparison(cfg.n_entities, cfg.n_attributes, cfg.n_values)
     build = _Builder(kb, vocab)
 

@@ -148,12 +148,17 @@ def make_split(
 
 
 def concat_splits(name: str, parts: list[Split], pad_id: int) -> Split:
-    """Concatenate splits of possibly different lengths (right-padded with ``pad_id``)."""
-    width = max(s.tokens.shape[1] for s in parts)
+    """Concatenate splits of possibly different lengths (right-padded with ``pad_id``).
+
+    The width is that of the widest non-empty part, so an empty part adds no padding
+    columns (the result is what reading the split back from its files gives).
+    """
+    width = max(s.tokens.shape[1] for s in ([s for s in parts if len(s)] or parts))
     tokens = np.full((sum(len(s) for s in parts), width), pad_id, dtype=np.int64)
     row = 0
     for s in parts:
-        tokens[row : row + len(s), : s.tokens.shape[1]] = s.tokens
+        if len(s):
+            tokens[row : row + len(s), : s.tokens.shape[1]] = s.tokens
         row += len(s)
     keys = sorted(set().union(*(s.meta for s in parts)))
     meta = {
