@@ -47,6 +47,11 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "make_counterfactuals": ("grokscope.analysis.tracing", "make_counterfactuals"),
     "trace": ("grokscope.analysis.tracing", "trace"),
     "find_circuit": ("grokscope.analysis.circuits", "find_circuit"),
+    "analyse_series": ("grokscope.analysis.series", "analyse_series"),
+    "ood_diagnosis": ("grokscope.analysis.series", "ood_diagnosis"),
+    # figures and reports
+    "plots": ("grokscope.plots", ""),
+    "write_report": ("grokscope.report", "write_report"),
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -57,7 +62,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'grokscope' has no attribute {name!r}")
     module, attr = _EXPORTS[name]
     obj: Any = importlib.import_module(module)
-    for part in attr.split("."):
+    for part in filter(None, attr.split(".")):
         obj = getattr(obj, part)
     globals()[name] = obj
     return obj
