@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 report: $(STAMP)
-	$(VENV)/bin/grokscope data composition --out runs/data/composition-paper
+	$(VENV)/bin/grokscope report checkpoints/composition-small --out reports/composition-small
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 TQDM_DISABLE=1 $(VENV)/bin/python -m pytest -q

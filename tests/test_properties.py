@@ -41,7 +41,7 @@ from grokscope.tasks import (
 )
 from grokscope.tasks.vocab import END
 
-SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=20, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 WILD_FRACTIONS = st.one_of(st.floats(-0.2, 1.2), st.sampled_from([0.0, 1.0, math.nan, math.inf]))
 WILD_PHI = st.one_of(st.floats(-1.0, 12.0), st.sampled_from([math.nan, math.inf, 1e9]))

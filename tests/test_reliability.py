@@ -300,7 +300,7 @@ def _kill_when(proc: subprocess.Popen, ck_dir: Path, mode: str, delay: float, de
     armed_at = None
     while proc.poll() is None and time.monotonic() < deadline:
         names = listing()
-        if mode == "write" and before and any(".tmp-" in n for n in names):
+        if mode == "write" and before and any(n.endswith(f".tmp-{proc.pid}") for n in names):
             proc.send_signal(signal.SIGKILL)
             break
         if mode == "random":
@@ -331,7 +331,7 @@ def test_kill9_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
             assert proc.returncode == 0, proc.stderr.read().decode()
             break
         kills += 1
-        mid_write += any(".tmp-" in n for n in os.listdir(path / CHECKPOINTS_DIR))
+        mid_write += any(n.endswith(f".tmp-{proc.pid}") for n in os.listdir(path / CHECKPOINTS_DIR))
         run = Run.open(path)  # loadable after every kill
         run.load_model(run.steps()[-1])
     else:
