@@ -28,7 +28,7 @@ def test_shipped_run_is_complete_and_small(name):
     assert 10 <= len(steps) <= 20
     assert steps[0] == 0 and steps[-1] == run.metrics()[-1]["step"]
     size = sum(f.stat().st_size for f in run.path.rglob("*") if f.is_file() and ".grokscope-cache" not in f.parts)
-    assert size < 15 * 2**20
+    assert size < 20 * 2**20
     assert not list(run.path.rglob("optimizer.safetensors"))
     run.dataset()  # the data split is there and matches its content hash
 
@@ -50,3 +50,23 @@ def test_composition_grokked():
     assert s["train_saturated_step"] is not None and s["iid_at_saturation"] <= 0.6
     assert s["final_test_inferred_iid"] >= 0.85
     assert s["max_ood"] <= 0.15  # composition does not generalise OOD (paper)
+
+
+@pytest.mark.slow
+def test_composition_circuit_forms_across_grokking():
+    """The paper's picture on the shipped run, found automatically (values in the README)."""
+    import numpy as np
+
+    from grokscope.analysis.series import analyse_series
+
+    s = analyse_series(_run("composition-small"), n=300, progress=False)
+    final = s.to_dict()["checkpoints"][-1]
+    bridge_layer = final["circuit"]["layers"]["bridge@r1"]
+    assert bridge_layer is not None and bridge_layer <= 2  # resolved low, as the paper
+    assert float(np.asarray(s.lens_mrr("bridge@r1"))[-1, bridge_layer]) >= 0.8
+    h = np.asarray(s.strength("h"))  # [step, layer, pos]; positions h=0, r1=1, r2=2
+    upper = h.shape[1] - 2  # the highest residual state below the output
+    # S[upper, r1] carries h's effect (the bridge) only after grokking ...
+    assert h[1, upper, 1] < 0.1 and h[-1, upper, 1] > 0.8
+    # ... while the h position's upper states lose the direct effect they had.
+    assert h[:, 2, 0].max() > 0.3 and h[-1, 2, 0] < 0.05
