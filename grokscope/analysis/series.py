@@ -605,7 +605,9 @@ class SeriesResult:
         ``r2`` at ``S[b, r2]``, causal strength of ``S[b, r1]`` under ``h'`` (the link
         that grows during grokking) and of ``S[b, r2]`` under ``r2'``, MRR of ``t`` at
         ``S[L, r2]``. Comparison: MRR of ``v1``/``v2``/the labels at ``S[b, e1|e2|attr]``
-        and their causal strengths under ``e1'``/``e2'``/``attr'``.
+        and their causal strengths under ``e1'``/``e2'``/``attr'``. Both: the circuit
+        share, the strength of the top intermediate state ``S[L-1]`` of the entity
+        position(s) (``r1`` under ``h'``; ``e1``/``e2`` under ``e1'``/``e2'``).
 
         Returns:
             ``{"reference_layer", "hook_name", "measures": {label: [value per step]},
@@ -640,6 +642,15 @@ class SeriesResult:
         if out_target in self.lens_targets:
             m[f"MRR {out_target.split('@')[0]} @ S[{L},{self.position_roles[-1]}]"] = [
                 float(c["lens"][out_target][L]) for c in self.checkpoints
+            ]
+        # Share of the prediction the generalizing circuit explains: how often copying the
+        # top intermediate state of the entity position(s) from a counterfactual run
+        # (h' for composition; e1'/e2' for comparison) changes the prediction. A
+        # memorizing model reads the answer off the input tokens and scores ~0 here.
+        share_spec = [("h", "r1")] if self.task == "composition" else [("e1", "e1"), ("e2", "e2")]
+        if L >= 2 and all(p in self.perturbations and r in roles for p, r in share_spec):
+            m[f"circuit share (S[{L - 1},{'+'.join(r for _, r in share_spec)}])"] = [
+                float(np.mean([c["strength"][p][L - 1][roles[r]] for p, r in share_spec])) for c in self.checkpoints
             ]
         names = sorted({k for c in self.checkpoints for k in c["circuit"]["layers"]})
         return {
