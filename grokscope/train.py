@@ -49,8 +49,12 @@ if TYPE_CHECKING:
     from grokscope.tasks.dataset import TaskDataset
 
 DEFAULT_THREADS = 1
-"""CPU threads when neither the config nor OMP_NUM_THREADS says: measured faster here
-(see benchmarks/threads.py) and robust when another process holds the second core."""
+"""CPU threads when neither the config nor OMP_NUM_THREADS says. Measured with
+``benchmarks/threads.py`` (composition-small shape, batch 256) on the 2-core machine:
+idle, 2 threads ran 1.55x faster than 1 (18.5 vs 11.9 steps/s); with the other core
+busy, 2 threads ran at 0.52x (6.0 vs 11.4 steps/s). One thread is the default because
+it never collapses (sweeps, tests and notebooks share the machine); pass
+``--threads 2`` on an idle machine."""
 
 
 # --------------------------------------------------------------------------- setup
