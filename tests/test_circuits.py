@@ -105,7 +105,8 @@ def test_comparison_parallel_circuit():
         "label@last": [0, 0, 0, 0.5, 1],
     })
     c = build_circuit("comparison", lens, _tracing(["e1", "e2", "attr"], roles, strength), threshold=0.75)
-    assert c.layers == {"v1@e1": 2, "v2@e2": 2, "labels@attr": 3, "label@last": 4}
+    assert c.layers == {"v1@e1": 2, "v2@e2": 2, "labels@attr": 3, "label@last": 4,
+                        "e1 held@e1": None, "e2 held@e2": None}
     assert c.parallel is True
     edges = {(e.src, e.dst): e.weight for e in c.edges}
     assert edges[("S[2,e1]", "S[4,e2]")] == pytest.approx(0.95)
@@ -113,6 +114,34 @@ def test_comparison_parallel_circuit():
     assert ("S[3,attr]", "S[4,e2]") in edges
     with pytest.raises(ValueError, match="lacks"):
         build_circuit("composition", lens, _tracing(["e1", "e2", "attr"], roles, strength))
+
+
+def test_comparison_values_held_in_place_found_by_tracing():
+    """Values the lens cannot decode: tracing shows each entity's effect staying at its
+    own position (S[0..2, e1], S[0..3, e2]) before the output reads it: still parallel."""
+    roles = {"attr": 0, "q": 1, "e1": 2, "mask": 3, "e2": 4}
+    strength = torch.zeros(3, L + 1, 5)
+    strength[0, 0:3, 2] = torch.tensor([1.0, 0.98, 0.9])  # e1' at S[0..2, e1], then gone
+    strength[0, 3:, 4] = 0.9  # ... and at the last position from layer 3 on
+    strength[1, :, 4] = 1.0  # e2' at every S[l, e2]
+    strength[2, 0, 0] = 1.0
+    lens = _lens({
+        "v1@e1": [0] * 5, "v2@e2": [0] * 5,
+        "label0@attr": [0] * 5, "label1@attr": [0] * 5, "label2@attr": [0] * 5,
+        "label@last": [0, 0, 0, 0.5, 1],
+    })
+    c = build_circuit("comparison", lens, _tracing(["e1", "e2", "attr"], roles, strength), threshold=0.75)
+    assert c.layers["v1@e1"] is None and c.layers["v2@e2"] is None
+    assert c.layers["e1 held@e1"] == 2 and c.layers["e2 held@e2"] == 3
+    assert c.parallel is True
+    edges = {(e.src, e.dst): e.weight for e in c.edges}
+    assert edges[("S[0,e1]", "S[2,e1]")] == pytest.approx(0.9)
+    assert ("S[3,e2]", "S[4,e2]") in edges
+    # Without the tracing evidence there is no parallel claim.
+    strength[0, 1:3, 2] = 0.0
+    strength[1, 1:, 4] = 0.0
+    c = build_circuit("comparison", lens, _tracing(["e1", "e2", "attr"], roles, strength), threshold=0.75)
+    assert c.parallel is None and ("S[0,e1]", "S[4,e2]") in {(e.src, e.dst) for e in c.edges}
 
 
 def test_find_circuit_end_to_end_matches_its_parts():

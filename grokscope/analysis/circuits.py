@@ -136,11 +136,18 @@ class Circuit:
 
     @property
     def parallel(self) -> bool | None:
-        """Comparison: v1 and v2 resolved within one layer of each other (None otherwise)."""
-        l1, l2 = self.layers.get("v1@e1"), self.layers.get("v2@e2")
-        if self.task != "comparison" or l1 is None or l2 is None:
+        """Comparison: v1 and v2 resolved by the lens within one layer of each other, or
+        (when the lens decodes neither) both entities' effects held at their own positions
+        past layer 0 by tracing. None for composition or when there is no evidence."""
+        if self.task != "comparison":
             return None
-        return abs(l1 - l2) <= 1
+        l1, l2 = self.layers.get("v1@e1"), self.layers.get("v2@e2")
+        if l1 is not None and l2 is not None:
+            return abs(l1 - l2) <= 1
+        h1, h2 = self.layers.get("e1 held@e1"), self.layers.get("e2 held@e2")
+        if h1 is not None and h2 is not None:
+            return True
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -264,14 +271,37 @@ def build_circuit(
         inputs = {r: node(0, r, r) for r in ("attr", "e1", "e2")}
         out = node(L, "e2", "label", float(mrr["label@last"][L]))
         nodes, edges = [*inputs.values()], []
+        # Tracing view of the same question: up to which layer does an entity's effect
+        # still sit at its own position (every S[0..l, e] flips >= threshold of the
+        # predictions when patched from the e' run)? Values the lens cannot decode may
+        # still be held there; both entities held in their own positions is the
+        # paper's parallel circuit.
+        for role in ("e1", "e2"):
+            held = None
+            if role in strength and roles[role] in col:
+                s_pos = strength[role][:, col[roles[role]]]
+                for lay in range(L):
+                    if float(s_pos[lay]) < threshold:
+                        break
+                    held = lay
+            layers[f"{role} held@{role}"] = held if held is not None and held >= 1 else None
         for target, role, content, pert in (
             ("v1@e1", "e1", "v1", "e1"), ("v2@e2", "e2", "v2", "e2"), ("labels@attr", "attr", "labels", "attr")
         ):
             lay = layers[target]
+            held = layers.get(f"{role} held@{role}")
             if lay is not None and 0 < lay < L:
                 mid = node(lay, role, content, float(mrr[target][lay]))
                 nodes.append(mid)
                 edges += [edge(inputs[role], mid, pert), edge(mid, out, pert)]
+            elif held is not None:
+                mid = node(held, role, f"{content} (held, by tracing)", float(mrr[target][held]))
+                nodes.append(mid)
+                edges += [edge(inputs[role], mid, pert), edge(mid, out, pert)]
+                notes.append(
+                    f"{target} not decodable by the lens (MRR {float(mrr[target].max()):.2f} at best), but "
+                    f"tracing holds {role}'s effect at its own position up to S[{held},{role}]"
+                )
             else:
                 notes.append(f"{target} never resolved below the last layer: {role} linked straight to the output")
                 edges.append(edge(inputs[role], out, pert))

@@ -93,6 +93,10 @@ IID_SPLIT = "test_inferred_iid"
 # --------------------------------------------------------------------------- helpers
 
 
+ANALYSIS_VERSION = 2
+"""Bump when an analysis changes its results, so older cache entries stop matching."""
+
+
 def task_family(task: str) -> str:
     """``composition`` or ``comparison`` (``complex`` counts as comparison)."""
     return "composition" if task == "composition" else "comparison"
@@ -168,6 +172,7 @@ class AnalysisCache:
             "analysis": name,
             "args": _jsonable(args),
             "grokscope_version": __version__,
+            "analysis_version": ANALYSIS_VERSION,
             "data_hash": self.run.data_info.get("content_hash"),
             "checkpoint": self.fingerprint(step),
         }
