@@ -432,8 +432,8 @@ def trace_cmd(
 
     Example: grokscope trace checkpoints/composition-small --perturb h,r1 --site resid --json trace.json
     """
-    from grokscope.analysis.series import checkpoint_trace, task_family
-    from grokscope.analysis.tracing import PERTURBATIONS, SITE_KINDS
+    from grokscope.analysis.series import checkpoint_trace
+    from grokscope.analysis.tracing import PERTURBATIONS, SITE_KINDS, task_family
 
     _check_examples(examples)
     if site not in SITE_KINDS:

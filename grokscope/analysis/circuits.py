@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from grokscope.analysis.lens import LensResult, lens_split
-from grokscope.analysis.tracing import TraceResult, make_counterfactuals, trace
+from grokscope.analysis.tracing import TraceResult, make_counterfactuals, task_family, trace
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -202,7 +202,7 @@ def build_circuit(
     n_states = len(tracing.hook_names)
     if tracing.layers != list(range(n_states)) or n_states != len(lens.hook_names):
         raise ValueError("build_circuit needs resid tracing over every layer 0..L (trace(..., layers=None))")
-    family = "composition" if task == "composition" else "comparison"
+    family = task_family(task)
     roles = dict(tracing.counterfactuals[tracing.perturbations[0]].roles)
     col = {p: i for i, p in enumerate(tracing.positions)}
     strength = {p: tracing.strength[k] for k, p in enumerate(tracing.perturbations)}

@@ -63,6 +63,7 @@ from grokscope.analysis.tracing import (
     SITE_KINDS,
     TraceResult,
     make_counterfactuals,
+    task_family,
     trace,
 )
 from grokscope.run import (
@@ -95,11 +96,6 @@ IID_SPLIT = "test_inferred_iid"
 
 ANALYSIS_VERSION = 2
 """Bump when an analysis changes its results, so older cache entries stop matching."""
-
-
-def task_family(task: str) -> str:
-    """``composition`` or ``comparison`` (``complex`` counts as comparison)."""
-    return "composition" if task == "composition" else "comparison"
 
 
 def _jsonable(obj: Any) -> Any:

@@ -75,7 +75,12 @@ DEFAULT_BATCH_SIZE = 4096
 """Rows (site x example pairs) per patched forward pass."""
 
 
-def _task_family(task: str) -> str:
+def task_family(task: str) -> str:
+    """``composition`` or ``comparison`` (``complex`` reasoning is comparison-shaped).
+
+    Raises:
+        ValueError: an unknown task.
+    """
     if task == "composition":
         return "composition"
     if task in ("comparison", "complex"):
@@ -190,7 +195,7 @@ def make_counterfactuals(
         >>> sorted(cfs), bool((cfs["h"].answer != cfs["h"].cf_answer).all())
         (['h', 'r1', 'r2'], True)
     """
-    family = _task_family(dataset.task)
+    family = task_family(dataset.task)
     allowed = PERTURBATIONS[family]
     perts = tuple(perturbations) if perturbations is not None else allowed
     bad = [p for p in perts if p not in allowed]
