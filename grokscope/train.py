@@ -20,7 +20,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -231,7 +231,6 @@ class TrainerState:
     n_evals: int = 0
     done: bool = False
     stop_reason: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -415,7 +414,7 @@ def train(run: Run, *, quiet: bool = False, dataset: TaskDataset | None = None, 
             width = int(pos.max()) + 3
             with amp:
                 logits = model(tok[:, :width])
-            loss_sum, count = target_loss(logits, tok[:, :width], pos)
+            loss_sum, _ = target_loss(logits, tok[:, :width], pos)
             global_count = 2 * tc.batch_size
             loss = loss_sum / global_count
             opt.zero_grad(set_to_none=True)

@@ -42,7 +42,7 @@ from grokscope.tasks.dataset import (
     concat_splits,
     make_split,
 )
-from grokscope.tasks.vocab import END, Vocab, parse_token, split_tokens
+from grokscope.tasks.vocab import END, Vocab, split_tokens
 
 PAPER_FILES: tuple[str, ...] = ("train.json", "valid.json", "test.json", "vocab.json")
 
@@ -314,11 +314,3 @@ def _finish(task: str, vocab: Vocab, kb: CompositionKB | ComparisonKB, splits: d
         counts["phi"] = counts["n_train_inferred"] / n_id_trained_atomic
     return TaskDataset(task=task, vocab=vocab, kb=kb, splits=splits, counts=counts, config=None)
 
-
-def token_class_counts(vocab: Vocab) -> dict[str, int]:
-    """Number of tokens of each class (for statistics tables)."""
-    out: dict[str, int] = {}
-    for t in vocab.tokens:
-        cls = parse_token(t)[0]
-        out[cls] = out.get(cls, 0) + 1
-    return out
