@@ -30,6 +30,14 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+def _check_comparison_kb(cfg: Any) -> None:
+    """The checks shared by the comparison and complex-reasoning knowledge bases."""
+    _check(cfg.n_entities >= 4, f"n_entities must be >= 4, got {cfg.n_entities}")
+    _check(cfg.n_attributes >= 1, f"n_attributes must be >= 1, got {cfg.n_attributes}")
+    _check(cfg.n_values >= 2, f"n_values must be >= 2, got {cfg.n_values}")
+    _check_fraction("ood_fraction", cfg.ood_fraction)
+
+
 def _check_fraction(name: str, value: float, *, open_low: bool = True) -> None:
     low_ok = value > 0 if open_low else value >= 0
     _check(low_ok and value < 1, f"{name} must be in ({'0' if open_low else '[0'}, 1), got {value!r}")
@@ -109,10 +117,7 @@ class ComparisonConfig:
 
     def __post_init__(self) -> None:
         _check(self.task == "comparison", f"task must be 'comparison', got {self.task!r}")
-        _check(self.n_entities >= 4, f"n_entities must be >= 4, got {self.n_entities}")
-        _check(self.n_attributes >= 1, f"n_attributes must be >= 1, got {self.n_attributes}")
-        _check(self.n_values >= 2, f"n_values must be >= 2, got {self.n_values}")
-        _check_fraction("ood_fraction", self.ood_fraction)
+        _check_comparison_kb(self)
         _check_fraction("test_fraction", self.test_fraction, open_low=False)
         _check(self.phi >= 0 and math.isfinite(self.phi), f"phi must be >= 0, got {self.phi!r}")
         _check(self.probe_size >= 1, f"probe_size must be >= 1, got {self.probe_size}")
@@ -146,10 +151,7 @@ class ComplexConfig:
 
     def __post_init__(self) -> None:
         _check(self.task == "complex", f"task must be 'complex', got {self.task!r}")
-        _check(self.n_entities >= 4, f"n_entities must be >= 4, got {self.n_entities}")
-        _check(self.n_attributes >= 1, f"n_attributes must be >= 1, got {self.n_attributes}")
-        _check(self.n_values >= 2, f"n_values must be >= 2, got {self.n_values}")
-        _check_fraction("ood_fraction", self.ood_fraction)
+        _check_comparison_kb(self)
         _check_fraction("id_id_fraction", self.id_id_fraction)
         _check_fraction("id_ood_fraction", self.id_ood_fraction)
         _check(self.n_test_per_label >= 1, "n_test_per_label must be >= 1")
