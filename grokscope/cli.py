@@ -205,10 +205,16 @@ def eval_cmd(
 
 
 @app.command()
-def runs(directory: Path = typer.Argument(Path("runs"), help="Directory holding run directories.")) -> None:
+def runs(
+    directory: Path = typer.Argument(Path("runs"), help="Directory holding run directories."),
+    grokking: bool = typer.Option(False, "--grokking", help="A markdown table: the settings in which the runs "
+                                  "differ, when train saturated, test ID then, when test ID reached 0.95, final "
+                                  "and best OOD."),
+) -> None:
     """List the runs under a directory with their latest accuracies.
 
     Example: grokscope runs checkpoints
+    Example: grokscope runs runs/sweeps/depth --grokking > depth.md
     """
     from grokscope.run import CONFIG_FILE, Run, RunError
 
@@ -217,6 +223,19 @@ def runs(directory: Path = typer.Argument(Path("runs"), help="Directory holding 
     found = sorted(p.parent for p in directory.glob(f"*/{CONFIG_FILE}"))
     if not found:
         typer.echo(f"no runs under {directory}")
+        return
+    if grokking:
+        from grokscope.sweep import markdown_table, summarize_runs
+
+        opened = []
+        for p in found:
+            try:
+                opened.append(Run.open(p))
+            except RunError as e:
+                typer.echo(f"skipping {p}: {e}", err=True)
+        rows, keys = summarize_runs([r.config.to_dict() for r in opened], [r.metrics() for r in opened],
+                                    [r.path.name for r in opened])
+        typer.echo(markdown_table(rows, keys), nl=False)
         return
     typer.echo(f"{'run':<40} {'task':<12} {'steps':>8} {'train':>6} {'ID':>6} {'OOD':>6}")
     for p in found:

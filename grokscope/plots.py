@@ -164,16 +164,19 @@ def training_curves(
             text = f"{label} (step {step})"
             if label.startswith("test") and grokking.get("grokking_gap") is not None:
                 text += f"; grokking gap {grokking['grokking_gap']}"
+            # Both labels sit left of their line (a label right of a late line runs off
+            # the plot); the later one sits higher so that close lines do not overlap.
+            top = 1.04 if label.startswith("train") else 1.10
             fig.add_trace(
-                go.Scatter(x=[step, step], y=[0, 1.04], mode="lines+text", name=text,
-                           text=["", text], textposition="top left" if label.startswith("train") else "top right",
+                go.Scatter(x=[step, step], y=[0, top], mode="lines+text", name=text,
+                           text=["", text], textposition="top left",
                            line={"color": color, "dash": dash, "width": 1.5},
                            hovertemplate=f"{text}<extra></extra>"),
                 row=1, col=1,
             )
     fig.update_xaxes(type="log" if log_x else "linear")
     fig.update_xaxes(title_text=_step_axis_title(log_x), row=2, col=1)
-    fig.update_yaxes(title_text="accuracy (top-1)", range=[-0.03, 1.12], row=1, col=1)
+    fig.update_yaxes(title_text="accuracy (top-1)", range=[-0.03, 1.18], row=1, col=1)
     fig.update_yaxes(title_text="loss (cross-entropy)", row=2, col=1)
     fig.update_layout(title=title or "training curves", height=640, hovermode="closest",
                       legend={"orientation": "v"})
@@ -638,4 +641,32 @@ def ood_diagnosis_figure(ood: dict[str, Any], *, title: str | None = None) -> go
     fig.update_xaxes(title_text="residual state S[l] (hook name)", tickvals=vals, ticktext=ticks)
     fig.update_yaxes(title_text="MRR / accuracy", range=[-0.03, 1.05])
     fig.update_layout(title=title or "OOD diagnosis: lower layers resolve the bridge, upper layers fail", height=460)
+    return fig
+
+
+def value_gap_figure(diag: dict[str, Any], *, title: str | None = None) -> go.Figure:
+    """Comparison: accuracy by value distance ``|v1 - v2|``, one line per split.
+
+    Args:
+        diag: :func:`grokscope.analysis.series.value_gap_diagnosis` output.
+
+    Returns:
+        Accuracy against ``|v1 - v2|`` (0 = equal values) per split, with the number
+        of examples at each distance in the hover; the overall accuracy is in the legend.
+
+    Example:
+        >>> value_gap_figure(series.checkpoints[-1]["ood"])            # doctest: +SKIP
+    """
+    fig = go.Figure()
+    for split in _ordered_splits(list(diag.get("splits", {}))):
+        d = diag["splits"][split]
+        fig.add_trace(go.Scatter(
+            x=d["gap"], y=d["acc_by_gap"], mode="lines+markers", customdata=d["n_by_gap"],
+            name=f"{SPLIT_LABELS.get(split, split)} (all: {d['accuracy']:.2f}, n={d['n']})",
+            line={"color": split_color(split)},
+            hovertemplate=f"{split}<br>|v1 - v2| = %{{x}}<br>accuracy %{{y:.3f}} (n=%{{customdata}})<extra></extra>",
+        ))
+    fig.update_xaxes(title_text="|v1 - v2| (0: equal values)", dtick=1)
+    fig.update_yaxes(title_text="accuracy (top-1)", range=[-0.03, 1.05])
+    fig.update_layout(title=title or "comparison accuracy by the distance of the two values", height=440)
     return fig

@@ -223,7 +223,13 @@ def _figures(series: SeriesResult) -> list[tuple[str, str, str, Any]]:
          "lens MRR (solid) and causal strength (dashed), next to the accuracies and the total weight norm.",
          plots.circuit_measures(series)),
     ]
-    if final.get("ood"):
+    if final.get("ood") and "n_values" in final["ood"]:
+        out.append(("ood", f"OOD diagnosis at step {last}",
+                    "Accuracy by the distance of the two compared values (0: equal). A model that retrieves "
+                    "the values and compares them gets far-apart pairs right; where test OOD falls only at "
+                    "small distances, the OOD values are retrieved but imprecisely.",
+                    plots.value_gap_figure(final["ood"])))
+    elif final.get("ood"):
         out.append(("ood", f"OOD diagnosis at step {last}",
                     "On test OOD inferred facts the lower layers still resolve the bridge at r1 (solid), but the "
                     "answer never forms in the upper layers (dotted) and the final accuracy (star) stays low; "

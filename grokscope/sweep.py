@@ -168,12 +168,51 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def write_table(rows: list[dict[str, Any]], out: Path, axis_keys: list[str]) -> None:
-    cols = ["run", *axis_keys, *[c for c in COLUMNS if c != "run"]]
-    with open(out / "sweep.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# Settings that differ between runs without changing what is learned.
+_NOT_SETTINGS = ("name", "train.max_time_s", "train.device", "train.threads", "train.autocast")
+
+
+def summarize_runs(configs: list[dict[str, Any]], metrics: list[list[dict[str, Any]]],
+                   names: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Grokking summaries of finished runs, with the settings in which their configs differ.
+
+    Args:
+        configs: each run's config as a dict (``RunConfig.to_dict()``).
+        metrics: each run's evaluation records.
+        names: each run's label in the table.
+
+    Returns:
+        ``(rows, axis_keys)``: one :func:`summarize_metrics` row per run holding also the
+        value of every dotted config key (``task.phi``) that is not the same in all runs,
+        and those keys, for :func:`markdown_table`.
+
+    Example:
+        >>> rows, keys = summarize_runs([{"task": {"phi": 9.0}}, {"task": {"phi": 18.0}}], [[], []], ["a", "b"])
+        >>> keys, rows[1]["task.phi"]
+        (['task.phi'], 18.0)
+    """
+    flat = [_flatten(c) for c in configs]
+    keys = sorted({k for f in flat for k in f})
+    axis_keys = [k for k in keys if k not in _NOT_SETTINGS and len({json.dumps(f.get(k)) for f in flat}) > 1]
+    rows = [{"run": n, **{k: f.get(k) for k in axis_keys}, **summarize_metrics(m), "status": "ok"}
+            for n, f, m in zip(names, flat, metrics)]
+    return rows, axis_keys
+
+
+def markdown_table(rows: list[dict[str, Any]], axis_keys: list[str], columns: tuple[str, ...] = COLUMNS) -> str:
+    """One markdown table: the run, its axis values, then ``columns``."""
+    cols = ["run", *axis_keys, *[c for c in columns if c != "run"]]
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):
@@ -182,4 +221,13 @@ def write_table(rows: list[dict[str, Any]], out: Path, axis_keys: list[str]) -> 
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: list[dict[str, Any]], out: Path, axis_keys: list[str]) -> None:
+    cols = ["run", *axis_keys, *[c for c in COLUMNS if c != "run"]]
+    with open(out / "sweep.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    (out / "sweep.md").write_text(markdown_table(rows, axis_keys))

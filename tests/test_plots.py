@@ -142,3 +142,17 @@ def test_circuit_measures_and_ood(series):
     of = plots.ood_diagnosis_figure(ood)
     assert len(of.data) == 3 * len(ood["splits"]) and "hook name" in of.layout.xaxis.title.text
     assert of.layout.xaxis.ticktext[0].endswith("blocks.0.hook_resid_pre")
+
+
+def test_value_gap_figure_plots_each_split_by_distance():
+    diag = {"n_values": 3, "splits": {
+        "test_inferred_ood": {"n": 4, "accuracy": 0.5, "gap": [0, 1, 2], "n_by_gap": [2, 2, 0],
+                              "acc_by_gap": [0.0, 1.0, None], "acc_by_label": {}},
+        "train_inferred": {"n": 2, "accuracy": 1.0, "gap": [0, 1, 2], "n_by_gap": [1, 0, 1],
+                           "acc_by_gap": [1.0, None, 1.0], "acc_by_label": {}},
+    }}
+    fig = plots.value_gap_figure(diag)
+    assert [t.name.split(" (all")[0] for t in fig.data] == ["train (inferred)", "test OOD (inferred)"]
+    ood = fig.data[1]
+    assert list(ood.y) == [0.0, 1.0, None] and list(ood.customdata) == [2, 2, 0]
+    assert "all: 0.50, n=4" in ood.name and fig.layout.xaxis.dtick == 1

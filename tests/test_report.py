@@ -32,7 +32,7 @@ TASKS = {
     "comparison": {"task.n_entities": "20", "task.n_attributes": "3", "task.n_values": "6"},
 }
 # figures per report: curves, lens, tracing, circuit, early circuit, two sliders, measures (+ OOD)
-N_FIGURES = {"composition": 9, "comparison": 8}
+N_FIGURES = {"composition": 9, "comparison": 9}  # comparison: OOD by value distance
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,8 @@ def test_report_writes_both_files(reports, runs, task):
     assert len(s["lens"]["targets"][target]["mrr"][0]) == L + 1
     assert s["circuit"]["hook_names"] == s["lens"]["hook_names"] and s["circuit"]["nodes"]
     assert "train_saturated_step" in s["grokking"]
-    assert (s["ood"] is not None) == (task == "composition")
+    assert s["ood"] is not None
+    assert ("n_values" in s["ood"]) == (task == "comparison")  # comparison: accuracy by |v1 - v2|
 
 
 @pytest.mark.parametrize("task", ["composition", "comparison"])
@@ -274,3 +275,19 @@ def test_report_renders_in_headless_chromium(reports, tmp_path, task):
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(keep) / shot.name)
+
+
+def test_cli_runs_grokking_table(runs, monkeypatch, capsys):
+    root = runs["composition"].path.parent
+    code, out, err = _main(monkeypatch, capsys, "runs", str(root), "--grokking")
+    assert code == 0, err
+    header, rule, *rows = out.strip().splitlines()
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[0] == "run" and "task.task" in cols and "groks" in cols and "max_ood" in cols
+    assert "name" not in cols and "train.max_time_s" not in cols  # not settings that change learning
+    assert len(rows) == 2 and rule.count("---") == len(cols)
+    for line in rows:
+        cells = dict(zip(cols, (c.strip() for c in line.strip("|").split("|"))))
+        final = runs[cells["task.task"]].metrics()[-1]
+        assert cells["final_step"] == str(final["step"])
+        assert cells["final_test_inferred_iid"] == f"{final['acc']['test_inferred_iid']:.3f}"

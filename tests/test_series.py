@@ -24,6 +24,7 @@ from grokscope.analysis.series import (
     checkpoint_trace,
     ood_diagnosis,
     parse_steps,
+    value_gap_diagnosis,
     weight_norm,
 )
 from grokscope.analysis.tracing import make_counterfactuals, trace
@@ -179,14 +180,35 @@ def test_ood_diagnosis_accuracy_is_the_models_own(comp_run):
     assert len(ood["bridge_mrr"]) == len(d["hook_names"]) == comp_run.config.model.n_layers + 1
 
 
-def test_ood_diagnosis_refuses_comparison(tmp_path):
+def test_comparison_gets_the_value_gap_diagnosis(tmp_path, comp_run):
     run = micro_run(tmp_path / "cmp", "comparison")
+    model, ds = run.load_model(), run.dataset()
     with pytest.raises(ValueError, match="composition"):
-        ood_diagnosis(run.load_model(), run.dataset())
+        ood_diagnosis(model, ds)
     s = analyse_series(run, "0,40", n=N, progress=False, cache=False)
     assert s.task == "comparison" and s.perturbations == ["e1", "e2", "attr"] and s.steps == [0, 40]
-    assert all(c["ood"] is None for c in s.checkpoints)
     assert "MRR labels @ S" in " ".join(s.measures()["measures"])
+    d = s.checkpoints[-1]["ood"]
+    assert d == value_gap_diagnosis(model, ds, n=N)
+    # Independent reference: the model's argmax on every OOD example, bucketed by hand.
+    sp = ds.splits["test_inferred_ood"]
+    values = {int(t): int(ds.vocab.tokens[t].strip("<>")) for t in ds.vocab.value_ids}
+    rows = np.sort(np.random.default_rng(0).choice(len(sp), N, replace=False)) if len(sp) > N else np.arange(len(sp))
+    got = d["splits"]["test_inferred_ood"]
+    buckets: dict[int, list[bool]] = {}
+    for i in rows:
+        pos = int(sp.target_pos[i])
+        with torch.no_grad():
+            pred = int(model(torch.from_numpy(sp.tokens[i : i + 1, : pos + 1]))[0, pos].argmax())
+        gap = abs(values[int(sp.meta["v1"][i])] - values[int(sp.meta["v2"][i])])
+        buckets.setdefault(gap, []).append(pred == int(sp.tokens[i, pos + 1]))
+    assert got["n"] == len(rows) and sum(got["n_by_gap"]) == len(rows)
+    for gap, n_gap in enumerate(got["n_by_gap"]):
+        ref = buckets.get(gap, [])
+        assert n_gap == len(ref)
+        assert got["acc_by_gap"][gap] == (pytest.approx(np.mean(ref)) if ref else None)
+    with pytest.raises(ValueError, match="comparison"):
+        value_gap_diagnosis(comp_run.load_model(), comp_run.dataset())
 
 
 def test_parse_steps():

@@ -11,9 +11,10 @@ For each checkpoint step :func:`analyse_series` collects
 * the located circuit (:func:`checkpoint_circuit`);
 * the total weight norm ``sqrt(sum of squared parameters)`` (:func:`weight_norm`);
 * the accuracies and losses of ``metrics.jsonl`` at that step;
-* composition only, the paper's OOD diagnosis (:func:`ood_diagnosis`): the bridge
+* the OOD diagnosis: for composition the paper's (:func:`ood_diagnosis`): the bridge
   MRR at ``S[l, r1]`` on ``test_inferred_ood`` examples, layer by layer, beside the
-  final accuracy on them.
+  final accuracy on them; for comparison the accuracy by value distance
+  ``|v1 - v2|`` per split (:func:`value_gap_diagnosis`).
 
 Every step analyses the same examples: ``n`` rows of the split drawn with
 ``numpy.random.default_rng(seed)`` (the lens and the counterfactuals draw the same
@@ -498,6 +499,88 @@ def ood_diagnosis(
     return out
 
 
+def value_gap_diagnosis(
+    model: TransformerBridge,
+    dataset: TaskDataset,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Comparison: accuracy by the distance ``|v1 - v2|`` of the two values, per split.
+
+    Where comparison fails out of distribution, this says how: a model that compares
+    the two retrieved values on a fuzzy number line gets far-apart values right and
+    confuses equal and adjacent ones (the small runs' failure, docs/REPRODUCTION.md),
+    while a model that never retrieves OOD values is at chance at every distance.
+    Correct = the model's own top-1 prediction at the answer position is the label.
+
+    Args:
+        model: the checkpoint's model.
+        dataset: a comparison dataset.
+        n: examples per split (None: all), drawn with ``numpy.random.default_rng(seed)``.
+        seed: sampling seed.
+
+    Returns:
+        ``{"n_values": V, "splits": {split: {"n", "accuracy", "gap": [0..V-1],
+        "n_by_gap": [...], "acc_by_gap": [... or None where no example],
+        "acc_by_label": {"v1<v2", "v1=v2", "v1>v2"}}}}`` for the training, test ID and
+        test OOD inferred splits.
+
+    Example:
+        >>> d = value_gap_diagnosis(model, ds, n=300)                       # doctest: +SKIP
+        >>> d["splits"]["test_inferred_ood"]["acc_by_gap"]  # [equal, adjacent, ...]  # doctest: +SKIP
+    """
+    if dataset.task != "comparison":
+        raise ValueError(f"the value-gap diagnosis is defined for comparison, not {dataset.task!r}")
+    vocab = dataset.vocab
+    value_of = np.full(len(vocab), -1, dtype=np.int64)
+    value_of[vocab.value_ids] = np.arange(len(vocab.value_ids))
+    n_values = len(vocab.value_ids)
+    out: dict[str, Any] = {"n_values": n_values, "splits": {}}
+    for name in ("train_inferred", IID_SPLIT, OOD_SPLIT):
+        sp = dataset.splits.get(name)
+        if sp is None or len(sp) == 0:
+            continue
+        if n is not None and n < len(sp):
+            sp = sp.subset(np.sort(np.random.default_rng(seed).choice(len(sp), n, replace=False)))
+        lens = lens_split(model, sp, vocab)
+        correct = np.asarray(lens.ranks["label@last"][-1]) == 1
+        gap = np.abs(value_of[sp.meta["v1"]] - value_of[sp.meta["v2"]])
+        counts = np.bincount(gap, minlength=n_values)
+        hits = np.bincount(gap, weights=correct.astype(float), minlength=n_values)
+        label = np.sign(value_of[sp.meta["v1"]] - value_of[sp.meta["v2"]])
+        out["splits"][name] = {
+            "n": int(len(correct)),
+            "accuracy": float(correct.mean()),
+            "gap": list(range(n_values)),
+            "n_by_gap": counts.astype(int).tolist(),
+            "acc_by_gap": [float(h / c) if c else None for h, c in zip(hits, counts)],
+            "acc_by_label": {k: float(correct[label == sgn].mean()) if (label == sgn).any() else None
+                             for k, sgn in (("v1<v2", -1), ("v1=v2", 0), ("v1>v2", 1))},
+        }
+    return out
+
+
+def checkpoint_value_gap(
+    run: Run | str | os.PathLike[str],
+    step: int,
+    *,
+    n: int | None = DEFAULT_EXAMPLES,
+    seed: int = 0,
+    cache: AnalysisCache | bool = True,
+    device: str | None = None,
+    _ck: _Checkpoint | None = None,
+) -> dict[str, Any]:
+    """:func:`value_gap_diagnosis` of one checkpoint (cached)."""
+    run, cache_ = _context(run, cache)
+    args = {"n": n, "seed": seed}
+    got = cache_.get(step, "value_gap", args)
+    if got is not None:
+        return got
+    ck = _ck or _Checkpoint(run, step, run.dataset(), device)
+    return cache_.put(step, "value_gap", args, value_gap_diagnosis(ck.model, ck.dataset, n=n, seed=seed))
+
+
 def checkpoint_ood(
     run: Run | str | os.PathLike[str],
     step: int,
@@ -542,7 +625,8 @@ class SeriesResult:
             (``tokens`` and ``share`` per ``[layer][pos]``), ``strength`` and
             ``logit_diff`` (perturbation -> ``[layer][pos]``), ``n_examples`` and
             ``clean_accuracy`` per perturbation, ``circuit`` (:meth:`Circuit.to_dict`
-            without its evidence copies) and ``ood`` (composition; else None).
+            without its evidence copies) and ``ood`` (:func:`ood_diagnosis` for
+            composition, :func:`value_gap_diagnosis` for comparison; else None).
         metrics: every record of metrics.jsonl (for the training curves).
         grokking: :func:`grokscope.sweep.summarize_metrics` of the metrics.
         grokscope_version: the version that computed it.
@@ -751,7 +835,8 @@ def analyse_series(
         seed: sampling seed, fixed across steps.
         threshold: lens MRR threshold of the circuit finder.
         within_class: rank lens targets within their token class.
-        ood: composition: also run :func:`ood_diagnosis` per step.
+        ood: also run :func:`ood_diagnosis` (composition) or
+            :func:`value_gap_diagnosis` (comparison) per step.
         progress: show a tqdm bar over checkpoints.
         cache: True (the run's cache), False (no cache) or an :class:`AnalysisCache`.
         device: where models are loaded (None: CPU).
@@ -789,6 +874,8 @@ def analyse_series(
         ood_d = None
         if ood and family == "composition" and dataset.task == "composition":
             ood_d = checkpoint_ood(run, step, n=n, seed=seed, threshold=threshold, cache=cache_, _ck=ck)
+        elif ood and dataset.task == "comparison":
+            ood_d = checkpoint_value_gap(run, step, n=n, seed=seed, cache=cache_, _ck=ck)
         rec = _metrics_at(run, metrics, step)
         first_lens, first_trace = first_lens or lens, first_trace or tr
         checkpoints.append({
