@@ -234,7 +234,7 @@ def runs(
             except RunError as e:
                 typer.echo(f"skipping {p}: {e}", err=True)
         rows, keys = summarize_runs([r.config.to_dict() for r in opened], [r.metrics() for r in opened],
-                                    [r.path.name for r in opened])
+                                    [r.path.name for r in opened], [_run_status(r) for r in opened])
         typer.echo(markdown_table(rows, keys), nl=False)
         return
     typer.echo(f"{'run':<40} {'task':<12} {'steps':>8} {'train':>6} {'ID':>6} {'OOD':>6}")
@@ -249,6 +249,19 @@ def runs(
         cols = [f"{acc[k]:.3f}" if k in acc else "-" for k in ("train_inferred", "test_inferred_iid", "test_inferred_ood")]
         typer.echo(f"{str(p):<40} {run.config.task.task:<12} {m[-1]['step'] if m else 0:>8} "
                    f"{cols[0]:>6} {cols[1]:>6} {cols[2]:>6}")
+
+
+def _run_status(run: Any) -> str:
+    """'done: <why it stopped>', 'stopped at N (resumable)', or '' for a thinned run."""
+    from grokscope.run import TRAINER_STATE_FILE, latest_resume_step
+
+    step = latest_resume_step(run)
+    if step is None:
+        return ""
+    state = json.loads((run.checkpoint_path(step) / TRAINER_STATE_FILE).read_text()).get("trainer", {})
+    if state.get("done"):
+        return f"done: {state.get('stop_reason')}"
+    return f"stopped at {step} (resumable)"
 
 
 @app.command()

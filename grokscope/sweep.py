@@ -184,13 +184,14 @@ _NOT_SETTINGS = ("name", "train.max_time_s", "train.device", "train.threads", "t
 
 
 def summarize_runs(configs: list[dict[str, Any]], metrics: list[list[dict[str, Any]]],
-                   names: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+                   names: list[str], statuses: list[str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Grokking summaries of finished runs, with the settings in which their configs differ.
 
     Args:
         configs: each run's config as a dict (``RunConfig.to_dict()``).
         metrics: each run's evaluation records.
         names: each run's label in the table.
+        statuses: each run's ``status`` cell (default ``ok``).
 
     Returns:
         ``(rows, axis_keys)``: one :func:`summarize_metrics` row per run holding also the
@@ -205,8 +206,9 @@ def summarize_runs(configs: list[dict[str, Any]], metrics: list[list[dict[str, A
     flat = [_flatten(c) for c in configs]
     keys = sorted({k for f in flat for k in f})
     axis_keys = [k for k in keys if k not in _NOT_SETTINGS and len({json.dumps(f.get(k)) for f in flat}) > 1]
-    rows = [{"run": n, **{k: f.get(k) for k in axis_keys}, **summarize_metrics(m), "status": "ok"}
-            for n, f, m in zip(names, flat, metrics)]
+    statuses = statuses if statuses is not None else ["ok"] * len(names)
+    rows = [{"run": n, **{k: f.get(k) for k in axis_keys}, **summarize_metrics(m), "status": st}
+            for n, f, m, st in zip(names, flat, metrics, statuses)]
     return rows, axis_keys
 
 

@@ -291,3 +291,4 @@ def test_cli_runs_grokking_table(runs, monkeypatch, capsys):
         final = runs[cells["task.task"]].metrics()[-1]
         assert cells["final_step"] == str(final["step"])
         assert cells["final_test_inferred_iid"] == f"{final['acc']['test_inferred_iid']:.3f}"
+        assert cells["status"] == "done: max_steps"

@@ -70,3 +70,22 @@ def test_composition_circuit_forms_across_grokking():
     assert h[1, upper, 1] < 0.1 and h[-1, upper, 1] > 0.8
     # ... while the h position's upper states lose the direct effect they had.
     assert h[:, 2, 0].max() > 0.3 and h[-1, 2, 0] < 0.05
+
+
+def test_comparison_generalizes_ood_and_fails_only_on_close_values():
+    """Comparison generalizes OOD (the paper); the OOD errors are pairs of close values."""
+    import numpy as np
+
+    from grokscope.analysis.series import value_gap_diagnosis
+
+    run = _run("comparison-small")
+    s = summarize_metrics(run.metrics())
+    assert s["final_test_inferred_ood"] >= 0.7 and s["final_test_inferred_iid"] >= 0.95
+    ood_start = run.metrics()[1]["acc"]["test_inferred_ood"]  # first evaluation after step 0
+    assert ood_start < 0.5 and s["final_test_inferred_ood"] - ood_start > 0.3  # OOD rose during training
+    d = value_gap_diagnosis(run.load_model(), run.dataset(), n=300)["splits"]["test_inferred_ood"]
+    acc, n = np.array(d["acc_by_gap"], dtype=float), np.array(d["n_by_gap"])
+    far = float((acc[2:] * n[2:]).sum() / n[2:].sum())
+    close = float((acc[:2] * n[:2]).sum() / n[:2].sum())
+    assert far >= 0.95 and close <= 0.85  # values retrieved, compared imprecisely
+    assert d["accuracy"] == pytest.approx((far * n[2:].sum() + close * n[:2].sum()) / n.sum())
