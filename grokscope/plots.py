@@ -183,6 +183,51 @@ def training_curves(
     return fig
 
 
+def compare_runs(
+    runs: dict[str, Sequence[dict[str, Any]]],
+    splits: Sequence[str] = ("train_inferred", "test_inferred_iid", "test_inferred_ood"),
+    *,
+    log_x: bool = False,
+    title: str | None = None,
+) -> go.Figure:
+    """Accuracy curves of several runs side by side: one panel per split, one colour per run.
+
+    Args:
+        runs: label -> metrics.jsonl records (``Run.metrics()``), in legend order.
+        splits: one panel per split, left to right.
+        log_x: logarithmic step axis (step 0 is left out).
+        title: figure title.
+
+    Returns:
+        ``len(splits)`` panels sharing the accuracy axis; one trace per (run, split),
+        a run's traces sharing its colour and legend entry.
+
+    Example:
+        >>> compare_runs({"phi 7.2": a.metrics(), "phi 9": b.metrics()})   # doctest: +SKIP
+    """
+    fig = make_subplots(rows=1, cols=len(splits), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[SPLIT_LABELS.get(s, s) for s in splits])
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf"]
+    for i, (label, metrics) in enumerate(runs.items()):
+        recs = [m for m in metrics if "step" in m]
+        steps = np.array([m["step"] for m in recs], dtype=float)
+        keep = _log_steps(steps, log_x)
+        for col, split in enumerate(splits, start=1):
+            ys = np.array([m.get("acc", {}).get(split, np.nan) for m in recs], dtype=float)
+            fig.add_trace(go.Scatter(
+                x=steps[keep], y=ys[keep], mode="lines", name=label, legendgroup=label, showlegend=col == 1,
+                line={"color": palette[i % len(palette)]},
+                hovertemplate=f"{label}<br>{split}<br>step %{{x}}<br>accuracy %{{y:.3f}}<extra></extra>",
+            ), row=1, col=col)
+    fig.update_xaxes(type="log" if log_x else "linear", title_text=_step_axis_title(log_x))
+    fig.update_yaxes(range=[-0.03, 1.03])
+    fig.update_yaxes(title_text="accuracy (top-1)", row=1, col=1)
+    fig.update_layout(title=title or "runs compared", height=420, width=max(560, 360 * len(splits)),
+                      hovermode="closest")
+    return fig
+
+
 # --------------------------------------------------------------------------- logit lens
 
 

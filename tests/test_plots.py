@@ -156,3 +156,15 @@ def test_value_gap_figure_plots_each_split_by_distance():
     ood = fig.data[1]
     assert list(ood.y) == [0.0, 1.0, None] and list(ood.customdata) == [2, 2, 0]
     assert "all: 0.50, n=4" in ood.name and fig.layout.xaxis.dtick == 1
+
+
+def test_compare_runs_one_panel_per_split_one_colour_per_run():
+    a = [{"step": 0, "acc": {"train_inferred": 0.0, "test_inferred_iid": 0.1}},
+         {"step": 10, "acc": {"train_inferred": 1.0, "test_inferred_iid": 0.9}}]
+    b = [{"step": 0, "acc": {"train_inferred": 0.2}}, {"step": 5, "acc": {"train_inferred": 0.5}}]
+    fig = plots.compare_runs({"A": a, "B": b}, splits=("train_inferred", "test_inferred_iid"))
+    assert [(t.name, t.xaxis) for t in fig.data] == [("A", "x"), ("A", "x2"), ("B", "x"), ("B", "x2")]
+    assert list(fig.data[1].y) == [0.1, 0.9] and np.isnan(fig.data[3].y).all()  # B never measured test ID
+    assert fig.data[0].line.color != fig.data[2].line.color == fig.data[3].line.color
+    assert [t.showlegend for t in fig.data] == [True, False, True, False]
+    assert plots.compare_runs({"A": a}, log_x=True).data[0].x.tolist() == [10.0]

@@ -1,0 +1,96 @@
+"""Draw the curves behind docs/REPRODUCTION.md as PNG files in docs/figures/.
+
+Each figure compares the metrics.jsonl of runs that the commands in REPRODUCTION.md
+wrote (run directories are not in the repository, only the shipped runs are). A
+figure whose runs are missing is skipped with a note; the shipped runs are always
+there.
+
+    python docs/figures.py [--runs runs] [--out docs/figures]
+
+Needs plotly's static export (kaleido) and a Chromium (``apt-get install chromium``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ID = ("train_inferred", "test_inferred_iid")
+ID_OOD = ("train_inferred", "test_inferred_iid", "test_inferred_ood")
+
+# figure name -> (title, {legend label: run directory relative to --runs or the repo}, splits)
+FIGURES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
+    "claim1-composition-grokking": (
+        "(1) composition groks: the shipped run (train saturates at 5,000, test ID 0.95 at 11,500)",
+        {"composition-small": "checkpoints/composition-small"}, ID_OOD),
+    "claim2-phi": (
+        "(2) larger phi groks faster (composition-small, wd 0.1, seeds 0 and 1)",
+        {"phi 5.4 seed 0": "gpu/sw3/composition/phi=5.4_weight_decay=0.1_d_mlp=512",
+         "phi 7.2 seed 0": "gpu/sw3/composition/phi=7.2_weight_decay=0.1_d_mlp=512",
+         "phi 7.2 seed 1": "phi-seeds/phi=7.2_seed=1",
+         "phi 9 seed 0": "gpu/sw3/composition/phi=9_weight_decay=0.1_d_mlp=512",
+         "phi 9 seed 1": "phi-seeds/phi=9_seed=1",
+         "phi 12.6 seed 0": "phi-seeds/phi=12.6_seed=0",
+         "phi 12.6 seed 1": "phi-seeds/phi=12.6_seed=1"}, ID),
+    "claim3-entities": (
+        "(3) entities at phi 9 with a 4 x 64 model",
+        {"30 entities": "sweeps/entities/n_entities=30",
+         "50 entities": "gpu/sw3/composition/phi=9_weight_decay=0.1_d_mlp=512",
+         "80 entities": "sweeps/entities/n_entities=80"}, ID),
+    "claim4-ood": (
+        "(4) OOD: composition fails, comparison generalizes (the shipped runs)",
+        {"composition-small": "checkpoints/composition-small",
+         "comparison-small": "checkpoints/comparison-small"}, ID_OOD),
+    "claim5-sharing": (
+        "(5) composition at phi 12.6, wd 0.3, 8 layers: 4 shared blocks vs 8 blocks",
+        {"8 layers, 4 shared blocks": "s2/comp-8Ls-phi12.6",
+         "8 layers, unshared": "s2/comp-8L-phi12.6"}, ID_OOD),
+    "claim6-depth": (
+        "(6) depth at phi 9 (composition-small)",
+        {"2 layers": "sweeps/depth/n_layers=2",
+         "4 layers": "gpu/sw3/composition/phi=9_weight_decay=0.1_d_mlp=512",
+         "6 layers": "sweeps/depth/n_layers=6"}, ID),
+    "claim7-weight-decay": (
+        "(7) weight decay at phi 7.2 (composition-small)",
+        {"wd 0.1": "gpu/sw3/composition/phi=7.2_weight_decay=0.1_d_mlp=512",
+         "wd 0.3": "gpu/sw3/composition/phi=7.2_weight_decay=0.3_d_mlp=512"}, ID),
+}
+
+
+def _metrics(path: Path) -> list[dict]:
+    from grokscope.run import Run
+
+    return Run.open(path).metrics()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=Path, default=REPO / "runs", help="where the runs of REPRODUCTION.md live")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "figures")
+    args = ap.parse_args(argv)
+
+    from grokscope import plots
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, (title, runs, splits) in FIGURES.items():
+        found, missing = {}, []
+        for label, rel in runs.items():
+            path = REPO / rel if rel.startswith("checkpoints/") else args.runs / rel
+            if (path / "metrics.jsonl").is_file():
+                found[label] = _metrics(path)
+            else:
+                missing.append(str(path))
+        if missing:
+            print(f"skip {name}: missing {', '.join(missing)}", file=sys.stderr)
+            continue
+        fig = plots.compare_runs(found, splits, title=title)
+        fig.update_layout(width=1200 if len(splits) == 3 else 900, height=420, title_font_size=14)
+        fig.write_image(args.out / f"{name}.png", scale=1)
+        print(args.out / f"{name}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
