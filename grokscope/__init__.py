@@ -49,6 +49,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "find_circuit": ("grokscope.analysis.circuits", "find_circuit"),
     "analyse_series": ("grokscope.analysis.series", "analyse_series"),
     "ood_diagnosis": ("grokscope.analysis.series", "ood_diagnosis"),
+    "value_gap_diagnosis": ("grokscope.analysis.series", "value_gap_diagnosis"),
     # figures and reports
     "plots": ("grokscope.plots", ""),
     "write_report": ("grokscope.report", "write_report"),
