@@ -309,6 +309,24 @@ def _lens_compute(ck: _Checkpoint, args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _cached(
+    run: Run,
+    cache_: AnalysisCache,
+    step: int,
+    kind: str,
+    args: dict[str, Any],
+    device: str | None,
+    ck: _Checkpoint | None,
+    compute: Any,
+) -> Any:
+    """The cached ``kind`` result of ``step`` for ``args``, else ``compute(checkpoint)``
+    stored (the checkpoint's model is loaded only on a miss)."""
+    got = cache_.get(step, kind, args)
+    if got is not None:
+        return got
+    return cache_.put(step, kind, args, compute(ck or _Checkpoint(run, step, run.dataset(), device)))
+
+
 def checkpoint_lens(
     run: Run | str | os.PathLike[str],
     step: int,
@@ -336,11 +354,7 @@ def checkpoint_lens(
     """
     run, cache_ = _context(run, cache)
     args = {"split": split, "n": n, "seed": seed, "within_class": within_class}
-    got = cache_.get(step, "lens", args)
-    if got is not None:
-        return got
-    ck = _ck or _Checkpoint(run, step, run.dataset(), device)
-    return cache_.put(step, "lens", args, _lens_compute(ck, args))
+    return _cached(run, cache_, step, "lens", args, device, _ck, lambda ck: _lens_compute(ck, args))
 
 
 def checkpoint_trace(
@@ -380,13 +394,11 @@ def checkpoint_trace(
     if bad or not perts:
         raise ValueError(f"unknown perturbation(s) {bad or perts}; choose from {', '.join(allowed)}")
     args = {"split": split, "n": n, "seed": seed, "site": site, "perturbations": perts}
-    got = cache_.get(step, "trace", args)
-    if got is not None:
-        return got
-    ck = _ck or _Checkpoint(run, step, run.dataset(), device)
-    _check_split(ck.dataset, split)
-    res = _trace_object(ck, split, n, seed, site, perts)
-    return cache_.put(step, "trace", args, res.to_dict(per_example=True))
+    def compute(ck: _Checkpoint) -> dict[str, Any]:
+        _check_split(ck.dataset, split)
+        return _trace_object(ck, split, n, seed, site, perts).to_dict(per_example=True)
+
+    return _cached(run, cache_, step, "trace", args, device, _ck, compute)
 
 
 def checkpoint_circuit(
@@ -411,19 +423,16 @@ def checkpoint_circuit(
     """
     run, cache_ = _context(run, cache)
     args = {"split": split, "n": n, "seed": seed, "threshold": threshold, "within_class": within_class}
-    got = cache_.get(step, "circuit", args)
-    if got is not None:
-        return got
-    ck = _ck or _Checkpoint(run, step, run.dataset(), device)
-    _check_split(ck.dataset, split)
-    lens, _ = _lens_objects(ck, split, n, seed, within_class)
-    perts = PERTURBATIONS[task_family(ck.dataset.task)]
-    tracing = _trace_object(ck, split, n, seed, "resid", perts)
-    circuit = build_circuit(ck.dataset.task, lens, tracing, threshold=threshold, step=step)
-    rows = _lens_objects(ck, split, n, seed, within_class)[1]
-    examples = {"split": split, "example_index": rows.tolist(),
-                "inputs": ck.dataset.splits[split].input_ids[rows].tolist()}
-    return cache_.put(step, "circuit", args, {**circuit.to_dict(), "examples": examples})
+    def compute(ck: _Checkpoint) -> dict[str, Any]:
+        _check_split(ck.dataset, split)
+        lens, rows = _lens_objects(ck, split, n, seed, within_class)
+        tracing = _trace_object(ck, split, n, seed, "resid", PERTURBATIONS[task_family(ck.dataset.task)])
+        circuit = build_circuit(ck.dataset.task, lens, tracing, threshold=threshold, step=step)
+        examples = {"split": split, "example_index": rows.tolist(),
+                    "inputs": ck.dataset.splits[split].input_ids[rows].tolist()}
+        return {**circuit.to_dict(), "examples": examples}
+
+    return _cached(run, cache_, step, "circuit", args, device, _ck, compute)
 
 
 def weight_norm(run: Run | str | os.PathLike[str], step: int, *, cache: AnalysisCache | bool = True) -> float:
@@ -545,10 +554,10 @@ def value_gap_diagnosis(
             sp = sp.subset(np.sort(np.random.default_rng(seed).choice(len(sp), n, replace=False)))
         lens = lens_split(model, sp, vocab)
         correct = np.asarray(lens.ranks["label@last"][-1]) == 1
-        gap = np.abs(value_of[sp.meta["v1"]] - value_of[sp.meta["v2"]])
+        diff = value_of[sp.meta["v1"]] - value_of[sp.meta["v2"]]
+        gap, label = np.abs(diff), np.sign(diff)
         counts = np.bincount(gap, minlength=n_values)
         hits = np.bincount(gap, weights=correct.astype(float), minlength=n_values)
-        label = np.sign(value_of[sp.meta["v1"]] - value_of[sp.meta["v2"]])
         out["splits"][name] = {
             "n": int(len(correct)),
             "accuracy": float(correct.mean()),
@@ -574,11 +583,8 @@ def checkpoint_value_gap(
     """:func:`value_gap_diagnosis` of one checkpoint (cached)."""
     run, cache_ = _context(run, cache)
     args = {"n": n, "seed": seed}
-    got = cache_.get(step, "value_gap", args)
-    if got is not None:
-        return got
-    ck = _ck or _Checkpoint(run, step, run.dataset(), device)
-    return cache_.put(step, "value_gap", args, value_gap_diagnosis(ck.model, ck.dataset, n=n, seed=seed))
+    return _cached(run, cache_, step, "value_gap", args, device, _ck,
+                   lambda ck: value_gap_diagnosis(ck.model, ck.dataset, n=n, seed=seed))
 
 
 def checkpoint_ood(
@@ -595,11 +601,8 @@ def checkpoint_ood(
     """:func:`ood_diagnosis` of one checkpoint (cached)."""
     run, cache_ = _context(run, cache)
     args = {"n": n, "seed": seed, "threshold": threshold}
-    got = cache_.get(step, "ood", args)
-    if got is not None:
-        return got
-    ck = _ck or _Checkpoint(run, step, run.dataset(), device)
-    return cache_.put(step, "ood", args, ood_diagnosis(ck.model, ck.dataset, n=n, seed=seed, threshold=threshold))
+    return _cached(run, cache_, step, "ood", args, device, _ck,
+                   lambda ck: ood_diagnosis(ck.model, ck.dataset, n=n, seed=seed, threshold=threshold))
 
 
 # --------------------------------------------------------------------------- the series
