@@ -254,14 +254,13 @@ def runs(
 def _run_status(run: Any) -> str:
     """'done: <why it stopped>', 'stopped at N (resumable)', or '' for a thinned run."""
     from grokscope.run import TRAINER_STATE_FILE, latest_resume_step
+    from grokscope.train import TrainerState
 
     step = latest_resume_step(run)
     if step is None:
         return ""
-    state = json.loads((run.checkpoint_path(step) / TRAINER_STATE_FILE).read_text()).get("trainer", {})
-    if state.get("done"):
-        return f"done: {state.get('stop_reason')}"
-    return f"stopped at {step} (resumable)"
+    state = TrainerState.from_dict(json.loads((run.checkpoint_path(step) / TRAINER_STATE_FILE).read_text())["trainer"])
+    return f"done: {state.stop_reason}" if state.done else f"stopped at {step} (resumable)"
 
 
 @app.command()
