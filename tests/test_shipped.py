@@ -72,6 +72,14 @@ def test_composition_circuit_forms_across_grokking():
     assert h[:, 2, 0].max() > 0.3 and h[-1, 2, 0] < 0.05
 
 
+def test_comparison_grokked():
+    """Comparison memorises first and generalises in-distribution later (init_range 1.0)."""
+    s = summarize_metrics(_run("comparison-small").metrics())
+    assert s["groks"]
+    assert s["train_saturated_step"] is not None and s["iid_at_saturation"] <= 0.6
+    assert s["iid_generalized_step"] - s["train_saturated_step"] >= 2000  # a real delay, in steps
+
+
 def test_comparison_generalizes_ood_and_fails_only_on_close_values():
     """Comparison generalizes OOD (the paper); the OOD errors are pairs of close values."""
     import numpy as np
@@ -89,3 +97,26 @@ def test_comparison_generalizes_ood_and_fails_only_on_close_values():
     close = float((acc[:2] * n[:2]).sum() / n[:2].sum())
     assert far >= 0.95 and close <= 0.85  # values retrieved, compared imprecisely
     assert d["accuracy"] == pytest.approx((far * n[2:].sum() + close * n[:2].sum()) / n.sum())
+
+
+def test_comparison_parallel_circuit_forms_during_grokking():
+    """At saturation (memorising) e1's effect leaves its position early and the attribute
+    is not yet read at the entity positions; after grokking both hold (values in the README)."""
+    import numpy as np
+
+    from grokscope.analysis.series import checkpoint_trace
+
+    run = _run("comparison-small")
+    s = summarize_metrics(run.metrics())
+    early, final = s["train_saturated_step"], run.steps()[-1]
+    assert early in run.steps()
+
+    def strength(step, pert):  # [layer, pos] for one perturbation; positions attr q e1 mask e2
+        d = checkpoint_trace(run, step, perturbations=[pert], cache=False)
+        return np.asarray(d["strength"][0])
+
+    e1_early, e1_final = strength(early, "e1"), strength(final, "e1")
+    assert e1_early[1, 2] < 0.5 and e1_final[1, 2] > 0.85  # S[1, e1] holds e1 only after grokking
+    a_early, a_final = strength(early, "attr"), strength(final, "attr")
+    assert a_early[1, 0] > 0.4 and a_final[1, 0] < 0.15  # attr's effect leaves its own position ...
+    assert a_final[1, 2] > 0.35 and a_final[1, 4] > 0.35  # ... to be read at both entities
