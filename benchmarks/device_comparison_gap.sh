@@ -7,8 +7,7 @@
 # Expects transformer_lens importable (wheels carried, see docs/REPRODUCTION.md).
 set -u
 out=${1:-sweeps}; t=${2:-460}
-common="train.device=cuda train.autocast=off train.max_time_s=$t train.max_steps=60000 train.stop_iid_threshold=none train.eval_every=250 train.log_per_decade=4"
-sweep() { python3 -m grokscope.cli sweep "$@"; }
+. "$(dirname "$0")/device_common.sh"
 small="task.n_entities=50 task.n_attributes=5"
 sweep --preset comparison-small --out "$out/A-50e-d128" --jobs 6 \
   --grid task.phi=3.6,7.2,12.6 --grid train.weight_decay=0.1,0.3 \

@@ -5,8 +5,7 @@
 # Usage: benchmarks/device_comparison_init.sh OUTDIR MAX_TIME_S
 set -u
 out=${1:-sweeps}; t=${2:-460}
-common="train.device=cuda train.autocast=off train.max_time_s=$t train.max_steps=60000 train.stop_iid_threshold=none train.eval_every=250 train.log_per_decade=4"
-sweep() { python3 -m grokscope.cli sweep "$@"; }
+. "$(dirname "$0")/device_common.sh"
 # E: the shipped comparison setting (100 entities, 10 attributes, 5 values, 4 x 64).
 sweep --preset comparison-small --out "$out/E-100e-d64" --jobs 6 \
   --grid model.init_range=0.3,0.6,1.0 --grid task.phi=7.2,18 \

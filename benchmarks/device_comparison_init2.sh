@@ -5,8 +5,7 @@
 # Usage: benchmarks/device_comparison_init2.sh OUTDIR MAX_TIME_S
 set -u
 out=${1:-sweeps}; t=${2:-400}
-common="train.device=cuda train.autocast=off train.max_time_s=$t train.max_steps=60000 train.stop_iid_threshold=none train.eval_every=250 train.log_per_decade=4"
-sweep() { python3 -m grokscope.cli sweep "$@"; }
+. "$(dirname "$0")/device_common.sh"
 small="task.n_entities=50 task.n_attributes=5 model.d_model=128 model.d_mlp=512"
 sweep --preset comparison-small --out "$out/G-50e-d128-seeds" --jobs 6 \
   --grid model.init_range=0.6,0.8,1.0 --grid seed=0,1 \

@@ -25,6 +25,12 @@ FIGURES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
     "claim1-composition-grokking": (
         "(1) composition groks: the shipped run (train saturates at 5,000, test ID 0.95 at 11,500)",
         {"composition-small": "checkpoints/composition-small"}, ID_OOD),
+    "claim1b-comparison-grokking": (
+        "(1) comparison groks with init_range 1.0 (50 entities, 4 x 64, this CPU)",
+        {"phi 6.3, wd 1.5 (shipped)": "checkpoints/comparison-small",
+         "phi 6.3, wd 1.5, seed 1": "s3cpu/cmp-50e-d64-phi6.3-init1.0-wd1.5-seed1",
+         "phi 5.4, wd 1.5": "s3cpu/cmp-50e-d64-phi5.4-init1.0-wd1.5",
+         "phi 7.2, wd 1.0": "s3cpu/cmp-50e-d64-phi7.2-init1.0"}, ID),
     "claim2-phi": (
         "(2) larger phi groks faster (composition-small, wd 0.1, seeds 0 and 1)",
         {"phi 5.4 seed 0": "gpu/sw3/composition/phi=5.4_weight_decay=0.1_d_mlp=512",
