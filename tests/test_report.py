@@ -81,6 +81,10 @@ def test_report_writes_both_files(reports, runs, task):
     assert "train_saturated_step" in s["grokking"]
     assert s["ood"] is not None
     assert ("n_values" in s["ood"]) == (task == "comparison")  # comparison: accuracy by |v1 - v2|
+    html = rep.html.read_text()
+    # the run table names the settings that decide whether a run groks
+    assert f"init_range={run.config.model.init_range}" in html
+    assert f"weight_decay={run.config.train.weight_decay}" in html
 
 
 @pytest.mark.parametrize("task", ["composition", "comparison"])
