@@ -111,12 +111,13 @@ def test_comparison_parallel_circuit_forms_during_grokking():
     early, final = s["train_saturated_step"], run.steps()[-1]
     assert early in run.steps()
 
-    def strength(step, pert):  # [layer, pos] for one perturbation; positions attr q e1 mask e2
-        d = checkpoint_trace(run, step, perturbations=[pert], cache=False)
-        return np.asarray(d["strength"][0])
+    def strength(step):  # perturbation -> [layer, pos]; positions attr q e1 mask e2
+        d = checkpoint_trace(run, step, perturbations=["e1", "attr"], cache=False)
+        return dict(zip(d["perturbations"], np.asarray(d["strength"])))
 
-    e1_early, e1_final = strength(early, "e1"), strength(final, "e1")
+    at_early, at_final = strength(early), strength(final)
+    e1_early, e1_final = at_early["e1"], at_final["e1"]
     assert e1_early[1, 2] < 0.5 and e1_final[1, 2] > 0.85  # S[1, e1] holds e1 only after grokking
-    a_early, a_final = strength(early, "attr"), strength(final, "attr")
+    a_early, a_final = at_early["attr"], at_final["attr"]
     assert a_early[1, 0] > 0.4 and a_final[1, 0] < 0.15  # attr's effect leaves its own position ...
     assert a_final[1, 2] > 0.35 and a_final[1, 4] > 0.35  # ... to be read at both entities
