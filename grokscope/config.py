@@ -443,7 +443,9 @@ def _presets() -> dict[str, RunConfig]:
         "composition-small": RunConfig(
             CompositionConfig(n_entities=50, n_relations=20, out_degree=20, phi=7.2,
                               test_fraction=0.05, probe_size=1000),
-            ModelConfig(n_layers=4, d_model=64, n_heads=4, d_mlp=512),
+            # Tied embeddings as the paper (lm_head = embedding), so relation tokens
+            # have trained unembedding rows and the lens can rank r2 at r2.
+            ModelConfig(n_layers=4, d_model=64, n_heads=4, d_mlp=512, tie_embeddings=True),
             _small_train(weight_decay=0.1), name="composition-small",
         ),
         "comparison-small": RunConfig(
