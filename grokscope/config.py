@@ -21,8 +21,6 @@ from typing import Any, Literal, Union
 SCHEMA_VERSION = 1
 """Version of the JSON layout of configs and run directories; bump on breaking change."""
 
-TaskName = Literal["composition", "comparison", "complex"]
-TASK_NAMES: tuple[str, ...] = ("composition", "comparison", "complex")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -163,20 +161,33 @@ class ComplexConfig:
         return min(self.n_entities - 2, max(2, round(self.ood_fraction * self.n_entities)))
 
 
-TaskConfig = Union[CompositionConfig, ComparisonConfig, ComplexConfig]
-_TASK_CLASSES: dict[str, type] = {
-    "composition": CompositionConfig,
-    "comparison": ComparisonConfig,
-    "complex": ComplexConfig,
-}
+TaskConfig = Any
+"""A registered task's frozen config (a dataclass with ``task`` and ``seed`` fields)."""
+_TASK_CLASSES: dict[str, type] = {}  # filled by register_task_config (the paper's three below)
+
+
+def register_task_config(name: str, cls: type) -> None:
+    """Record the config class of a task (called by ``grokscope.tasks.register_task``)."""
+    _TASK_CLASSES[name] = cls
+
+
+for _name, _cls in (("composition", CompositionConfig), ("comparison", ComparisonConfig), ("complex", ComplexConfig)):
+    register_task_config(_name, _cls)
+
+
+def _task_classes() -> dict[str, type]:
+    import grokscope.tasks  # noqa: F401  (registers every built-in task)
+
+    return _TASK_CLASSES
 
 
 def task_config_from_dict(d: dict[str, Any]) -> TaskConfig:
-    """Rebuild a task config from its dict (the ``task`` key picks the class)."""
+    """Rebuild a task config from its dict (the ``task`` key picks the registered class)."""
     name = d.get("task")
-    if name not in _TASK_CLASSES:
-        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASK_NAMES)}")
-    return _from_dict(_TASK_CLASSES[name], d)
+    classes = _task_classes()
+    if name not in classes:
+        raise ValueError(f"unknown task {name!r}; registered tasks: {', '.join(classes)}")
+    return _from_dict(classes[name], d)
 
 
 # --------------------------------------------------------------------------- model
@@ -345,7 +356,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
-        _check(isinstance(self.task, tuple(_TASK_CLASSES.values())), f"task must be a task config, got {type(self.task).__name__}")
+        _check(isinstance(self.task, tuple(_TASK_CLASSES.values())), f"task must be a registered task's config, got {type(self.task).__name__}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, **_to_dict(self)}
@@ -461,7 +472,10 @@ def _presets() -> dict[str, RunConfig]:
     }
 
 
-PRESET_NAMES: tuple[str, ...] = tuple(_presets())
+def __getattr__(name: str) -> Any:
+    if name == "PRESET_NAMES":  # built on first use: presets of registered tasks import them
+        return tuple(_presets())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def preset(name: str) -> RunConfig:

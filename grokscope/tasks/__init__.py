@@ -1,5 +1,22 @@
-"""The paper's three tasks as exact, seeded datasets, and its file format."""
+"""Tasks: the protocol and registry (:mod:`grokscope.tasks.base`), one file per task, the
+shared dataset contract and the paper's file format.
 
+Importing this package registers the built-in tasks: ``composition``, ``comparison``,
+``complex`` (the paper's) and ``khop``. A new task is one file that subclasses
+:class:`Task` and calls :func:`register_task`.
+"""
+
+from grokscope.tasks.base import (
+    CircuitHypothesis,
+    CounterfactualDraw,
+    LensTarget,
+    Stage,
+    Task,
+    get_task,
+    register_task,
+    task_names,
+    task_of,
+)
 from grokscope.tasks.composition import composition, generate_composition
 from grokscope.tasks.dataset import (
     PROBE_SPLITS,
@@ -14,6 +31,8 @@ from grokscope.tasks.vocab import Vocab
 __all__ = [
     "PROBE_SPLITS", "SPLITS", "ComparisonKB", "CompositionKB", "Split", "TaskDataset", "Vocab",
     "composition", "generate_composition",
+    "CircuitHypothesis", "CounterfactualDraw", "LensTarget", "Stage", "Task",
+    "get_task", "register_task", "task_names", "task_of",
 ]
 
 from grokscope.tasks.comparison import (  # noqa: E402
@@ -26,6 +45,7 @@ from grokscope.tasks.comparison import (  # noqa: E402
 
 __all__ += ["comparison", "complex_reasoning", "derivable_order", "generate_comparison", "generate_complex"]
 
+from grokscope.tasks.khop import KHopConfig, generate_khop  # noqa: E402
 from grokscope.tasks.paper_format import load_paper_format, save_paper_format  # noqa: E402
 
-__all__ += ["load_paper_format", "save_paper_format"]
+__all__ += ["KHopConfig", "generate_khop", "load_paper_format", "save_paper_format"]

@@ -21,10 +21,22 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from grokscope.config import ComparisonConfig, ComplexConfig
+from grokscope.tasks.base import (
+    CircuitHypothesis,
+    CounterfactualDraw,
+    LensTarget,
+    Stage,
+    Task,
+    inverse_index,
+    pick_per_row,
+    register_task,
+)
 from grokscope.tasks.dataset import (
     ROLES_COMPARISON_ATOMIC,
     ROLES_COMPARISON_INFERRED,
@@ -385,3 +397,137 @@ def generate_complex(cfg: ComplexConfig) -> TaskDataset:
         task="complex", vocab=vocab, kb=kb, splits=splits, counts=counts,
         config=dataclasses.asdict(cfg),
     )
+
+
+# --------------------------------------------------------------------------- the registered tasks
+
+
+class ComparisonTask(Task):
+    """Attribute comparison: ``<attr><q><e1><mask><e2>`` -> ``<attr_k_L>``."""
+
+    name = "comparison"
+    config_cls = ComparisonConfig
+    inferred_roles = ("attr", "q", "e1", "mask", "e2")
+    perturbations = ("e1", "e2", "attr")
+    diagnoses = ("value_gap",)
+    cli_params = {
+        "n_entities": "--entities", "n_attributes": "--attributes", "n_values": "--values",
+        "ood_fraction": "--ood-fraction", "phi": "--phi",
+    }
+    hypothesis = CircuitHypothesis(
+        kind="parallel",
+        inputs=("attr", "e1", "e2"),
+        stages=(
+            Stage("v1@e1", "e1", "v1", sources=(("e1", "e1"),), perturbation="e1", held_fallback=True),
+            Stage("v2@e2", "e2", "v2", sources=(("e2", "e2"),), perturbation="e2", held_fallback=True),
+            Stage("labels@attr", "attr", "labels", sources=(("attr", "attr"),), perturbation="attr"),
+        ),
+        output_target="label@last", output_role="e2", output_content="label",
+        derived={"labels@attr": ("label0@attr", "label1@attr", "label2@attr")},
+        share=(("e1", "e1"), ("e2", "e2")),
+    )
+
+    def generate(self, cfg: ComparisonConfig) -> TaskDataset:
+        return generate_comparison(cfg)
+
+    def load(self, vocab: Vocab, parsed: dict[str, Any], directory: Path) -> TaskDataset:
+        from grokscope.tasks.paper_format import load_comparison_items
+
+        return dataclasses.replace(load_comparison_items(vocab, parsed, directory), task=self.name)
+
+    def counterfactuals(
+        self, dataset: TaskDataset, split: Split, rows: np.ndarray, perturbation: str,
+        rng: np.random.Generator, *, id_only: bool = True,
+    ) -> CounterfactualDraw:
+        """``e1`` -> ``e1'`` / ``e2`` -> ``e2'`` whose value changes the label; ``attr`` ->
+        ``attr'`` with another label for the same two entities (uniform, vectorized)."""
+        vocab, kb = dataset.vocab, dataset.kb
+        size = len(vocab)
+        ent, att = vocab.entity_ids, vocab.attribute_ids
+        e_of, a_of = inverse_index(ent, size), inverse_index(att, size)
+        meta = {k: v[rows] for k, v in split.meta.items()}
+        values, ood = kb.values, kb.ood
+        a, e1, e2 = a_of[meta["attr"]], e_of[meta["e1"]], e_of[meta["e2"]]
+        v1, v2 = values[e1, a], values[e2, a]
+        lab = comparison_label(v1, v2)
+        labels = vocab.label_ids
+        n_e, n_a = values.shape
+        if perturbation in ("e1", "e2"):
+            col = values[:, a].T  # [n, E] the attribute's value of every candidate
+            new_lab = comparison_label(col, v2[:, None]) if perturbation == "e1" else comparison_label(v1[:, None], col)
+            cand = np.arange(n_e)[None, :]
+            ok = (col >= 0) & (new_lab != lab[:, None]) & (cand != e1[:, None]) & (cand != e2[:, None])
+            if id_only:
+                ok &= ~ood[:, a].T
+            j = pick_per_row(rng, ok)
+            jj, keep = np.maximum(j, 0), j >= 0
+            rr = np.arange(len(rows))
+            cf_lab = new_lab[rr, jj]
+            w1, w2 = (col[rr, jj], v2) if perturbation == "e1" else (v1, col[rr, jj])
+            new_tok, cf_ans = ent[jj], labels[a, cf_lab]
+        elif perturbation == "attr":
+            w1_all, w2_all = values[e1, :], values[e2, :]  # [n, A]
+            new_lab = comparison_label(w1_all, w2_all)
+            ok = (w1_all >= 0) & (w2_all >= 0) & (new_lab != lab[:, None]) & (np.arange(n_a)[None, :] != a[:, None])
+            if id_only:
+                ok &= ~ood[e1, :] & ~ood[e2, :]
+            j = pick_per_row(rng, ok)
+            jj, keep = np.maximum(j, 0), j >= 0
+            rr = np.arange(len(rows))
+            cf_lab = new_lab[rr, jj]
+            w1, w2 = w1_all[rr, jj], w2_all[rr, jj]
+            new_tok, cf_ans = att[jj], labels[jj, cf_lab]
+        else:
+            raise ValueError(f"unknown perturbation {perturbation!r}; choose from {', '.join(self.perturbations)}")
+        val = vocab.value_ids
+        return CounterfactualDraw(
+            new_token=np.where(keep, new_tok, -1),
+            answer=labels[a, lab],
+            cf_answer=cf_ans,
+            cf_meta={"cf_v1": val[w1[keep]], "cf_v2": val[w2[keep]], "cf_label": cf_lab[keep]},
+        )
+
+    def lens_targets(self, split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
+        """Inferred: ``v1@e1``, ``v2@e2``, ``label0|1|2@attr`` (the example's attribute's
+        labels: v1 < v2, =, >) and ``label@last``; atomic: ``v@last``."""
+        roles, meta, n = split.roles, split.meta, len(split)
+        if not roles:
+            raise ValueError(f"split {split.name!r} mixes layouts (no roles); pick a probe split such as 'train_inferred'")
+        val = vocab.class_ids("value") if within_class else None
+        if set(roles) == {"e", "attr"}:
+            return [LensTarget("v@last", split.target_pos, meta["v1"], val)]
+        if set(roles) != set(self.inferred_roles):
+            raise ValueError(f"split {split.name!r}: no lens targets known for roles {sorted(roles)}")
+        attr_idx = inverse_index(vocab.attribute_ids, len(vocab))[meta["attr"]]
+        if (attr_idx < 0).any():
+            raise ValueError(f"split {split.name!r}: meta['attr'] holds a token that is not an attribute")
+        labels = vocab.label_ids[attr_idx]  # [n, 3] token ids of each example's labels
+        label_space = None
+        if within_class:
+            label_space = np.zeros((n, len(vocab)), dtype=bool)
+            label_space[np.arange(n)[:, None], labels] = True
+        answer = labels[np.arange(n), meta["label"]]
+        return [
+            LensTarget("v1@e1", roles["e1"], meta["v1"], val),
+            LensTarget("v2@e2", roles["e2"], meta["v2"], val),
+            *(LensTarget(f"label{k}@attr", roles["attr"], labels[:, k], label_space) for k in range(3)),
+            LensTarget("label@last", split.target_pos, answer, label_space),
+        ]
+
+
+class ComplexTask(ComparisonTask):
+    """Complex reasoning: comparison whose OOD atomic facts are never trained (PAPER.md Task 3)."""
+
+    name = "complex"
+    config_cls = ComplexConfig
+    cli_params = {
+        "n_entities": "--entities", "n_attributes": "--attributes", "n_values": "--values",
+        "ood_fraction": "--ood-fraction",
+    }
+
+    def generate(self, cfg: ComplexConfig) -> TaskDataset:
+        return generate_complex(cfg)
+
+
+register_task(ComparisonTask())
+register_task(ComplexTask())

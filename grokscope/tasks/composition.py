@@ -16,10 +16,22 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from grokscope.config import CompositionConfig
+from grokscope.tasks.base import (
+    CircuitHypothesis,
+    CounterfactualDraw,
+    LensTarget,
+    Stage,
+    Task,
+    inverse_index,
+    pick_per_row,
+    register_task,
+)
 from grokscope.tasks.dataset import (
     ROLES_COMPOSITION_ATOMIC,
     ROLES_COMPOSITION_INFERRED,
@@ -70,12 +82,13 @@ def composition(
     return generate_composition(cfg)
 
 
-def generate_composition(cfg: CompositionConfig) -> TaskDataset:
-    """Generate the composition task from its frozen config (see :func:`composition`)."""
-    rng = np.random.default_rng([cfg.seed, 0xC0])
-    n_e, n_r, k = cfg.n_entities, cfg.n_relations, cfg.out_degree
+def atomic_facts(cfg: Any, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, CompositionKB]:
+    """The composition knowledge base (shared by k-hop): ``out_degree`` distinct relations
+    per head, each to a uniform random tail, ``ood_fraction`` of the facts OOD.
 
-    # Atomic facts: k distinct relations per head, each to a uniform random tail.
+    Returns ``rels`` and ``tails`` (E, k), the OOD marks (E, k), and the KB.
+    """
+    n_e, n_r, k = cfg.n_entities, cfg.n_relations, cfg.out_degree
     rels = np.argsort(rng.random((n_e, n_r)), axis=1, kind="stable")[:, :k]  # (E, k)
     tails = rng.integers(0, n_e, size=(n_e, k))  # (E, k)
     n_atomic = n_e * k
@@ -88,13 +101,21 @@ def generate_composition(cfg: CompositionConfig) -> TaskDataset:
     ood_k = np.zeros(n_atomic, dtype=bool)
     ood_k[rng.choice(n_atomic, size=n_ood, replace=False)] = True
     ood_k = ood_k.reshape(n_e, k)
-
     tail = np.full((n_e, n_r), -1, dtype=np.int64)
     ood = np.zeros((n_e, n_r), dtype=bool)
     rows = np.arange(n_e)[:, None]
     tail[rows, rels] = tails
     ood[rows, rels] = ood_k
-    kb = CompositionKB(tail=tail, ood=ood)
+    return rels, tails, ood_k, CompositionKB(tail=tail, ood=ood)
+
+
+def generate_composition(cfg: CompositionConfig) -> TaskDataset:
+    """Generate the composition task from its frozen config (see :func:`composition`)."""
+    rng = np.random.default_rng([cfg.seed, 0xC0])
+    n_e, k = cfg.n_entities, cfg.out_degree
+    rels, tails, ood_k, kb = atomic_facts(cfg, rng)
+    n_atomic = n_e * k
+    n_ood = int(ood_k.sum())
 
     # Inferred candidates (h, k1, k2): r1 = rels[h, k1], b = tails[h, k1],
     # r2 = rels[b, k2], t = tails[b, k2]. Shape (E, k, k), flattened.
@@ -124,7 +145,7 @@ def generate_composition(cfg: CompositionConfig) -> TaskDataset:
         )
     train_inf = np.sort(rng.choice(candidates, size=n_train_inf, replace=False))
 
-    vocab = Vocab.composition(n_e, n_r)
+    vocab = Vocab.composition(n_e, cfg.n_relations)
     ent, rel = vocab.entity_ids, vocab.relation_ids
 
     def inferred(name: str, idx: np.ndarray) -> Split:
@@ -192,3 +213,145 @@ def generate_composition(cfg: CompositionConfig) -> TaskDataset:
         task="composition", vocab=vocab, kb=kb, splits=splits, counts=counts,
         config=dataclasses.asdict(cfg),
     )
+
+
+# --------------------------------------------------------------------------- the registered task
+
+
+class CompositionTask(Task):
+    """Two-hop composition: ``<h><r1><r2>`` -> ``<t>`` through the bridge ``b``."""
+
+    name = "composition"
+    config_cls = CompositionConfig
+    inferred_roles = ("h", "r1", "r2")
+    perturbations = ("h", "r1", "r2")
+    diagnoses = ("ood_lens",)
+    cli_params = {
+        "n_entities": "--entities", "n_relations": "--relations", "out_degree": "--out-degree",
+        "ood_fraction": "--ood-fraction", "phi": "--phi",
+    }
+    hypothesis = CircuitHypothesis(
+        kind="staged",
+        inputs=("h", "r1", "r2"),
+        stages=(
+            Stage("bridge@r1", "r1", "bridge", sources=(("h", "h"), ("r1", "r1")), perturbation="h"),
+            Stage("r2@r2", "r2", "r2", sources=(("r2", "r2"),), perturbation="r2",
+                  at="bridge@r1", search_after="bridge@r1"),
+        ),
+        output_target="t@last", output_role="r2", output_content="t",
+        share=(("h", "r1"),),
+    )
+
+    def generate(self, cfg: CompositionConfig) -> TaskDataset:
+        return generate_composition(cfg)
+
+    def load(self, vocab: Vocab, parsed: dict[str, Any], directory: Path) -> TaskDataset:
+        from grokscope.tasks.paper_format import load_composition_items
+
+        return load_composition_items(vocab, parsed, directory)
+
+    def counterfactuals(
+        self, dataset: TaskDataset, split: Split, rows: np.ndarray, perturbation: str,
+        rng: np.random.Generator, *, id_only: bool = True,
+    ) -> CounterfactualDraw:
+        return chain_counterfactuals(dataset, split, rows, perturbation, rng, id_only=id_only)
+
+    def lens_targets(self, split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
+        return chain_lens_targets(split, vocab, within_class=within_class)
+
+
+def _hops(roles: dict[str, int]) -> int:
+    return sum(1 for r in roles if r.startswith("r") and r[1:].isdigit())
+
+
+def chain_counterfactuals(
+    dataset: TaskDataset, split: Split, rows: np.ndarray, perturbation: str,
+    rng: np.random.Generator, *, id_only: bool = True,
+) -> CounterfactualDraw:
+    """Counterfactuals of a chain of hops ``<h><r1>...<rk>`` (composition and k-hop).
+
+    ``h`` -> ``h'`` and ``r_i`` -> ``r_i'``: any replacement whose whole chain is defined
+    (every hop an ID fact with ``id_only``) and ends at another tail than ``t``; drawn
+    uniformly per example, vectorized over examples and candidates.
+    """
+    vocab, kb = dataset.vocab, dataset.kb
+    size = len(vocab)
+    e_of, r_of = inverse_index(vocab.entity_ids, size), inverse_index(vocab.relation_ids, size)
+    k = _hops(split.roles)
+    meta = {key: v[rows] for key, v in split.meta.items()}
+    h = e_of[meta["h"]]
+    rel = np.stack([r_of[meta[f"r{i}"]] for i in range(1, k + 1)], axis=1)  # [n, k]
+    t = e_of[meta["t"]]
+    tail, ood = kb.tail, kb.ood
+    n, (n_e, n_r) = len(rows), tail.shape
+
+    def walk(start: np.ndarray, hops: np.ndarray, changed: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Follow ``hops`` ([n, m, j]) from ``start`` ([n, m]); ends, valid mask, nodes.
+
+        Hops from ``changed`` on are new facts: with ``id_only`` they must be ID.
+        """
+        cur, ok, nodes = start, start >= 0, [start]
+        for j in range(hops.shape[-1]):
+            safe = np.maximum(cur, 0)
+            nxt = np.where(ok, tail[safe, hops[..., j]], -1)
+            if id_only and j >= changed:
+                ok = ok & ~ood[safe, hops[..., j]]
+            ok = ok & (nxt >= 0)
+            cur = nxt
+            nodes.append(cur)
+        return cur, ok, nodes
+
+    if perturbation == "h":
+        cand = np.broadcast_to(np.arange(n_e)[None, :], (n, n_e))
+        same = cand == h[:, None]
+        end, ok, nodes = walk(cand, np.broadcast_to(rel[:, None, :], (n, n_e, k)), 0)
+        new_ids = vocab.entity_ids
+    elif perturbation.startswith("r") and perturbation[1:].isdigit() and 1 <= int(perturbation[1:]) <= k:
+        i = int(perturbation[1:]) - 1
+        hops = np.broadcast_to(rel[:, None, :], (n, n_r, k)).copy()
+        hops[:, :, i] = np.arange(n_r)[None, :]
+        same = hops[:, :, i] == rel[:, i : i + 1]
+        end, ok, nodes = walk(np.broadcast_to(h[:, None], (n, n_r)), hops, i)
+        new_ids = vocab.relation_ids
+    else:
+        raise ValueError(f"unknown perturbation {perturbation!r}; choose from h, r1..r{k}")
+    valid = ok & (end != t[:, None]) & ~same
+    j = pick_per_row(rng, valid)
+    keep = j >= 0
+    jj = np.maximum(j, 0)
+    rr = np.arange(n)
+    cf_t = end[rr, jj]
+    cf_meta = {"cf_t": vocab.entity_ids[cf_t[keep]]}
+    bridge_names = ["bridge"] if k == 2 else [f"b{i}" for i in range(1, k)]
+    for name, node in zip(bridge_names, nodes[1:k]):
+        cf_meta[f"cf_{name}"] = vocab.entity_ids[node[rr, jj][keep]]
+    return CounterfactualDraw(
+        new_token=np.where(keep, new_ids[jj], -1),
+        answer=meta["t"],
+        cf_answer=vocab.entity_ids[np.maximum(cf_t, 0)],
+        cf_meta=cf_meta,
+    )
+
+
+def chain_lens_targets(split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
+    """Lens targets of a chain split: each bridge at the relation that resolves it, the
+    last relation at its own position, the answer at the last position; atomic splits:
+    the answer at the last position."""
+    roles, meta = split.roles, split.meta
+    if not roles:
+        raise ValueError(f"split {split.name!r} mixes layouts (no roles); pick a probe split such as 'train_inferred'")
+    ent = vocab.class_ids("entity") if within_class else None
+    rel = vocab.class_ids("relation") if within_class else None
+    if set(roles) == {"h", "r"}:
+        return [LensTarget("t@last", split.target_pos, meta["t"], ent)]
+    k = _hops(roles)
+    if k < 2 or set(roles) != {"h", *(f"r{i}" for i in range(1, k + 1))}:
+        raise ValueError(f"split {split.name!r}: no lens targets known for roles {sorted(roles)}")
+    bridges = ["bridge"] if k == 2 else [f"b{i}" for i in range(1, k)]
+    out = [LensTarget(f"{b}@r{i}", roles[f"r{i}"], meta[b], ent) for i, b in enumerate(bridges, start=1)]
+    out.append(LensTarget(f"r{k}@r{k}", roles[f"r{k}"], meta[f"r{k}"], rel))
+    out.append(LensTarget("t@last", split.target_pos, meta["t"], ent))
+    return out
+
+
+register_task(CompositionTask())

@@ -262,9 +262,22 @@ class TaskDataset:
     config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        missing = [s for s in SPLITS if s not in self.splits]
+        missing = [s for s in self.split_names if s not in self.splits]
         if missing:
             raise ValueError(f"dataset is missing splits: {missing}")
+
+    @property
+    def probe_splits(self) -> tuple[str, ...]:
+        """The probe splits of this dataset's task (the paper's five unless it declares others)."""
+        from grokscope.tasks.base import _REGISTRY
+
+        spec = _REGISTRY.get(self.task)
+        return spec.probe_splits if spec is not None else PROBE_SPLITS
+
+    @property
+    def split_names(self) -> tuple[str, ...]:
+        """``train`` and the probe splits."""
+        return ("train", *self.probe_splits)
 
     @property
     def n_ctx(self) -> int:
@@ -275,7 +288,7 @@ class TaskDataset:
         """sha256 over the vocabulary and every split's tokens (hex)."""
         h = hashlib.sha256()
         h.update("\n".join(self.vocab.tokens).encode())
-        for name in SPLITS:
+        for name in self.split_names:
             s = self.splits[name]
             h.update(name.encode())
             cols = np.arange(s.tokens.shape[1])

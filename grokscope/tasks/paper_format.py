@@ -73,8 +73,12 @@ def save_paper_format(ds: TaskDataset, directory: str | os.PathLike[str]) -> Non
         return out
 
     _write_json(d / "train.json", items(ds.splits["train"]))
-    _write_json(d / "valid.json", items(ds.splits["test_inferred_ood"]))
-    _write_json(d / "test.json", [x for name in PROBE_SPLITS for x in items(ds.splits[name], name)])
+    ood = ds.splits.get("test_inferred_ood")  # the paper's valid.json; tasks without OOD facts write []
+    _write_json(d / "valid.json", items(ood) if ood is not None else [])
+    from grokscope.tasks.base import get_task
+
+    probe_splits = get_task(ds.task).probe_splits
+    _write_json(d / "test.json", [x for name in probe_splits for x in items(ds.splits[name], name)])
     _write_json(d / "vocab.json", list(ds.vocab.tokens))
 
 
@@ -110,11 +114,13 @@ def _parse_items(items: list[Any], vocab: Vocab, where: str) -> tuple[list[list[
     return inputs, answers
 
 
-def load_paper_format(directory: str | os.PathLike[str]) -> TaskDataset:
+def load_paper_format(directory: str | os.PathLike[str], task: str | None = None) -> TaskDataset:
     """Read a paper-format dataset directory into a :class:`TaskDataset`.
 
-    The task is recognised from the vocabulary (relations: composition; attributes:
-    comparison, or complex reasoning when OOD atomic facts are absent from train.json).
+    With ``task`` (a registered task's name, as a run directory records it) that task
+    builds the dataset. Without it the task is recognised from the vocabulary (relations:
+    composition; attributes: comparison, or complex reasoning when OOD atomic facts are
+    absent from train.json), as for the paper's released files.
     The knowledge base is rebuilt from every atomic fact in the files; OOD marks come
     from the ``ood_atomic`` test items.
 
@@ -132,11 +138,15 @@ def load_paper_format(directory: str | os.PathLike[str]) -> TaskDataset:
         raise ValueError(f"{d / 'vocab.json'}: {e}") from None
     train_items = _read_list(d / "train.json")
     test_items = _read_list(d / "test.json")
-    by_type: dict[str, list[Any]] = {name: [] for name in PROBE_SPLITS}
+    from grokscope.tasks.base import get_task
+
+    spec = get_task(task) if task is not None else None
+    probe_splits = spec.probe_splits if spec is not None else PROBE_SPLITS
+    by_type: dict[str, list[Any]] = {name: [] for name in probe_splits}
     for n, item in enumerate(test_items):
         kind = item.get("type") if isinstance(item, dict) else None
         if kind not in by_type:
-            raise ValueError(f"{d / 'test.json'}[{n}]: type {kind!r} is not one of {', '.join(PROBE_SPLITS)}")
+            raise ValueError(f"{d / 'test.json'}[{n}]: type {kind!r} is not one of {', '.join(probe_splits)}")
         by_type[kind].append(item)
     if not (d / "valid.json").is_file():
         raise FileNotFoundError(f"{d / 'valid.json'}: missing")
@@ -145,10 +155,12 @@ def load_paper_format(directory: str | os.PathLike[str]) -> TaskDataset:
     for name, items in by_type.items():
         parsed[name] = _parse_items(items, vocab, f"{d / 'test.json'} ({name})")
 
+    if spec is not None:
+        return spec.load(vocab, parsed, d)
     if len(vocab.class_ids("relation")):
-        return _load_composition(vocab, parsed, d)
+        return load_composition_items(vocab, parsed, d)
     if len(vocab.class_ids("attribute")):
-        return _load_comparison(vocab, parsed, d)
+        return load_comparison_items(vocab, parsed, d)
     raise ValueError(f"{d / 'vocab.json'}: neither relation nor attribute tokens; cannot tell the task")
 
 
@@ -159,7 +171,11 @@ def _group(inputs: list[list[int]], answers: list[int], length: int) -> tuple[np
     return np.array([inputs[i] for i in rows], dtype=np.int64), np.array([answers[i] for i in rows], dtype=np.int64)
 
 
-def _load_composition(vocab: Vocab, parsed: dict[str, Any], d: Path) -> TaskDataset:
+def load_composition_items(
+    vocab: Vocab, parsed: dict[str, Any], d: Path, *, hops: int = 2, task: str = "composition"
+) -> TaskDataset:
+    """Composition (``hops`` = 2) or k-hop data from parsed items; every fact checked
+    against the knowledge base rebuilt from the atomic facts."""
     ent, rel = vocab.entity_ids, vocab.relation_ids
     ent_index = np.full(len(vocab), -1)
     ent_index[ent] = np.arange(len(ent))
@@ -167,11 +183,15 @@ def _load_composition(vocab: Vocab, parsed: dict[str, Any], d: Path) -> TaskData
     rel_index[rel] = np.arange(len(rel))
     tail = np.full((len(ent), len(rel)), -1, dtype=np.int64)
     ood = np.zeros_like(tail, dtype=bool)
+    bridges = ["bridge"] if hops == 2 else [f"b{i}" for i in range(1, hops)]
+    rel_roles = [f"r{i}" for i in range(1, hops + 1)]
 
     for name, (inputs, answers) in parsed.items():
-        bad = [i for i, x in enumerate(inputs) if len(x) not in (2, 3)]
+        bad = [i for i, x in enumerate(inputs) if len(x) not in (2, hops + 1)]
         if bad:
-            raise ValueError(f"{d}: {name} example {bad[0]} has {len(inputs[bad[0]])} input tokens; composition uses 2 or 3")
+            raise ValueError(
+                f"{d}: {name} example {bad[0]} has {len(inputs[bad[0]])} input tokens; {task} uses 2 or {hops + 1}"
+            )
         x, y = _group(inputs, answers, 2)
         h, r, t = ent_index[x[:, 0]], rel_index[x[:, 1]], ent_index[y]
         if ((h < 0) | (r < 0) | (t < 0)).any():
@@ -192,36 +212,35 @@ def _load_composition(vocab: Vocab, parsed: dict[str, Any], d: Path) -> TaskData
         x, y = _group(inputs, answers, 2)
         if len(x):
             none = np.full(len(x), -1)
-            parts.append(make_split(
-                name, x, y, vocab, atomic=True,
-                meta={"h": x[:, 0], "r1": x[:, 1], "r2": none, "bridge": none, "t": y},
-                roles=ROLES_COMPOSITION_ATOMIC,
-            ))
-        x, y = _group(inputs, answers, 3)
+            meta = {"h": x[:, 0], "r1": x[:, 1], **{r: none for r in rel_roles[1:]}, **{b: none for b in bridges}, "t": y}
+            parts.append(make_split(name, x, y, vocab, atomic=True, meta=meta, roles=ROLES_COMPOSITION_ATOMIC))
+        x, y = _group(inputs, answers, hops + 1)
         if len(x):
-            h, r1, r2 = ent_index[x[:, 0]], rel_index[x[:, 1]], rel_index[x[:, 2]]
-            if ((h < 0) | (r1 < 0) | (r2 < 0)).any():
-                raise ValueError(f"{d}: {name} holds an inferred fact that is not <e><r><r>")
-            b = tail[h, r1]
-            t2 = np.where(b >= 0, tail[np.maximum(b, 0), r2], -1)
-            wrong = (b < 0) | (t2 < 0) | (ent[np.maximum(t2, 0)] != y)
+            h = ent_index[x[:, 0]]
+            rs = rel_index[x[:, 1:]]
+            if (h < 0).any() or (rs < 0).any():
+                raise ValueError(f"{d}: {name} holds an inferred fact that is not <e>{'<r>' * hops}")
+            cur, nodes = h, []
+            for j in range(hops):
+                cur = np.where(cur >= 0, tail[np.maximum(cur, 0), rs[:, j]], -1)
+                nodes.append(cur)
+            wrong = (np.stack(nodes) < 0).any(axis=0) | (ent[np.maximum(cur, 0)] != y)
             if wrong.any():
                 i = int(np.flatnonzero(wrong)[0])
                 raise ValueError(
                     f"{d}: {name} fact {vocab.decode(x[i])} -> {vocab.tokens[y[i]]} does not follow from the atomic facts"
                 )
-            parts.append(make_split(
-                name, x, y, vocab, atomic=False,
-                meta={"h": x[:, 0], "r1": x[:, 1], "r2": x[:, 2], "bridge": ent[b], "t": y},
-                roles=ROLES_COMPOSITION_INFERRED,
-            ))
+            meta = {"h": x[:, 0], **{r: x[:, j + 1] for j, r in enumerate(rel_roles)},
+                    **{b: ent[nodes[j]] for j, b in enumerate(bridges)}, "t": y}
+            roles = {"h": 0, **{r: j + 1 for j, r in enumerate(rel_roles)}}
+            parts.append(make_split(name, x, y, vocab, atomic=False, meta=meta, roles=roles))
         return _merge(name, parts, vocab)
 
     splits = {name: split(name) for name in parsed}
-    return _finish("composition", vocab, kb, splits)
+    return _finish(task, vocab, kb, splits)
 
 
-def _load_comparison(vocab: Vocab, parsed: dict[str, Any], d: Path) -> TaskDataset:
+def load_comparison_items(vocab: Vocab, parsed: dict[str, Any], d: Path) -> TaskDataset:
     ent, att, val, lab = vocab.entity_ids, vocab.attribute_ids, vocab.value_ids, vocab.label_ids
     ent_index = np.full(len(vocab), -1)
     ent_index[ent] = np.arange(len(ent))
@@ -309,7 +328,9 @@ def _finish(task: str, vocab: Vocab, kb: CompositionKB | ComparisonKB, splits: d
         "n_train_atomic": int(train.atomic.sum()),
         "n_train_inferred": int((~train.atomic).sum()),
     }
-    n_id_trained_atomic = int(train.atomic.sum()) - (0 if task == "complex" else int(kb.ood.sum()))
+    # every atomic fact is trained except, in complex reasoning, the OOD ones
+    ood_trained = bool((train.atomic.sum() == kb.n_facts))
+    n_id_trained_atomic = int(train.atomic.sum()) - (int(kb.ood.sum()) if ood_trained else 0)
     if n_id_trained_atomic > 0:
         counts["phi"] = counts["n_train_inferred"] / n_id_trained_atomic
     return TaskDataset(task=task, vocab=vocab, kb=kb, splits=splits, counts=counts, config=None)

@@ -1,0 +1,243 @@
+"""k-hop composition (k = 2..4) on the composition knowledge base: one file, one registration.
+
+Input ``<e_h><r_1>...<r_k>``, target ``<e_t></a>``; the bridges ``b1..b(k-1)`` are in
+the metadata. The paper's rule extended to k hops: a chain whose every hop is an ID
+fact is test ID with probability ``test_fraction``, else a training candidate; a chain
+whose every hop is OOD is test OOD; mixed chains are dropped. ``round(phi * #ID atomic)``
+training candidates are sampled uniformly; the training set is every atomic fact plus
+that sample. With ``hops=2`` the same arguments and seed give exactly the composition
+task's facts (the knowledge base and every random draw come in the same order).
+
+Example:
+    >>> from grokscope.tasks.khop import KHopConfig, generate_khop
+    >>> ds = generate_khop(KHopConfig(n_entities=30, n_relations=6, out_degree=4, hops=3, phi=2.0))
+    >>> ds.splits["train_inferred"].roles
+    {'h': 0, 'r1': 1, 'r2': 2, 'r3': 3}
+    >>> sorted(k for k in ds.splits["train_inferred"].meta if k.startswith("b"))
+    ['b1', 'b2']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from grokscope.tasks.base import CircuitHypothesis, CounterfactualDraw, LensTarget, Stage, Task, register_task
+from grokscope.tasks.composition import atomic_facts, chain_counterfactuals, chain_lens_targets
+from grokscope.tasks.dataset import ROLES_COMPOSITION_ATOMIC, Split, TaskDataset, concat_splits, make_split
+from grokscope.tasks.vocab import END, Vocab
+
+MAX_HOPS = 4
+MAX_CHAINS = 20_000_000
+"""Refuse knowledge bases with more candidate chains than this (memory)."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class KHopConfig:
+    """k-hop composition. The knowledge base is the composition task's.
+
+    Attributes:
+        n_entities, n_relations, out_degree, ood_fraction: as composition.
+        hops: k, the number of relations in a query (2..4).
+        phi: training inferred facts per ID atomic fact.
+        test_fraction: chance an all-ID chain is held out as test ID.
+        probe_size: cap on each probe split.
+        seed: data seed.
+    """
+
+    n_entities: int = 2000
+    n_relations: int = 200
+    out_degree: int = 20
+    hops: int = 3
+    ood_fraction: float = 0.05
+    phi: float = 7.2
+    test_fraction: float = 0.005
+    probe_size: int = 3000
+    seed: int = 0
+    task: Literal["khop"] = "khop"
+
+    def __post_init__(self) -> None:
+        _check(self.task == "khop", f"task must be 'khop', got {self.task!r}")
+        _check(2 <= self.hops <= MAX_HOPS, f"hops must be in [2, {MAX_HOPS}], got {self.hops}")
+        _check(self.n_entities >= 2, f"n_entities must be >= 2, got {self.n_entities}")
+        _check(self.n_relations >= 1, f"n_relations must be >= 1, got {self.n_relations}")
+        _check(1 <= self.out_degree <= self.n_relations,
+               f"out_degree must be in [1, n_relations={self.n_relations}], got {self.out_degree}")
+        _check(0 < self.ood_fraction < 1, f"ood_fraction must be in (0, 1), got {self.ood_fraction}")
+        _check(0 <= self.test_fraction < 1, f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        _check(self.phi >= 0 and math.isfinite(self.phi), f"phi must be >= 0, got {self.phi!r}")
+        _check(self.probe_size >= 1, f"probe_size must be >= 1, got {self.probe_size}")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        n_chains = self.n_entities * self.out_degree**self.hops
+        _check(n_chains <= MAX_CHAINS,
+               f"{self.n_entities} entities x out_degree {self.out_degree}^{self.hops} = {n_chains:,} candidate "
+               f"chains (limit {MAX_CHAINS:,}); use fewer entities, a smaller out_degree or fewer hops")
+
+
+def _names(k: int) -> tuple[list[str], list[str]]:
+    """Relation roles r1..rk and bridge names (``bridge`` for 2 hops, else b1..b(k-1))."""
+    return [f"r{i}" for i in range(1, k + 1)], (["bridge"] if k == 2 else [f"b{i}" for i in range(1, k)])
+
+
+def generate_khop(cfg: KHopConfig) -> TaskDataset:
+    """Generate k-hop composition from its frozen config (same config, same bytes)."""
+    rng = np.random.default_rng([cfg.seed, 0xC0])  # the composition task's stream
+    n_e, k, hops = cfg.n_entities, cfg.out_degree, cfg.hops
+    rels, tails, ood_k, kb = atomic_facts(cfg, rng)
+    n_atomic, n_ood = n_e * k, int(ood_k.sum())
+
+    # Every chain (h, k1, ..., k_hops) in C order: h, then the slot of each hop.
+    grids = np.meshgrid(np.arange(n_e), *([np.arange(k)] * hops), indexing="ij")
+    h = grids[0].reshape(-1)
+    slots = [g.reshape(-1) for g in grids[1:]]
+    cur = h
+    rel_idx, nodes, oods = [], [], []
+    for s in slots:
+        rel_idx.append(rels[cur, s])
+        oods.append(ood_k[cur, s])
+        cur = tails[cur, s]
+        nodes.append(cur)
+    t = cur
+    all_id = ~np.logical_or.reduce(oods)
+    all_ood = np.logical_and.reduce(oods)
+    held_out = all_id & (rng.random(h.shape[0]) < cfg.test_fraction)
+    candidates = np.flatnonzero(all_id & ~held_out)
+    test_iid = np.flatnonzero(held_out)
+    test_ood = np.flatnonzero(all_ood)
+
+    n_id_atomic = n_atomic - n_ood
+    n_train_inf = int(round(cfg.phi * n_id_atomic))
+    if n_train_inf > len(candidates):
+        raise ValueError(
+            f"phi={cfg.phi} asks for {n_train_inf} training inferred facts but only {len(candidates)} "
+            f"all-ID chains exist; the maximum phi for this knowledge base is {len(candidates) / n_id_atomic:.4f}"
+        )
+    train_inf = np.sort(rng.choice(candidates, size=n_train_inf, replace=False))
+
+    vocab = Vocab.composition(n_e, cfg.n_relations)
+    ent, rel = vocab.entity_ids, vocab.relation_ids
+    rel_roles, bridges = _names(hops)
+    roles = {"h": 0, **{r: i + 1 for i, r in enumerate(rel_roles)}}
+
+    def inferred(name: str, idx: np.ndarray) -> Split:
+        meta = {"h": ent[h[idx]], **{r: rel[ri[idx]] for r, ri in zip(rel_roles, rel_idx)},
+                **{b: ent[nd[idx]] for b, nd in zip(bridges, nodes)}, "t": ent[t[idx]]}
+        inputs = np.stack([ent[h[idx]], *(rel[ri[idx]] for ri in rel_idx)], axis=1)
+        return make_split(name, inputs, ent[t[idx]], vocab, atomic=False, meta=meta, roles=roles)
+
+    ah, ar, at, aood = kb.facts()
+
+    def atomic(name: str, idx: np.ndarray) -> Split:
+        none = np.full(len(idx), -1)
+        meta = {"h": ent[ah[idx]], "r1": rel[ar[idx]], **{r: none for r in rel_roles[1:]},
+                **{b: none for b in bridges}, "t": ent[at[idx]]}
+        return make_split(name, np.stack([ent[ah[idx]], rel[ar[idx]]], axis=1), ent[at[idx]], vocab,
+                          atomic=True, meta=meta, roles=ROLES_COMPOSITION_ATOMIC)
+
+    def probe(idx: np.ndarray) -> np.ndarray:
+        if len(idx) <= cfg.probe_size:
+            return idx
+        return np.sort(rng.choice(idx, size=cfg.probe_size, replace=False))
+
+    all_atomic = np.arange(len(ah))
+    train = concat_splits("train", [atomic("train", all_atomic), inferred("train", train_inf)], pad_id=vocab[END])
+    splits = {
+        "train": train,
+        "id_atomic": atomic("id_atomic", probe(np.flatnonzero(~aood))),
+        "ood_atomic": atomic("ood_atomic", probe(np.flatnonzero(aood))),
+        "train_inferred": inferred("train_inferred", probe(train_inf)),
+        "test_inferred_iid": inferred("test_inferred_iid", probe(test_iid)),
+        "test_inferred_ood": inferred("test_inferred_ood", probe(test_ood)),
+    }
+    counts = {
+        "n_atomic": n_atomic,
+        "n_id_atomic": n_id_atomic,
+        "n_ood_atomic": n_ood,
+        "n_inferred_candidates": int(h.shape[0]),
+        "n_id_id": int(all_id.sum()),
+        "n_ood_ood": int(all_ood.sum()),
+        "n_mixed_dropped": int((~all_id & ~all_ood).sum()),
+        "n_test_inferred_iid": int(len(test_iid)),
+        "n_test_inferred_ood": int(len(test_ood)),
+        "n_train_candidates": int(len(candidates)),
+        "n_train_inferred": n_train_inf,
+        "n_train": len(train),
+        "phi": n_train_inf / n_id_atomic,
+        "max_phi": len(candidates) / n_id_atomic,
+    }
+    return TaskDataset(task="khop", vocab=vocab, kb=kb, splits=splits, counts=counts, config=dataclasses.asdict(cfg))
+
+
+def _hypothesis(k: int) -> CircuitHypothesis:
+    """Each bridge b_i resolved at r_i, in order (the staged circuit, k hops)."""
+    rel_roles, bridges = _names(k)
+    stages = [Stage(f"{bridges[0]}@r1", "r1", bridges[0], sources=(("h", "h"), ("r1", "r1")), perturbation="h")]
+    for i in range(1, k - 1):
+        stages.append(Stage(f"{bridges[i]}@r{i + 1}", f"r{i + 1}", bridges[i], sources=((f"r{i + 1}", f"r{i + 1}"),),
+                            perturbation=f"r{i + 1}", search_after=f"{bridges[i - 1]}@r{i}"))
+    stages.append(Stage(f"r{k}@r{k}", f"r{k}", f"r{k}", sources=((f"r{k}", f"r{k}"),), perturbation=f"r{k}",
+                        at=f"{bridges[-1]}@r{k - 1}", search_after=f"{bridges[-1]}@r{k - 1}"))
+    return CircuitHypothesis(kind="staged", inputs=("h", *rel_roles), stages=tuple(stages),
+                             output_target="t@last", output_role=f"r{k}", output_content="t",
+                             share=(("h", "r1"),))
+
+
+class KHopTask(Task):
+    """k-hop composition ``<h><r1>...<rk>`` -> ``<t>``; analysis reads k from the split."""
+
+    name = "khop"
+    config_cls = KHopConfig
+    inferred_roles = ("h", "r1", "r2", "r3")  # the default (3 hops); see :meth:`roles_for`
+    perturbations = ("h", "r1", "r2", "r3")
+    diagnoses = ()
+    cli_params = {
+        "hops": "--hops", "n_entities": "--entities", "n_relations": "--relations",
+        "out_degree": "--out-degree", "ood_fraction": "--ood-fraction", "phi": "--phi",
+    }
+    hypothesis = _hypothesis(3)
+
+    def for_hops(self, k: int) -> KHopTask:
+        """This task specialised to k hops (its roles, perturbations and hypothesis)."""
+        spec = KHopTask()
+        rel_roles, _ = _names(k)
+        spec.inferred_roles = ("h", *rel_roles)  # type: ignore[misc]
+        spec.perturbations = ("h", *rel_roles)  # type: ignore[misc]
+        spec.hypothesis = _hypothesis(k)  # type: ignore[misc]
+        return spec
+
+    def specialise(self, dataset: TaskDataset) -> KHopTask:
+        k = sum(1 for r in dataset.splits[self.default_split].roles if r.startswith("r"))
+        return self.for_hops(k)
+
+    def generate(self, cfg: KHopConfig) -> TaskDataset:
+        return generate_khop(cfg)
+
+    def load(self, vocab: Vocab, parsed: dict[str, Any], directory: Path) -> TaskDataset:
+        from grokscope.tasks.paper_format import load_composition_items
+
+        lengths = {len(x) for x in parsed["train_inferred"][0]} or {len(x) for x in parsed["train"][0] if len(x) > 2}
+        if len(lengths) != 1:
+            raise ValueError(f"{directory}: k-hop queries of several lengths {sorted(lengths)}; expected one k")
+        return load_composition_items(vocab, parsed, directory, hops=lengths.pop() - 1, task=self.name)
+
+    def counterfactuals(
+        self, dataset: TaskDataset, split: Split, rows: np.ndarray, perturbation: str,
+        rng: np.random.Generator, *, id_only: bool = True,
+    ) -> CounterfactualDraw:
+        return chain_counterfactuals(dataset, split, rows, perturbation, rng, id_only=id_only)
+
+    def lens_targets(self, split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
+        return chain_lens_targets(split, vocab, within_class=within_class)
+
+
+register_task(KHopTask())
