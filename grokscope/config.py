@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 SCHEMA_VERSION = 1
 """Version of the JSON layout of configs and run directories; bump on breaking change."""

@@ -52,9 +52,6 @@ import torch
 
 from grokscope import __version__
 from grokscope.config import (
-    ComparisonConfig,
-    ComplexConfig,
-    CompositionConfig,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -431,31 +428,12 @@ def convert_gpt2_tensors(
     return {k: v.contiguous().clone() for k, v in out.items()}
 
 
-def task_config_for(dataset: TaskDataset) -> CompositionConfig | ComparisonConfig | ComplexConfig:
+def task_config_for(dataset: TaskDataset) -> Any:
     """A task config describing a loaded dataset's sizes (descriptive only: the run's
-    data is the files, never regenerated). Fractions that the files do not fix keep
-    their defaults; an OOD share of 0 or 1 is clipped into (0, 1)."""
-    probe = max([1, *(len(dataset.splits[s]) for s in dataset.splits if s != "train")])
+    data is the files, never regenerated): :meth:`grokscope.tasks.Task.describe`."""
+    from grokscope.tasks.base import get_task
 
-    def frac(x: float) -> float:
-        return min(max(float(x), 1e-6), 1 - 1e-6)
-
-    kb = dataset.kb
-    if dataset.task == "composition":
-        n_e, n_r = kb.tail.shape
-        degree = int((kb.tail >= 0).sum(1).max()) if kb.tail.size else 1
-        return CompositionConfig(
-            n_entities=max(2, n_e), n_relations=max(1, n_r), out_degree=min(max(1, degree), max(1, n_r)),
-            ood_fraction=frac(kb.ood.sum() / max(1, kb.n_facts)), phi=float(dataset.counts.get("phi", 0.0)),
-            probe_size=probe,
-        )
-    n_e, n_a = kb.values.shape
-    ood = frac(kb.ood.sum(0).mean() / max(1, n_e)) if n_a else 0.1
-    if dataset.task == "complex":
-        return ComplexConfig(n_entities=max(4, n_e), n_attributes=max(1, n_a), n_values=max(2, kb.n_values),
-                             ood_fraction=ood, probe_size=probe)
-    return ComparisonConfig(n_entities=max(4, n_e), n_attributes=max(1, n_a), n_values=max(2, kb.n_values),
-                            ood_fraction=ood, phi=float(dataset.counts.get("phi", 0.0)), probe_size=probe)
+    return get_task(dataset.task).describe(dataset)
 
 
 # --------------------------------------------------------------------------- the import

@@ -40,7 +40,7 @@ from grokscope.run import (
     read_safetensors,
     write_checkpoint,
 )
-from grokscope.tasks.dataset import PROBE_SPLITS, Split
+from grokscope.tasks.dataset import Split
 
 if TYPE_CHECKING:
     from jaxtyping import Float, Int
@@ -170,7 +170,7 @@ def target_loss(
 def eval_subsets(dataset: TaskDataset, eval_size: int | None, seed: int) -> dict[str, Split]:
     """A fixed random subset (at most ``eval_size``) of every probe split."""
     out = {}
-    for i, name in enumerate(PROBE_SPLITS):
+    for i, name in enumerate(dataset.probe_splits):
         s = dataset.splits[name]
         if eval_size is not None and len(s) > eval_size:
             idx = np.sort(np.random.default_rng([seed, 2, i]).choice(len(s), eval_size, replace=False))
@@ -294,11 +294,10 @@ def train_new(config: RunConfig, out: str | os.PathLike[str], *, quiet: bool = F
     Raises:
         RunError: ``out`` already holds a run.
     """
-    from grokscope.tasks import generate_comparison, generate_complex, generate_composition
+    from grokscope.tasks import get_task
 
-    gen = {"composition": generate_composition, "comparison": generate_comparison, "complex": generate_complex}
     rank, _ = _dist_info()
-    dataset = gen[config.task.task](config.task)
+    dataset = get_task(config.task).generate(config.task)
     if rank == 0:
         run = Run.create(out, config, dataset)
     if torch.distributed.is_initialized():

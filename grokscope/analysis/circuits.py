@@ -1,4 +1,9 @@
-"""The circuit of a checkpoint as data, read off the logit lens and causal tracing.
+"""A task's circuit hypothesis checked on a checkpoint, read off the lens and tracing.
+
+The hypothesis is data the task supplies (:class:`grokscope.tasks.CircuitHypothesis`:
+stages ``content@role`` placed at the first layer whose lens MRR passes the threshold,
+their source and output edges); this module evaluates it and never tests a task's name.
+For the paper's tasks:
 
 Composition (the paper's "staged" circuit): the layer ``b*`` where the bridge entity
 is resolved at ``r1`` is the first ``l`` with MRR(bridge at ``S[l, r1]``) >=
@@ -34,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from grokscope.analysis.lens import LensResult, lens_split
-from grokscope.analysis.tracing import TraceResult, make_counterfactuals, task_family, trace
+from grokscope.analysis.tracing import TraceResult, make_counterfactuals, trace
+from grokscope.tasks.base import Task, get_task, task_of
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -103,7 +109,7 @@ class Circuit:
     """A checkpoint's circuit: nodes, edges, resolve layers and the evidence.
 
     Attributes:
-        task: ``composition`` or ``comparison``.
+        task: the task's name.
         n_layers: ``L``.
         threshold: the lens MRR threshold used.
         layers: lens target -> first layer passing the threshold (None: never).
@@ -127,6 +133,9 @@ class Circuit:
     roles: dict[str, int]
     step: int | None = None
     notes: list[str] = field(default_factory=list)
+    kind: str = "staged"
+    parallel_stages: list[tuple[str, str]] = field(default_factory=list)
+    """(lens target, role) of the stages a parallel hypothesis resolves side by side."""
 
     def node(self, name: str) -> CircuitNode:
         for nd in self.nodes:
@@ -136,16 +145,17 @@ class Circuit:
 
     @property
     def parallel(self) -> bool | None:
-        """Comparison: v1 and v2 resolved by the lens within one layer of each other, or
-        (when the lens decodes neither) both entities' effects held at their own positions
-        past layer 0 by tracing. None for composition or when there is no evidence."""
-        if self.task != "comparison":
+        """A parallel hypothesis (comparison): its side-by-side stages (v1 at e1, v2 at e2)
+        resolved by the lens within one layer of each other, or (when the lens decodes
+        none) every one's effect held at its own position past layer 0 by tracing. None
+        for a staged hypothesis or when there is no evidence."""
+        if self.kind != "parallel" or not self.parallel_stages:
             return None
-        l1, l2 = self.layers.get("v1@e1"), self.layers.get("v2@e2")
-        if l1 is not None and l2 is not None:
-            return abs(l1 - l2) <= 1
-        h1, h2 = self.layers.get("e1 held@e1"), self.layers.get("e2 held@e2")
-        if h1 is not None and h2 is not None:
+        found = [self.layers.get(t) for t, _ in self.parallel_stages]
+        if all(x is not None for x in found):
+            return max(found) - min(found) <= 1  # type: ignore[type-var,operator]
+        held = [self.layers.get(f"{r} held@{r}") for _, r in self.parallel_stages]
+        if all(x is not None for x in held):
             return True
         return None
 
@@ -178,13 +188,27 @@ def first_layer(mrr: torch.Tensor, threshold: float, start: int = 0) -> int | No
     return int(hits[0]) + start if len(hits) else None
 
 
+def _held_layer(strength: dict[str, torch.Tensor], pert: str, pos: int, col: dict[int, int], L: int, threshold: float) -> int | None:
+    """Up to which layer an input's effect still sits at its own position: every
+    ``S[0..l, pos]`` flips >= ``threshold`` of the predictions when patched from the
+    counterfactual run (None unless past layer 0)."""
+    if pert not in strength or pos not in col:
+        return None
+    s_pos, held = strength[pert][:, col[pos]], None
+    for lay in range(L):
+        if float(s_pos[lay]) < threshold:
+            break
+        held = lay
+    return held if held is not None and held >= 1 else None
+
+
 def build_circuit(
-    task: str, lens: LensResult, tracing: TraceResult, threshold: float = DEFAULT_THRESHOLD, step: int | None = None
+    task: str | Task, lens: LensResult, tracing: TraceResult, threshold: float = DEFAULT_THRESHOLD, step: int | None = None
 ) -> Circuit:
-    """Assemble the circuit from a lens result and a resid tracing result (pure data).
+    """Evaluate the task's circuit hypothesis on a lens and a resid tracing result (pure data).
 
     Args:
-        task: ``composition`` or ``comparison`` (``complex`` counts as comparison).
+        task: the registered task (or its name) whose ``hypothesis`` is evaluated.
         lens: from :func:`grokscope.analysis.lens.lens_split` on an inferred split.
         tracing: from :func:`grokscope.analysis.tracing.trace` with ``site="resid"``
             over every layer and position.
@@ -197,12 +221,15 @@ def build_circuit(
     Example:
         >>> c = build_circuit("composition", lens, tracing)     # doctest: +SKIP
     """
+    spec = get_task(task) if isinstance(task, str) else task
+    hyp = spec.hypothesis
+    if hyp is None:
+        raise ValueError(f"task {spec.name!r} declares no circuit hypothesis")
     if tracing.site != "resid":
         raise ValueError(f"build_circuit needs resid tracing, got site {tracing.site!r}")
     n_states = len(tracing.hook_names)
     if tracing.layers != list(range(n_states)) or n_states != len(lens.hook_names):
         raise ValueError("build_circuit needs resid tracing over every layer 0..L (trace(..., layers=None))")
-    family = task_family(task)
     roles = dict(tracing.counterfactuals[tracing.perturbations[0]].roles)
     col = {p: i for i, p in enumerate(tracing.positions)}
     strength = {p: tracing.strength[k] for k, p in enumerate(tracing.perturbations)}
@@ -229,85 +256,62 @@ def build_circuit(
         return CircuitEdge(src.name, dst.name, via.strengths.get(pert, float("nan")), pert)
 
     mrr = {name: lens.mrr(name) for name in lens.names}
-    notes: list[str] = []
-    if family == "composition":
-        need = {"bridge@r1", "r2@r2", "t@last"}
-        if not need <= set(mrr):
-            raise ValueError(f"lens result lacks {sorted(need - set(mrr))}; use lens_targets on an inferred split")
-        layers = {
-            "bridge@r1": first_layer(mrr["bridge@r1"], threshold),
-            "t@last": first_layer(mrr["t@last"], threshold),
-        }
-        b = layers["bridge@r1"]
-        layers["r2@r2"] = first_layer(mrr["r2@r2"], threshold, start=b) if b is not None else None
-        inputs = {r: node(0, r, r) for r in ("h", "r1", "r2")}
-        out = node(L, "r2", "t", float(mrr["t@last"][L]))
-        nodes, edges = [*inputs.values()], []
-        if b is not None and 0 < b < L:
-            bridge = node(b, "r1", "bridge", float(mrr["bridge@r1"][b]))
-            carried = node(b, "r2", "r2", float(mrr["r2@r2"][b]))
-            nodes += [bridge, carried, out]
-            edges += [
-                edge(inputs["h"], bridge, "h"), edge(inputs["r1"], bridge, "r1"),
-                edge(inputs["r2"], carried, "r2"),
-                edge(bridge, out, "h"), edge(carried, out, "r2"),
-            ]
+    if not hyp.lens_names <= set(mrr):
+        raise ValueError(f"lens result lacks {sorted(hyp.lens_names - set(mrr))}; use lens_targets on an inferred split")
+    for name, parts in hyp.derived.items():
+        mrr[name] = sum(mrr[x] for x in parts) / len(parts)
+    layers: dict[str, int | None] = {}
+    for st in hyp.stages:
+        if st.search_after is None:
+            layers[st.target] = first_layer(mrr[st.target], threshold)
+    layers[hyp.output_target] = first_layer(mrr[hyp.output_target], threshold)
+    for st in hyp.stages:
+        if st.search_after is not None:
+            start = layers.get(st.search_after)
+            layers[st.target] = first_layer(mrr[st.target], threshold, start=start) if start is not None else None
+    for st in hyp.stages:
+        if st.held_fallback:
+            layers[f"{st.role} held@{st.role}"] = _held_layer(strength, st.perturbation, roles[st.role], col, L, threshold)
+
+    inputs = {r: node(0, r, r) for r in hyp.inputs}
+    out = node(L, hyp.output_role, hyp.output_content, float(mrr[hyp.output_target][L]))
+    nodes, edges, notes = [*inputs.values()], [], []
+    if hyp.kind == "staged":
+        place = [layers.get(st.at or st.target) for st in hyp.stages]
+        if all(lay is not None and 0 < lay < L for lay in place):
+            mids = [node(lay, st.role, st.content, float(mrr[st.target][lay])) for st, lay in zip(hyp.stages, place)]  # type: ignore[arg-type]
+            by_target = {st.target: m for st, m in zip(hyp.stages, mids)}
+            nodes += [*mids, out]
+            for st, mid in zip(hyp.stages, mids):
+                edges += [edge(inputs[r], mid, p) for r, p in st.sources]
+            for st, mid in zip(hyp.stages, mids):
+                feeds = next((x for x in hyp.stages if x.search_after == st.target and x.at is None), None)
+                edges.append(edge(mid, by_target[feeds.target] if feeds is not None else out, st.perturbation))
         else:
-            notes.append("bridge never resolved at r1 below the last layer: inputs linked straight to the output")
+            first = hyp.stages[0]
+            notes.append(f"{first.content} never resolved at {first.role} below the last layer: inputs linked straight to the output")
             nodes.append(out)
-            edges += [edge(inputs[r], out, r) for r in ("h", "r1", "r2")]
+            edges += [edge(inputs[r], out, r) for r in hyp.inputs]
     else:
-        need = {"v1@e1", "v2@e2", "label0@attr", "label1@attr", "label2@attr", "label@last"}
-        if not need <= set(mrr):
-            raise ValueError(f"lens result lacks {sorted(need - set(mrr))}; use lens_targets on an inferred split")
-        label_space = (mrr["label0@attr"] + mrr["label1@attr"] + mrr["label2@attr"]) / 3
-        mrr["labels@attr"] = label_space
-        layers = {
-            "v1@e1": first_layer(mrr["v1@e1"], threshold),
-            "v2@e2": first_layer(mrr["v2@e2"], threshold),
-            "labels@attr": first_layer(label_space, threshold),
-            "label@last": first_layer(mrr["label@last"], threshold),
-        }
-        inputs = {r: node(0, r, r) for r in ("attr", "e1", "e2")}
-        out = node(L, "e2", "label", float(mrr["label@last"][L]))
-        nodes, edges = [*inputs.values()], []
-        # Tracing view of the same question: up to which layer does an entity's effect
-        # still sit at its own position (every S[0..l, e] flips >= threshold of the
-        # predictions when patched from the e' run)? Values the lens cannot decode may
-        # still be held there; both entities held in their own positions is the
-        # paper's parallel circuit.
-        for role in ("e1", "e2"):
-            held = None
-            if role in strength and roles[role] in col:
-                s_pos = strength[role][:, col[roles[role]]]
-                for lay in range(L):
-                    if float(s_pos[lay]) < threshold:
-                        break
-                    held = lay
-            layers[f"{role} held@{role}"] = held if held is not None and held >= 1 else None
-        for target, role, content, pert in (
-            ("v1@e1", "e1", "v1", "e1"), ("v2@e2", "e2", "v2", "e2"), ("labels@attr", "attr", "labels", "attr")
-        ):
-            lay = layers[target]
-            held = layers.get(f"{role} held@{role}")
+        for st in hyp.stages:
+            lay, held = layers[st.target], layers.get(f"{st.role} held@{st.role}")
             if lay is not None and 0 < lay < L:
-                mid = node(lay, role, content, float(mrr[target][lay]))
-                nodes.append(mid)
-                edges += [edge(inputs[role], mid, pert), edge(mid, out, pert)]
+                mid = node(lay, st.role, st.content, float(mrr[st.target][lay]))
             elif held is not None:
-                mid = node(held, role, f"{content} (held, by tracing)", float(mrr[target][held]))
-                nodes.append(mid)
-                edges += [edge(inputs[role], mid, pert), edge(mid, out, pert)]
+                mid = node(held, st.role, f"{st.content} (held, by tracing)", float(mrr[st.target][held]))
                 notes.append(
-                    f"{target} not decodable by the lens (MRR {float(mrr[target].max()):.2f} at best), but "
-                    f"tracing holds {role}'s effect at its own position up to S[{held},{role}]"
+                    f"{st.target} not decodable by the lens (MRR {float(mrr[st.target].max()):.2f} at best), but "
+                    f"tracing holds {st.role}'s effect at its own position up to S[{held},{st.role}]"
                 )
             else:
-                notes.append(f"{target} never resolved below the last layer: {role} linked straight to the output")
-                edges.append(edge(inputs[role], out, pert))
+                notes.append(f"{st.target} never resolved below the last layer: {st.role} linked straight to the output")
+                edges += [edge(inputs[r], out, p) for r, p in st.sources]
+                continue
+            nodes.append(mid)
+            edges += [*(edge(inputs[r], mid, p) for r, p in st.sources), edge(mid, out, st.perturbation)]
         nodes.append(out)
     return Circuit(
-        task=family,
+        task=spec.name,
         n_layers=L,
         threshold=float(threshold),
         layers=layers,
@@ -319,6 +323,8 @@ def build_circuit(
         roles=roles,
         step=step,
         notes=notes,
+        kind=hyp.kind,
+        parallel_stages=[(st.target, st.role) for st in hyp.stages if st.held_fallback],
     )
 
 
@@ -351,7 +357,9 @@ def find_circuit(
     Example:
         >>> c = find_circuit(model, ds, n=300)                  # doctest: +SKIP
     """
-    lens = lens_split(model, dataset.splits[split], dataset.vocab, n=n, seed=seed, within_class=within_class)
+    spec = task_of(dataset)
+    split = split or spec.default_split
+    lens = lens_split(model, dataset.splits[split], dataset.vocab, n=n, seed=seed, within_class=within_class, task=spec)
     cfs = make_counterfactuals(dataset, split, n=n, seed=seed)
     tracing = trace(model, cfs, site="resid")
-    return build_circuit(dataset.task, lens, tracing, threshold=threshold, step=step)
+    return build_circuit(spec, lens, tracing, threshold=threshold, step=step)

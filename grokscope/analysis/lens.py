@@ -35,6 +35,9 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
+from grokscope.analysis.sampling import sample_rows
+from grokscope.tasks.base import LensTarget  # noqa: F401  (re-exported: the lens API)
+
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -211,24 +214,6 @@ def allowed_mask(allowed: Any, n: int, d_vocab: int) -> Bool[torch.Tensor, "batc
 # --------------------------------------------------------------------------- logit lens
 
 
-@dataclass(frozen=True)
-class LensTarget:
-    """What to rank where: a token per example, read at a position per example.
-
-    Attributes:
-        name: a label such as ``"bridge@r1"``.
-        position: input position (an int, or one per example).
-        token_ids: ``[batch]`` target token ids.
-        allowed: None (rank among the whole vocabulary), a 1-D list of token ids, or a
-            ``[batch, d_vocab]`` bool mask (e.g. the three labels of each example).
-    """
-
-    name: str
-    position: Any
-    token_ids: Any
-    allowed: Any = None
-
-
 @dataclass
 class LensResult:
     """Logit-lens ranks of every target at every layer ``l = 0..L``.
@@ -344,33 +329,19 @@ def logit_lens(
     )
 
 
-def _index_of(token_ids: np.ndarray, class_ids: np.ndarray, what: str) -> np.ndarray:
-    """Map token ids to their index within ``class_ids`` (``<attr_k>`` -> k)."""
-    lookup = {int(t): i for i, t in enumerate(class_ids)}
-    try:
-        return np.array([lookup[int(t)] for t in token_ids], dtype=np.int64)
-    except KeyError as e:
-        raise ValueError(f"token id {e.args[0]} in meta[{what!r}] is not a {what} token of this vocabulary") from None
+def lens_targets(split: Split, vocab: Vocab, *, within_class: bool = False, task: Any = None) -> list[LensTarget]:
+    """The task's logit-lens targets for a homogeneous split (:meth:`Task.lens_targets`).
 
-
-def lens_targets(split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
-    """The paper's logit-lens targets for a homogeneous split, from its metadata.
-
-    Composition inferred (roles ``h, r1, r2``): ``bridge@r1``, ``r2@r2``, ``t@last``.
-    Comparison inferred (roles ``attr, q, e1, mask, e2``): ``v1@e1``, ``v2@e2``,
-    ``label0@attr``, ``label1@attr``, ``label2@attr`` (the labels ``<attr_k_0|1|2>``
-    of the example's own attribute: v1 < v2, =, >) and ``label@last`` (the answer).
-    Atomic splits: the answer at the last position (``t@last`` / ``v@last``).
+    Composition inferred (roles ``h, r1, r2``): ``bridge@r1``, ``r2@r2``, ``t@last``;
+    k-hop: ``b_i@r_i``, ``rk@rk``, ``t@last``. Comparison inferred: ``v1@e1``, ``v2@e2``,
+    ``label0|1|2@attr`` and ``label@last``. Atomic splits: the answer at the last position.
 
     Args:
         split: a split with ``roles`` (not the mixed ``train`` split).
         vocab: the dataset's vocabulary.
-        within_class: rank among the target's token class (entities, relations,
-            values, or the three labels of the example's attribute) instead of
-            the whole vocabulary.
-
-    Returns:
-        :class:`LensTarget` objects for :func:`logit_lens` on ``split.input_ids``.
+        within_class: rank among the target's token class instead of the whole vocabulary.
+        task: the registered task (a :class:`~grokscope.tasks.Task` or its name); None:
+            the first registered task that knows the split's layout.
 
     Example:
         >>> from grokscope.tasks import composition
@@ -378,38 +349,19 @@ def lens_targets(split: Split, vocab: Vocab, *, within_class: bool = False) -> l
         >>> [t.name for t in lens_targets(ds.splits["train_inferred"], ds.vocab)]
         ['bridge@r1', 'r2@r2', 't@last']
     """
-    roles, meta, n = split.roles, split.meta, len(split)
-    if not roles:
+    from grokscope.tasks.base import _REGISTRY, get_task
+
+    if not split.roles:
         raise ValueError(f"split {split.name!r} mixes layouts (no roles); pick a probe split such as 'train_inferred'")
-    last = split.target_pos
-    ent = vocab.class_ids("entity") if within_class else None
-    if set(roles) == {"h", "r1", "r2"}:
-        rel = vocab.class_ids("relation") if within_class else None
-        return [
-            LensTarget("bridge@r1", roles["r1"], meta["bridge"], ent),
-            LensTarget("r2@r2", roles["r2"], meta["r2"], rel),
-            LensTarget("t@last", last, meta["t"], ent),
-        ]
-    if set(roles) == {"h", "r"}:
-        return [LensTarget("t@last", last, meta["t"], ent)]
-    val = vocab.class_ids("value") if within_class else None
-    if set(roles) == {"attr", "q", "e1", "mask", "e2"}:
-        attr_idx = _index_of(meta["attr"], vocab.attribute_ids, "attr")
-        labels = vocab.label_ids[attr_idx]  # [n, 3] token ids of each example's labels
-        label_space = None
-        if within_class:
-            label_space = np.zeros((n, len(vocab)), dtype=bool)
-            label_space[np.arange(n)[:, None], labels] = True
-        answer = labels[np.arange(n), meta["label"]]
-        return [
-            LensTarget("v1@e1", roles["e1"], meta["v1"], val),
-            LensTarget("v2@e2", roles["e2"], meta["v2"], val),
-            *(LensTarget(f"label{k}@attr", roles["attr"], labels[:, k], label_space) for k in range(3)),
-            LensTarget("label@last", last, answer, label_space),
-        ]
-    if set(roles) == {"e", "attr"}:
-        return [LensTarget("v@last", last, meta["v1"], val)]
-    raise ValueError(f"split {split.name!r}: no lens targets known for roles {sorted(roles)}")
+    if task is not None:
+        spec = get_task(task) if isinstance(task, str) else task
+        return spec.lens_targets(split, vocab, within_class=within_class)
+    for spec in _REGISTRY.values():
+        try:
+            return spec.lens_targets(split, vocab, within_class=within_class)
+        except (ValueError, KeyError, NotImplementedError):
+            continue
+    raise ValueError(f"split {split.name!r}: no registered task knows lens targets for roles {sorted(split.roles)}")
 
 
 def lens_split(
@@ -421,6 +373,7 @@ def lens_split(
     seed: int = 0,
     within_class: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    task: Any = None,
 ) -> LensResult:
     """:func:`logit_lens` of :func:`lens_targets` on a split (or ``n`` of its examples).
 
@@ -437,8 +390,8 @@ def lens_split(
         >>> res = lens_split(model, ds.splits["train_inferred"], ds.vocab, n=300)  # doctest: +SKIP
     """
     if n is not None and n < len(split):
-        split = split.subset(np.sort(np.random.default_rng(seed).choice(len(split), n, replace=False)))
-    targets = lens_targets(split, vocab, within_class=within_class)
+        split = split.subset(sample_rows(len(split), n, seed))
+    targets = lens_targets(split, vocab, within_class=within_class, task=task)
     return logit_lens(model, torch.from_numpy(split.input_ids), targets, batch_size=batch_size)
 
 

@@ -173,6 +173,11 @@ def pick_per_row(rng: np.random.Generator, valid: np.ndarray) -> np.ndarray:
     return np.where(valid.any(axis=1), col, -1)
 
 
+def clip_fraction(x: float) -> float:
+    """A share clipped into (0, 1), for configs that describe loaded data."""
+    return min(max(float(x), 1e-6), 1 - 1e-6)
+
+
 def inverse_index(ids: np.ndarray, size: int) -> np.ndarray:
     """Token id -> index in ``ids`` (-1 for tokens not in ``ids``)."""
     out = np.full(size, -1, dtype=np.int64)
@@ -210,6 +215,10 @@ class Task:
         lists of token ids, as :mod:`grokscope.tasks.paper_format` read them.
         """
         raise NotImplementedError(f"task {self.name!r} has no paper-format loader")
+
+    def describe(self, dataset: TaskDataset) -> Any:
+        """A config describing a loaded dataset's sizes (descriptive: files are never regenerated)."""
+        raise NotImplementedError(f"task {self.name!r} cannot describe a loaded dataset")
 
     def counterfactuals(
         self,

@@ -33,6 +33,7 @@ from grokscope.tasks.base import (
     LensTarget,
     Stage,
     Task,
+    clip_fraction,
     inverse_index,
     pick_per_row,
     register_task,
@@ -435,6 +436,11 @@ class ComparisonTask(Task):
 
         return dataclasses.replace(load_comparison_items(vocab, parsed, directory), task=self.name)
 
+    def describe(self, dataset: TaskDataset) -> ComparisonConfig:
+        n_e, n_a, ood, probe = _describe(dataset)
+        return ComparisonConfig(n_entities=max(4, n_e), n_attributes=max(1, n_a), n_values=max(2, dataset.kb.n_values),
+                                ood_fraction=ood, phi=float(dataset.counts.get("phi", 0.0)), probe_size=probe)
+
     def counterfactuals(
         self, dataset: TaskDataset, split: Split, rows: np.ndarray, perturbation: str,
         rng: np.random.Generator, *, id_only: bool = True,
@@ -527,6 +533,19 @@ class ComplexTask(ComparisonTask):
 
     def generate(self, cfg: ComplexConfig) -> TaskDataset:
         return generate_complex(cfg)
+
+    def describe(self, dataset: TaskDataset) -> ComplexConfig:  # type: ignore[override]
+        n_e, n_a, ood, probe = _describe(dataset)
+        return ComplexConfig(n_entities=max(4, n_e), n_attributes=max(1, n_a), n_values=max(2, dataset.kb.n_values),
+                             ood_fraction=ood, probe_size=probe)
+
+
+def _describe(dataset: TaskDataset) -> tuple[int, int, float, int]:
+    """Entities, attributes, the OOD share per attribute and the largest probe split."""
+    n_e, n_a = dataset.kb.values.shape
+    ood = clip_fraction(dataset.kb.ood.sum(0).mean() / max(1, n_e)) if n_a else 0.1
+    probe = max([1, *(len(s) for name, s in dataset.splits.items() if name != "train")])
+    return n_e, n_a, ood, probe
 
 
 register_task(ComparisonTask())

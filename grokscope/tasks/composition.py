@@ -28,6 +28,7 @@ from grokscope.tasks.base import (
     LensTarget,
     Stage,
     Task,
+    clip_fraction,
     inverse_index,
     pick_per_row,
     register_task,
@@ -249,6 +250,16 @@ class CompositionTask(Task):
         from grokscope.tasks.paper_format import load_composition_items
 
         return load_composition_items(vocab, parsed, directory)
+
+    def describe(self, dataset: TaskDataset) -> CompositionConfig:
+        kb = dataset.kb
+        n_e, n_r = kb.tail.shape
+        degree = int((kb.tail >= 0).sum(1).max()) if kb.tail.size else 1
+        return CompositionConfig(
+            n_entities=max(2, n_e), n_relations=max(1, n_r), out_degree=min(max(1, degree), max(1, n_r)),
+            ood_fraction=clip_fraction(kb.ood.sum() / max(1, kb.n_facts)), phi=float(dataset.counts.get("phi", 0.0)),
+            probe_size=max([1, *(len(s) for name, s in dataset.splits.items() if name != "train")]),
+        )
 
     def counterfactuals(
         self, dataset: TaskDataset, split: Split, rows: np.ndarray, perturbation: str,

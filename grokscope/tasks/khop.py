@@ -27,9 +27,22 @@ from typing import Any, Literal
 
 import numpy as np
 
-from grokscope.tasks.base import CircuitHypothesis, CounterfactualDraw, LensTarget, Stage, Task, register_task
+from grokscope.tasks.base import (
+    CircuitHypothesis,
+    CounterfactualDraw,
+    LensTarget,
+    Stage,
+    Task,
+    register_task,
+)
 from grokscope.tasks.composition import atomic_facts, chain_counterfactuals, chain_lens_targets
-from grokscope.tasks.dataset import ROLES_COMPOSITION_ATOMIC, Split, TaskDataset, concat_splits, make_split
+from grokscope.tasks.dataset import (
+    ROLES_COMPOSITION_ATOMIC,
+    Split,
+    TaskDataset,
+    concat_splits,
+    make_split,
+)
 from grokscope.tasks.vocab import END, Vocab
 
 MAX_HOPS = 4

@@ -33,7 +33,6 @@ from grokscope.tasks.dataset import (
     ROLES_COMPARISON_ATOMIC,
     ROLES_COMPARISON_INFERRED,
     ROLES_COMPOSITION_ATOMIC,
-    ROLES_COMPOSITION_INFERRED,
     ComparisonKB,
     CompositionKB,
     Split,
@@ -329,7 +328,7 @@ def _finish(task: str, vocab: Vocab, kb: CompositionKB | ComparisonKB, splits: d
         "n_train_inferred": int((~train.atomic).sum()),
     }
     # every atomic fact is trained except, in complex reasoning, the OOD ones
-    ood_trained = bool((train.atomic.sum() == kb.n_facts))
+    ood_trained = bool(train.atomic.sum() == kb.n_facts)
     n_id_trained_atomic = int(train.atomic.sum()) - (int(kb.ood.sum()) if ood_trained else 0)
     if n_id_trained_atomic > 0:
         counts["phi"] = counts["n_train_inferred"] / n_id_trained_atomic
