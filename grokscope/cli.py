@@ -7,10 +7,10 @@ and exit with code 2; ``--debug`` shows the traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,6 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     _state["debug"] = debug
 
 
-class TaskChoice(str, Enum):
-    composition = "composition"
-    comparison = "comparison"
-    complex = "complex"
-
-
 def _print_table(rows: list[tuple[str, Any]], title: str | None = None) -> None:
     if title:
         typer.echo(title)
@@ -51,47 +45,52 @@ def _print_table(rows: list[tuple[str, Any]], title: str | None = None) -> None:
         typer.echo(f"  {str(k).ljust(width)}  {v}")
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def data(
-    task: TaskChoice = typer.Argument(..., help="Which task: composition, comparison or complex."),
+    ctx: typer.Context,
+    task: str = typer.Argument(..., help="A registered task: composition, comparison, complex, khop, ..."),
     out: Path = typer.Option(..., "--out", help="Directory to write the paper-format files into."),
-    entities: int | None = typer.Option(None, "--entities", help="Number of entities (paper: 2000 / 1000)."),
-    relations: int | None = typer.Option(None, "--relations", help="Composition: number of relations (paper: 200)."),
-    out_degree: int | None = typer.Option(None, "--out-degree", help="Composition: relations per entity (paper: 20)."),
-    attributes: int | None = typer.Option(None, "--attributes", help="Comparison/complex: attributes (paper: 20)."),
-    values: int | None = typer.Option(None, "--values", help="Comparison/complex: ordinal values (paper: 20)."),
-    ood_fraction: float | None = typer.Option(None, "--ood-fraction", help="OOD share, in (0, 1)."),
-    phi: float | None = typer.Option(None, "--phi", help="Inferred/atomic ratio (composition, comparison)."),
     seed: int = typer.Option(0, "--seed", help="Data seed."),
 ) -> None:
     """Generate a task and write it in the paper's format plus stats.json.
 
-    Example: grokscope data composition --out data/comp --entities 200 --relations 20 --phi 7.2
+    The task's own flags follow (its ``cli_params``): composition --entities --relations
+    --out-degree --ood-fraction --phi; comparison --entities --attributes --values
+    --ood-fraction --phi; complex the same without --phi; khop adds --hops.
+
+    Example: grokscope data khop --hops 3 --out data/k3 --entities 50 --relations 20 --out-degree 20 --phi 7.2 --seed 0
     """
-    from grokscope.tasks import generate_comparison, generate_complex, generate_composition
+    from grokscope.config import _parse_like
+    from grokscope.tasks import get_task
     from grokscope.tasks.paper_format import save_paper_format
 
-    given = {
-        "n_entities": entities, "n_relations": relations, "out_degree": out_degree,
-        "n_attributes": attributes, "n_values": values, "ood_fraction": ood_fraction, "phi": phi,
-    }
-    allowed = {
-        "composition": {"n_entities", "n_relations", "out_degree", "ood_fraction", "phi"},
-        "comparison": {"n_entities", "n_attributes", "n_values", "ood_fraction", "phi"},
-        "complex": {"n_entities", "n_attributes", "n_values", "ood_fraction"},
-    }[task.value]
-    flags = {"n_entities": "--entities", "n_relations": "--relations", "out_degree": "--out-degree",
-             "n_attributes": "--attributes", "n_values": "--values", "ood_fraction": "--ood-fraction", "phi": "--phi"}
-    wrong = [flags[k] for k, v in given.items() if v is not None and k not in allowed]
-    if wrong:
-        raise UserError(f"{', '.join(wrong)} does not apply to the {task.value} task")
-    kwargs = {k: v for k, v in given.items() if v is not None}
-    from grokscope.config import ComparisonConfig, ComplexConfig, CompositionConfig
-
-    cls = {"composition": CompositionConfig, "comparison": ComparisonConfig, "complex": ComplexConfig}[task.value]
-    cfg = cls(seed=seed, **kwargs)
-    gen = {"composition": generate_composition, "comparison": generate_comparison, "complex": generate_complex}
-    ds = gen[task.value](cfg)
+    try:
+        spec = get_task(task)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    by_flag = {flag: name for name, flag in spec.cli_params.items()}
+    kwargs: dict[str, Any] = {}
+    extra = list(ctx.args)
+    while extra:
+        flag = extra.pop(0)
+        key, _, value = flag.partition("=")
+        if key not in by_flag:
+            raise UserError(f"{key} does not apply to the {task} task; its flags: {', '.join(by_flag) or 'none'}")
+        if not value:
+            if not extra:
+                raise UserError(f"{key} needs a value")
+            value = extra.pop(0)
+        name = by_flag[key]
+        fld = {f.name: f for f in dataclasses.fields(spec.config_cls)}[name]
+        try:
+            kwargs[name] = _parse_like(fld.default, fld, value)
+        except ValueError as e:
+            raise UserError(f"{key}: {e}") from None
+    try:
+        cfg = spec.config_cls(seed=seed, **kwargs)
+        ds = spec.generate(cfg)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     save_paper_format(ds, out)
     stats = ds.stats()
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
@@ -452,7 +451,7 @@ def trace_cmd(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     step: int | None = typer.Option(None, "--step", help="Checkpoint step (default: latest)."),
     all_steps: bool = typer.Option(False, "--all", help="Every checkpoint."),
-    perturb: str | None = typer.Option(None, "--perturb", help="Comma-separated perturbations: h,r1,r2 (composition) or e1,e2,attr (comparison); default all."),
+    perturb: str | None = typer.Option(None, "--perturb", help="Comma-separated perturbations of the run's task (composition h,r1,r2; comparison e1,e2,attr; khop h,r1..rk); default all."),
     site: str = typer.Option("resid", "--site", help="What to patch: resid, attn, mlp or head."),
     examples: int = typer.Option(300, "--examples", help="Examples of the split (paper: 300)."),
     split: str = typer.Option("train_inferred", "--split", help="train_inferred, test_inferred_iid or test_inferred_ood."),
@@ -464,15 +463,15 @@ def trace_cmd(
     Example: grokscope trace checkpoints/composition-small --perturb h,r1 --site resid --json trace.json
     """
     from grokscope.analysis.series import checkpoint_trace
-    from grokscope.analysis.tracing import PERTURBATIONS, SITE_KINDS, task_family
+    from grokscope.analysis.tracing import SITE_KINDS, perturbations_of
 
     _check_examples(examples)
     if site not in SITE_KINDS:
         raise UserError(f"--site {site!r} is unknown; allowed values: {', '.join(SITE_KINDS)}")
     run = _analysis_run(run_dir)
     _check_split_arg(run, split)
-    family = task_family(run.data_info.get("task", run.config.task.task))
-    allowed = PERTURBATIONS[family]
+    family = run.config.task.task
+    allowed = perturbations_of(run.dataset())
     perts = list(allowed) if perturb is None else [p.strip() for p in perturb.split(",") if p.strip()]
     bad = [p for p in perts if p not in allowed]
     if bad or not perts:

@@ -277,7 +277,7 @@ class Run:
         from grokscope.tasks.paper_format import load_paper_format
 
         try:
-            ds = load_paper_format(self.path / DATA_DIR)
+            ds = load_paper_format(self.path / DATA_DIR, task=self.data_info.get("task", self.config.task.task))
         except (FileNotFoundError, ValueError) as e:
             raise RunError(f"{self.path / DATA_DIR}: {e}") from None
         if len(ds.vocab) != self.data_info.get("d_vocab"):
