@@ -107,7 +107,7 @@ def training_curves(
     Args:
         metrics: metrics.jsonl records (``step``, ``acc``, ``loss``, ``train_loss``).
         checkpoint_steps: steps with a checkpoint, drawn as ticks on the accuracy panel.
-        grokking: :func:`grokscope.sweep.summarize_metrics` output: vertical lines at
+        grokking: :func:`grokscope.analysis.grokking.summarize_metrics` output: vertical lines at
             ``train_saturated_step`` and ``iid_generalized_step``, the gap annotated.
         log_x: logarithmic step axis (step 0 is left out).
         title: figure title.

@@ -1,4 +1,4 @@
-"""Grid sweeps over run settings, and the grokking summary of a run's metrics.
+"""Grid sweeps over run settings (the grokking summary lives in :mod:`grokscope.analysis.grokking`).
 
 A sweep trains one run per point of a grid (``key=v1,v2`` per axis, the override keys
 of :meth:`grokscope.config.RunConfig.override`), one after the other within a time
@@ -25,57 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-TRAIN_SATURATED = 0.99
-TEST_GENERALIZED = 0.95
-
-
-def summarize_metrics(
-    metrics: list[dict[str, Any]],
-    train_threshold: float = TRAIN_SATURATED,
-    test_threshold: float = TEST_GENERALIZED,
-) -> dict[str, Any]:
-    """Grokking statistics of one run's evaluation records.
-
-    Returns:
-        ``train_saturated_step`` (first step with train_inferred >= train_threshold),
-        ``iid_at_saturation`` (test ID accuracy then), ``iid_generalized_step`` (first
-        step with test ID >= test_threshold), ``grokking_gap`` (their difference),
-        ``groks`` (saturation came first, test ID <= 0.6 then, and it later reached the
-        threshold), final and best accuracies, ``max_ood``, the final step and wall time,
-        and ``collapses`` (evaluations where train accuracy fell by more than 0.3).
-    """
-    out: dict[str, Any] = {
-        "train_saturated_step": None, "iid_at_saturation": None, "iid_generalized_step": None,
-        "grokking_gap": None, "groks": False, "collapses": 0,
-    }
-    if not metrics:
-        return out
-    prev_train = None
-    for m in metrics:
-        acc = m.get("acc", {})
-        tr, iid = acc.get("train_inferred"), acc.get("test_inferred_iid")
-        if tr is not None and out["train_saturated_step"] is None and tr >= train_threshold:
-            out["train_saturated_step"] = m["step"]
-            out["iid_at_saturation"] = iid
-        if iid is not None and out["iid_generalized_step"] is None and iid >= test_threshold:
-            out["iid_generalized_step"] = m["step"]
-        if tr is not None and prev_train is not None and prev_train - tr > 0.3:
-            out["collapses"] += 1
-        if tr is not None:
-            prev_train = tr
-    if out["train_saturated_step"] is not None and out["iid_generalized_step"] is not None:
-        out["grokking_gap"] = out["iid_generalized_step"] - out["train_saturated_step"]
-        out["groks"] = bool(
-            out["grokking_gap"] > 0 and out["iid_at_saturation"] is not None and out["iid_at_saturation"] <= 0.6
-        )
-    last = metrics[-1]
-    out["final_step"] = last["step"]
-    out["wall_time"] = last.get("wall_time")
-    for k, v in last.get("acc", {}).items():
-        out[f"final_{k}"] = v
-    oods = [m["acc"]["test_inferred_ood"] for m in metrics if "test_inferred_ood" in m.get("acc", {})]
-    out["max_ood"] = max(oods) if oods else None
-    return out
+from grokscope.analysis.grokking import TEST_GENERALIZED, TRAIN_SATURATED, summarize_metrics  # noqa: F401  (re-exported)
 
 
 def grid_points(axes: dict[str, list[str]]) -> list[dict[str, str]]:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from grokscope.analysis import series as series_mod
+from grokscope.analysis import cache as cache_mod
 from grokscope.analysis.lens import lens_split
 from grokscope.analysis.series import (
     CACHE_DIR_NAME,
@@ -98,7 +98,7 @@ def test_a_new_version_or_a_corrupt_file_misses(comp_run, monkeypatch):
     path.write_text("{ not json")
     again = AnalysisCache(comp_run)
     assert checkpoint_lens(comp_run, step, n=N, cache=again) == want and again.misses == 1
-    monkeypatch.setattr(series_mod, "__version__", "999.0")
+    monkeypatch.setattr(cache_mod, "__version__", "999.0")
     newer = AnalysisCache(comp_run)
     checkpoint_lens(comp_run, step, n=N, cache=newer)
     assert newer.misses == 1 and newer.hits == 0

@@ -1,31 +1,21 @@
-"""Every measure across a run's checkpoints, cached on disk.
+"""Every measure across a run's checkpoints, cached on disk, as typed records.
 
 For each checkpoint step :func:`analyse_series` collects
 
-* the logit lens (:func:`checkpoint_lens`): the MRR of every lens target at every
-  residual state ``S[l]`` (hook names from
-  :func:`grokscope.analysis.lens.resid_hook_names`), plus the most frequent decoded
-  token at every ``S[l, p]``;
+* the logit lens (:func:`checkpoint_lens`): the MRR of every lens target of the task at
+  every residual state ``S[l]``, plus the most frequent decoded token at every ``S[l, p]``;
 * resid causal tracing (:func:`checkpoint_trace`): the causal strength of every
   ``S[l, p]`` under every perturbation of the task;
-* the located circuit (:func:`checkpoint_circuit`);
+* the task's circuit hypothesis checked on it (:func:`checkpoint_circuit`);
 * the total weight norm ``sqrt(sum of squared parameters)`` (:func:`weight_norm`);
 * the accuracies and losses of ``metrics.jsonl`` at that step;
-* the OOD diagnosis: for composition the paper's (:func:`ood_diagnosis`): the bridge
-  MRR at ``S[l, r1]`` on ``test_inferred_ood`` examples, layer by layer, beside the
-  final accuracy on them; for comparison the accuracy by value distance
-  ``|v1 - v2|`` per split (:func:`value_gap_diagnosis`).
+* every diagnosis the task declares (:mod:`grokscope.analysis.diagnoses`:
+  :func:`checkpoint_diagnosis`).
 
-Every step analyses the same examples: ``n`` rows of the split drawn with
-``numpy.random.default_rng(seed)`` (the lens and the counterfactuals draw the same
-rows, see :func:`grokscope.analysis.circuits.find_circuit`).
-
-Results are cached as JSON under ``RUN/.grokscope-cache/step_XXXXXXXX/`` with one file
-per (analysis name, arguments), keyed by the step, the analysis name, a hash of the
-arguments, the grokscope version, the data's content hash and a fingerprint of the
-checkpoint (its ``meta.json`` and weight-file size): a second pass reads every result
-from disk without loading a model. A run directory that cannot be written still gets
-analysed, uncached.
+Every step analyses the same examples (:func:`grokscope.analysis.sampling.sample_rows`).
+Results are cached per step and analysis (:mod:`grokscope.analysis.cache`). One step's
+results travel as a :class:`CheckpointRecord`, the run's as a :class:`SeriesResult`; the
+measures over steps come from the task's circuit hypothesis (:mod:`grokscope.analysis.measures`).
 
 Example:
     >>> from grokscope.run import Run                              # doctest: +SKIP
@@ -36,13 +26,10 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,187 +37,47 @@ import torch
 from jaxtyping import Int
 
 from grokscope import __version__
-from grokscope.analysis.circuits import DEFAULT_THRESHOLD, build_circuit, first_layer
+from grokscope.analysis.cache import (  # noqa: F401  (re-exported)
+    ANALYSIS_VERSION,
+    CACHE_DIR_NAME,
+    AnalysisCache,
+    Checkpoint,
+    cached,
+    context,
+)
+from grokscope.analysis.circuits import DEFAULT_THRESHOLD, build_circuit
+from grokscope.analysis.diagnoses import (  # noqa: F401  (re-exported)
+    IID_SPLIT,
+    OOD_SPLIT,
+    ood_diagnosis,
+    run_diagnosis,
+    value_gap_diagnosis,
+)
 from grokscope.analysis.lens import (
     LensResult,
     decode_resid,
-    lens_split,
     lens_targets,
     logit_lens,
     residual_stack,
 )
-from grokscope.analysis.tracing import (
-    PERTURBATIONS,
-    SITE_KINDS,
-    TraceResult,
-    make_counterfactuals,
-    task_family,
-    trace,
-)
-from grokscope.run import (
-    META_FILE,
-    MODEL_FILE,
-    Run,
-    atomic_write_bytes,
-    read_safetensors,
-    step_dir_name,
-)
+from grokscope.analysis.sampling import sample_rows
+from grokscope.analysis.tracing import SITE_KINDS, TraceResult, make_counterfactuals, trace
+from grokscope.run import MODEL_FILE, Run, read_safetensors
+from grokscope.tasks.base import task_of
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
     from grokscope.tasks.dataset import TaskDataset
 
-CACHE_DIR_NAME = ".grokscope-cache"
-"""Directory inside a run that holds the analysis cache."""
-
 DEFAULT_SPLIT = "train_inferred"
 DEFAULT_EXAMPLES = 300
 """Examples per analysis (the paper's 300 training inferred facts)."""
 
-OOD_SPLIT = "test_inferred_ood"
-IID_SPLIT = "test_inferred_iid"
 
-
-# --------------------------------------------------------------------------- helpers
-
-
-ANALYSIS_VERSION = 2
-"""Bump when an analysis changes its results, so older cache entries stop matching."""
-
-
-def _jsonable(obj: Any) -> Any:
-    """``obj`` as it reads back from JSON (tuples become lists, numpy becomes Python)."""
-    return json.loads(json.dumps(obj, default=_json_default))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray | torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
-
-
-def _sample_rows(n_rows: int, n: int | None, seed: int) -> np.ndarray:
-    """The rows :func:`lens_split` and :func:`make_counterfactuals` draw for ``n``, ``seed``."""
-    if n is not None and n < n_rows:
-        return np.sort(np.random.default_rng(seed).choice(n_rows, n, replace=False))
-    return np.arange(n_rows)
-
-
-# --------------------------------------------------------------------------- the disk cache
-
-
-class AnalysisCache:
-    """JSON results per (checkpoint step, analysis name, arguments), inside a run.
-
-    Files: ``DIR/step_XXXXXXXX/{name}-{hash}.json`` holding ``{"key": ..., "result":
-    ...}``; the key (step, name, arguments, grokscope version, data hash, checkpoint
-    fingerprint) is checked on read, so a stale or corrupt file is a miss and is
-    rewritten. Writes are atomic (compact JSON); a directory that cannot be written disables writing.
-
-    Attributes:
-        run: the run.
-        directory: the cache directory (default ``RUN/.grokscope-cache``).
-        enabled: False reads and writes nothing (every lookup misses).
-        hits, misses: lookups answered from disk / computed.
-
-    Example:
-        >>> cache = AnalysisCache(Run.open("runs/tiny"))                    # doctest: +SKIP
-        >>> cache.get(100, "lens", {"n": 300}) is None                      # doctest: +SKIP
-        True
-    """
-
-    def __init__(self, run: Run, directory: str | os.PathLike[str] | None = None, enabled: bool = True) -> None:
-        self.run = run
-        self.directory = Path(directory) if directory is not None else run.path / CACHE_DIR_NAME
-        self.enabled = enabled
-        self.hits = 0
-        self.misses = 0
-        self._writable = True
-        self._fingerprints: dict[int, str] = {}
-
-    def fingerprint(self, step: int) -> str:
-        """Identity of the checkpoint's weights: sha256 of meta.json plus the weight file's size."""
-        if step not in self._fingerprints:
-            ck = self.run.checkpoint_path(step)
-            meta = ck / META_FILE
-            h = hashlib.sha256(meta.read_bytes() if meta.is_file() else b"")
-            h.update(str((ck / MODEL_FILE).stat().st_size).encode())
-            self._fingerprints[step] = h.hexdigest()[:16]
-        return self._fingerprints[step]
-
-    def key(self, step: int, name: str, args: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "step": int(step),
-            "analysis": name,
-            "args": _jsonable(args),
-            "grokscope_version": __version__,
-            "analysis_version": ANALYSIS_VERSION,
-            "data_hash": self.run.data_info.get("content_hash"),
-            "checkpoint": self.fingerprint(step),
-        }
-
-    def path(self, step: int, name: str, args: dict[str, Any]) -> Path:
-        """Where the result of ``name(args)`` at ``step`` is stored."""
-        blob = json.dumps(self.key(step, name, args), sort_keys=True).encode()
-        return self.directory / step_dir_name(step) / f"{name}-{hashlib.sha256(blob).hexdigest()[:16]}.json"
-
-    def get(self, step: int, name: str, args: dict[str, Any]) -> Any | None:
-        """The stored result, or None (a miss: absent, unreadable or another key)."""
-        if not self.enabled:
-            return None
-        p = self.path(step, name, args)
-        try:
-            doc = json.loads(p.read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(doc, dict) or doc.get("key") != self.key(step, name, args) or "result" not in doc:
-            return None
-        self.hits += 1
-        return doc["result"]
-
-    def put(self, step: int, name: str, args: dict[str, Any], result: Any) -> Any:
-        """Store ``result`` (JSON-ready) and return it as it will read back."""
-        result = _jsonable(result)
-        self.misses += 1
-        if not (self.enabled and self._writable):
-            return result
-        p = self.path(step, name, args)
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            doc = {"key": self.key(step, name, args), "result": result}
-            atomic_write_bytes(p, json.dumps(doc, separators=(",", ":")).encode())  # compact: per-example tables
-        except OSError:  # a read-only run: analyse without caching
-            self._writable = False
-        return result
-
-
-class _Checkpoint:
-    """One step's lazily loaded model and the analysis objects computed on it."""
-
-    def __init__(self, run: Run, step: int, dataset: TaskDataset, device: str | None) -> None:
-        self.run, self.step, self.dataset, self.device = run, step, dataset, device
-        self._model: TransformerBridge | None = None
-        self.memo: dict[str, Any] = {}
-
-    @property
-    def model(self) -> TransformerBridge:
-        if self._model is None:
-            self._model = self.run.load_model(self.step, device=self.device)
-        return self._model
-
-
-def _context(
-    run: Run | str | os.PathLike[str], cache: AnalysisCache | bool | None
-) -> tuple[Run, AnalysisCache]:
-    run = run if isinstance(run, Run) else Run.open(run)
-    if isinstance(cache, AnalysisCache):
-        return run, cache
-    return run, AnalysisCache(run, enabled=cache is not False)
+def _check_split(dataset: TaskDataset, split: str) -> None:
+    if split not in dataset.splits:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(dataset.splits)}")
 
 
 # --------------------------------------------------------------------------- one checkpoint
@@ -260,18 +107,18 @@ def top_tokens(
     return ids, share
 
 
-def _lens_objects(ck: _Checkpoint, split: str, n: int | None, seed: int, within_class: bool) -> tuple[LensResult, np.ndarray]:
+def _lens_objects(ck: Checkpoint, split: str, n: int | None, seed: int, within_class: bool) -> tuple[LensResult, np.ndarray]:
     key = f"lens:{split}:{n}:{seed}:{within_class}"
     if key not in ck.memo:
         sp = ck.dataset.splits[split]
-        rows = _sample_rows(len(sp), n, seed)
+        rows = sample_rows(len(sp), n, seed)
         sub = sp.subset(rows)
-        targets = lens_targets(sub, ck.dataset.vocab, within_class=within_class)
+        targets = lens_targets(sub, ck.dataset.vocab, within_class=within_class, task=task_of(ck.dataset))
         ck.memo[key] = (logit_lens(ck.model, torch.from_numpy(sub.input_ids), targets), rows)
     return ck.memo[key]
 
 
-def _trace_object(ck: _Checkpoint, split: str, n: int | None, seed: int, site: str, perturbations: Sequence[str]) -> TraceResult:
+def _trace_object(ck: Checkpoint, split: str, n: int | None, seed: int, site: str, perturbations: Sequence[str]) -> TraceResult:
     key = f"trace:{split}:{n}:{seed}:{site}:{','.join(perturbations)}"
     if key not in ck.memo:
         cfs = make_counterfactuals(ck.dataset, split, n=n, seed=seed, perturbations=perturbations)
@@ -279,12 +126,7 @@ def _trace_object(ck: _Checkpoint, split: str, n: int | None, seed: int, site: s
     return ck.memo[key]
 
 
-def _check_split(dataset: TaskDataset, split: str) -> None:
-    if split not in dataset.splits:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(dataset.splits)}")
-
-
-def _lens_compute(ck: _Checkpoint, args: dict[str, Any]) -> dict[str, Any]:
+def _lens_compute(ck: Checkpoint, args: dict[str, Any]) -> dict[str, Any]:
     _check_split(ck.dataset, args["split"])
     lens, rows = _lens_objects(ck, args["split"], args["n"], args["seed"], args["within_class"])
     sp = ck.dataset.splits[args["split"]]
@@ -309,24 +151,6 @@ def _lens_compute(ck: _Checkpoint, args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _cached(
-    run: Run,
-    cache_: AnalysisCache,
-    step: int,
-    kind: str,
-    args: dict[str, Any],
-    device: str | None,
-    ck: _Checkpoint | None,
-    compute: Any,
-) -> Any:
-    """The cached ``kind`` result of ``step`` for ``args``, else ``compute(checkpoint)``
-    stored (the checkpoint's model is loaded only on a miss)."""
-    got = cache_.get(step, kind, args)
-    if got is not None:
-        return got
-    return cache_.put(step, kind, args, compute(ck or _Checkpoint(run, step, run.dataset(), device)))
-
-
 def checkpoint_lens(
     run: Run | str | os.PathLike[str],
     step: int,
@@ -337,7 +161,7 @@ def checkpoint_lens(
     within_class: bool = False,
     cache: AnalysisCache | bool = True,
     device: str | None = None,
-    _ck: _Checkpoint | None = None,
+    _ck: Checkpoint | None = None,
 ) -> dict[str, Any]:
     """The logit lens of one checkpoint on ``n`` examples of ``split`` (cached).
 
@@ -352,9 +176,9 @@ def checkpoint_lens(
         >>> d = checkpoint_lens("runs/tiny", 1500)                   # doctest: +SKIP
         >>> d["targets"]["bridge@r1"]["mrr"]     # one per layer        # doctest: +SKIP
     """
-    run, cache_ = _context(run, cache)
+    run, cache_ = context(run, cache)
     args = {"split": split, "n": n, "seed": seed, "within_class": within_class}
-    return _cached(run, cache_, step, "lens", args, device, _ck, lambda ck: _lens_compute(ck, args))
+    return cached(run, cache_, step, "lens", args, device, _ck, lambda ck: _lens_compute(ck, args))
 
 
 def checkpoint_trace(
@@ -368,14 +192,13 @@ def checkpoint_trace(
     perturbations: Sequence[str] | None = None,
     cache: AnalysisCache | bool = True,
     device: str | None = None,
-    _ck: _Checkpoint | None = None,
+    _ck: Checkpoint | None = None,
 ) -> dict[str, Any]:
     """Causal tracing of one checkpoint at one site kind (cached).
 
     Args:
         site: ``resid``, ``attn``, ``mlp`` or ``head``.
-        perturbations: a subset of the task's (default all: ``h, r1, r2`` or
-            ``e1, e2, attr``).
+        perturbations: a subset of the task's (default all, e.g. ``h, r1, r2``).
 
     Returns:
         :meth:`TraceResult.to_dict` with per-example values (the examples' clean and
@@ -385,20 +208,21 @@ def checkpoint_trace(
         >>> d = checkpoint_trace("runs/tiny", 1500, perturbations=["h"])   # doctest: +SKIP
         >>> d["strength"][0]       # [layer][pos] under h'                    # doctest: +SKIP
     """
-    run, cache_ = _context(run, cache)
+    run, cache_ = context(run, cache)
     if site not in SITE_KINDS:
         raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITE_KINDS)}")
-    allowed = PERTURBATIONS[task_family(run.data_info.get("task", run.config.task.task))]
+    dataset = _ck.dataset if _ck is not None else run.dataset()
+    allowed = task_of(dataset).perturbations
     perts = list(perturbations) if perturbations is not None else list(allowed)
     bad = [p for p in perts if p not in allowed]
     if bad or not perts:
         raise ValueError(f"unknown perturbation(s) {bad or perts}; choose from {', '.join(allowed)}")
     args = {"split": split, "n": n, "seed": seed, "site": site, "perturbations": perts}
-    def compute(ck: _Checkpoint) -> dict[str, Any]:
+    def compute(ck: Checkpoint) -> dict[str, Any]:
         _check_split(ck.dataset, split)
         return _trace_object(ck, split, n, seed, site, perts).to_dict(per_example=True)
 
-    return _cached(run, cache_, step, "trace", args, device, _ck, compute)
+    return cached(run, cache_, step, "trace", args, device, _ck, compute)
 
 
 def checkpoint_circuit(
@@ -412,27 +236,28 @@ def checkpoint_circuit(
     within_class: bool = False,
     cache: AnalysisCache | bool = True,
     device: str | None = None,
-    _ck: _Checkpoint | None = None,
+    _ck: Checkpoint | None = None,
 ) -> dict[str, Any]:
-    """The located circuit of one checkpoint (:func:`build_circuit`, cached).
+    """The task's circuit hypothesis checked on one checkpoint (:func:`build_circuit`, cached).
 
     Returns:
         :meth:`Circuit.to_dict`: resolve layers, nodes (hook names, causal strengths,
         MRR), weighted edges, and the lens/tracing evidence; plus ``examples`` (the
         split, the sampled rows and their input token ids).
     """
-    run, cache_ = _context(run, cache)
+    run, cache_ = context(run, cache)
     args = {"split": split, "n": n, "seed": seed, "threshold": threshold, "within_class": within_class}
-    def compute(ck: _Checkpoint) -> dict[str, Any]:
+    def compute(ck: Checkpoint) -> dict[str, Any]:
         _check_split(ck.dataset, split)
         lens, rows = _lens_objects(ck, split, n, seed, within_class)
-        tracing = _trace_object(ck, split, n, seed, "resid", PERTURBATIONS[task_family(ck.dataset.task)])
-        circuit = build_circuit(ck.dataset.task, lens, tracing, threshold=threshold, step=step)
+        task = task_of(ck.dataset)
+        tracing = _trace_object(ck, split, n, seed, "resid", task.perturbations)
+        circuit = build_circuit(task, lens, tracing, threshold=threshold, step=step)
         examples = {"split": split, "example_index": rows.tolist(),
                     "inputs": ck.dataset.splits[split].input_ids[rows].tolist()}
         return {**circuit.to_dict(), "examples": examples}
 
-    return _cached(run, cache_, step, "circuit", args, device, _ck, compute)
+    return cached(run, cache_, step, "circuit", args, device, _ck, compute)
 
 
 def weight_norm(run: Run | str | os.PathLike[str], step: int, *, cache: AnalysisCache | bool = True) -> float:
@@ -444,7 +269,7 @@ def weight_norm(run: Run | str | os.PathLike[str], step: int, *, cache: Analysis
         >>> weight_norm("runs/tiny", 0) > 0                          # doctest: +SKIP
         True
     """
-    run, cache_ = _context(run, cache)
+    run, cache_ = context(run, cache)
     got = cache_.get(step, "weight_norm", {})
     if got is not None:
         return float(got)
@@ -453,159 +278,107 @@ def weight_norm(run: Run | str | os.PathLike[str], step: int, *, cache: Analysis
     return float(cache_.put(step, "weight_norm", {}, math.sqrt(total)))
 
 
-def ood_diagnosis(
-    model: TransformerBridge,
-    dataset: TaskDataset,
-    *,
-    n: int | None = None,
-    seed: int = 0,
-    threshold: float = DEFAULT_THRESHOLD,
-) -> dict[str, Any]:
-    """The paper's OOD diagnosis for composition: the bridge is resolved low, the answer fails high.
-
-    On ``test_inferred_ood`` (and ``test_inferred_iid`` for contrast): the MRR of the
-    bridge at ``S[l, r1]``, of ``r2`` at ``S[l, r2]`` and of the answer ``t`` at
-    ``S[l, r2]`` for every layer, and the final accuracy (the rank of ``t`` at ``S[L]``
-    is 1 among the whole vocabulary: the model's own top-1 accuracy). OOD examples
-    whose bridge MRR at the lower layers is high while the final accuracy is low
-    reproduce the paper's finding: the first hop is done, the second-hop facts (seen
-    only as atomic facts) are not stored in the upper layers.
-
-    Args:
-        model: the checkpoint's model.
-        dataset: a composition dataset.
-        n: examples per split (None: all).
-        seed: sampling seed.
-        threshold: MRR for ``bridge_layer`` (first layer resolving the bridge).
-
-    Returns:
-        ``{"hook_names": [...], "splits": {split: {"n", "bridge_mrr", "r2_mrr",
-        "t_mrr", "accuracy", "bridge_layer", "max_bridge_mrr_below_top"}}}``.
-
-    Example:
-        >>> d = ood_diagnosis(model, ds)                                  # doctest: +SKIP
-        >>> d["splits"]["test_inferred_ood"]["bridge_mrr"], d["splits"]["test_inferred_ood"]["accuracy"]  # doctest: +SKIP
-    """
-    if dataset.task != "composition":
-        raise ValueError(f"the OOD diagnosis is defined for composition, not {dataset.task!r}")
-    out: dict[str, Any] = {"splits": {}, "threshold": float(threshold)}
-    for name in (OOD_SPLIT, IID_SPLIT):
-        sp = dataset.splits.get(name)
-        if sp is None or len(sp) == 0:
-            continue
-        lens = lens_split(model, sp, dataset.vocab, n=n, seed=seed)
-        out["hook_names"] = list(lens.hook_names)
-        bridge = lens.mrr("bridge@r1")
-        out["splits"][name] = {
-            "n": int(lens.ranks["t@last"].shape[1]),
-            "bridge_mrr": bridge.tolist(),
-            "r2_mrr": lens.mrr("r2@r2").tolist(),
-            "t_mrr": lens.mrr("t@last").tolist(),
-            "accuracy": float(lens.recall("t@last", 1)[-1]),
-            "bridge_layer": first_layer(bridge, threshold),
-            "max_bridge_mrr_below_top": float(bridge[:-1].max()) if len(bridge) > 1 else float("nan"),
-        }
-    return out
-
-
-def value_gap_diagnosis(
-    model: TransformerBridge,
-    dataset: TaskDataset,
-    *,
-    n: int | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Comparison: accuracy by the distance ``|v1 - v2|`` of the two values, per split.
-
-    Where comparison fails out of distribution, this says how: a model that compares
-    the two retrieved values on a fuzzy number line gets far-apart values right and
-    confuses equal and adjacent ones (the small runs' failure, docs/REPRODUCTION.md),
-    while a model that never retrieves OOD values is at chance at every distance.
-    Correct = the model's own top-1 prediction at the answer position is the label.
-
-    Args:
-        model: the checkpoint's model.
-        dataset: a comparison dataset.
-        n: examples per split (None: all), drawn with ``numpy.random.default_rng(seed)``.
-        seed: sampling seed.
-
-    Returns:
-        ``{"n_values": V, "splits": {split: {"n", "accuracy", "gap": [0..V-1],
-        "n_by_gap": [...], "acc_by_gap": [... or None where no example],
-        "acc_by_label": {"v1<v2", "v1=v2", "v1>v2"}}}}`` for the training, test ID and
-        test OOD inferred splits.
-
-    Example:
-        >>> d = value_gap_diagnosis(model, ds, n=300)                       # doctest: +SKIP
-        >>> d["splits"]["test_inferred_ood"]["acc_by_gap"]  # [equal, adjacent, ...]  # doctest: +SKIP
-    """
-    if dataset.task != "comparison":
-        raise ValueError(f"the value-gap diagnosis is defined for comparison, not {dataset.task!r}")
-    vocab = dataset.vocab
-    value_of = np.full(len(vocab), -1, dtype=np.int64)
-    value_of[vocab.value_ids] = np.arange(len(vocab.value_ids))
-    n_values = len(vocab.value_ids)
-    out: dict[str, Any] = {"n_values": n_values, "splits": {}}
-    for name in ("train_inferred", IID_SPLIT, OOD_SPLIT):
-        sp = dataset.splits.get(name)
-        if sp is None or len(sp) == 0:
-            continue
-        if n is not None and n < len(sp):
-            sp = sp.subset(np.sort(np.random.default_rng(seed).choice(len(sp), n, replace=False)))
-        lens = lens_split(model, sp, vocab)
-        correct = np.asarray(lens.ranks["label@last"][-1]) == 1
-        diff = value_of[sp.meta["v1"]] - value_of[sp.meta["v2"]]
-        gap, label = np.abs(diff), np.sign(diff)
-        counts = np.bincount(gap, minlength=n_values)
-        hits = np.bincount(gap, weights=correct.astype(float), minlength=n_values)
-        out["splits"][name] = {
-            "n": int(len(correct)),
-            "accuracy": float(correct.mean()),
-            "gap": list(range(n_values)),
-            "n_by_gap": counts.astype(int).tolist(),
-            "acc_by_gap": [float(h / c) if c else None for h, c in zip(hits, counts)],
-            "acc_by_label": {k: float(correct[label == sgn].mean()) if (label == sgn).any() else None
-                             for k, sgn in (("v1<v2", -1), ("v1=v2", 0), ("v1>v2", 1))},
-        }
-    return out
-
-
-def checkpoint_value_gap(
+def checkpoint_diagnosis(
     run: Run | str | os.PathLike[str],
     step: int,
-    *,
-    n: int | None = DEFAULT_EXAMPLES,
-    seed: int = 0,
-    cache: AnalysisCache | bool = True,
-    device: str | None = None,
-    _ck: _Checkpoint | None = None,
-) -> dict[str, Any]:
-    """:func:`value_gap_diagnosis` of one checkpoint (cached)."""
-    run, cache_ = _context(run, cache)
-    args = {"n": n, "seed": seed}
-    return _cached(run, cache_, step, "value_gap", args, device, _ck,
-                   lambda ck: value_gap_diagnosis(ck.model, ck.dataset, n=n, seed=seed))
-
-
-def checkpoint_ood(
-    run: Run | str | os.PathLike[str],
-    step: int,
+    name: str,
     *,
     n: int | None = DEFAULT_EXAMPLES,
     seed: int = 0,
     threshold: float = DEFAULT_THRESHOLD,
     cache: AnalysisCache | bool = True,
     device: str | None = None,
-    _ck: _Checkpoint | None = None,
+    _ck: Checkpoint | None = None,
 ) -> dict[str, Any]:
-    """:func:`ood_diagnosis` of one checkpoint (cached)."""
-    run, cache_ = _context(run, cache)
+    """The diagnosis ``name`` (one the run's task declares) of one checkpoint (cached)."""
+    run, cache_ = context(run, cache)
     args = {"n": n, "seed": seed, "threshold": threshold}
-    return _cached(run, cache_, step, "ood", args, device, _ck,
-                   lambda ck: ood_diagnosis(ck.model, ck.dataset, n=n, seed=seed, threshold=threshold))
+    return cached(run, cache_, step, f"diagnosis-{name}", args, device, _ck,
+                  lambda ck: run_diagnosis(name, ck.model, ck.dataset, n=n, seed=seed, threshold=threshold))
 
 
-# --------------------------------------------------------------------------- the series
+def checkpoint_ood(run: Run | str | os.PathLike[str], step: int, **kwargs: Any) -> dict[str, Any]:
+    """:func:`ood_diagnosis` of one checkpoint (cached): ``checkpoint_diagnosis(..., "ood_lens")``."""
+    return checkpoint_diagnosis(run, step, "ood_lens", **kwargs)
+
+
+def checkpoint_value_gap(run: Run | str | os.PathLike[str], step: int, **kwargs: Any) -> dict[str, Any]:
+    """:func:`value_gap_diagnosis` of one checkpoint (cached): ``checkpoint_diagnosis(..., "value_gap")``."""
+    kwargs.pop("threshold", None)
+    return checkpoint_diagnosis(run, step, "value_gap", **kwargs)
+
+
+# --------------------------------------------------------------------------- the records
+
+
+@dataclass
+class CheckpointRecord:
+    """Every measure of one analysed checkpoint (JSON-ready values).
+
+    Attributes:
+        step: the checkpoint step.
+        acc, loss: split -> value, from metrics.jsonl.
+        train_loss: the training loss logged at that step.
+        weight_norm: ``sqrt(sum of squared parameters)``.
+        lens: lens target -> MRR per layer; lens_recall1: recall@1 per layer.
+        top_tokens: ``tokens`` and ``share`` per ``[layer][pos]``.
+        strength, logit_diff: perturbation -> ``[layer][pos]`` resid tracing.
+        n_examples, clean_accuracy: per perturbation.
+        circuit: :meth:`Circuit.to_dict` without its evidence copies.
+        diagnoses: diagnosis name -> its result (the task's declared diagnoses).
+        extra: results other analyses attach to the step (e.g. discovery).
+    """
+
+    step: int
+    acc: dict[str, Any]
+    loss: dict[str, Any]
+    train_loss: float | None
+    weight_norm: float
+    lens: dict[str, list[float]]
+    lens_recall1: dict[str, list[float]]
+    top_tokens: dict[str, Any]
+    strength: dict[str, Any]
+    logit_diff: dict[str, Any]
+    n_examples: dict[str, int]
+    clean_accuracy: dict[str, float]
+    circuit: dict[str, Any]
+    diagnoses: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ood(self) -> dict[str, Any] | None:
+        """The first declared diagnosis (the OOD diagnosis of the paper's tasks), or None."""
+        return next(iter(self.diagnoses.values()), None)
+
+    def __getitem__(self, key: str) -> Any:
+        """Dict-style reads (``record["lens"]``) for code written against the old dicts."""
+        if key == "ood":
+            return self.ood
+        if key in self.extra:
+            return self.extra[key]
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["ood"] = self.ood
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CheckpointRecord:
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if "diagnoses" not in d and d.get("ood") is not None:
+            kw["diagnoses"] = {"ood": d["ood"]}
+        return cls(**kw)
 
 
 @dataclass
@@ -615,23 +388,16 @@ class SeriesResult:
     Attributes:
         run: the run directory.
         run_name: the run config's name.
-        task: ``composition`` or ``comparison``.
+        task: the task's name.
         args: the analysis arguments (split, n, seed, threshold, within_class).
         steps: analysed checkpoint steps, ascending.
         hook_names: hook of every residual state ``S[l]``, ``l = 0..L``.
         position_roles: role name of every input position.
         perturbations: the tracing perturbations (axis 0 of every tracing table).
         lens_targets: lens target name -> the position it is read at.
-        checkpoints: one dict per step: ``step``, ``acc`` and ``loss`` (split ->
-            value, from metrics.jsonl), ``weight_norm``, ``lens`` (target -> MRR per
-            layer), ``lens_recall1`` (target -> recall@1 per layer), ``top_tokens``
-            (``tokens`` and ``share`` per ``[layer][pos]``), ``strength`` and
-            ``logit_diff`` (perturbation -> ``[layer][pos]``), ``n_examples`` and
-            ``clean_accuracy`` per perturbation, ``circuit`` (:meth:`Circuit.to_dict`
-            without its evidence copies) and ``ood`` (:func:`ood_diagnosis` for
-            composition, :func:`value_gap_diagnosis` for comparison; else None).
+        checkpoints: one :class:`CheckpointRecord` per step.
         metrics: every record of metrics.jsonl (for the training curves).
-        grokking: :func:`grokscope.sweep.summarize_metrics` of the metrics.
+        grokking: :func:`grokscope.analysis.grokking.summarize_metrics` of the metrics.
         grokscope_version: the version that computed it.
         cache_hits, cache_misses: cache lookups of this pass (not part of to_dict).
 
@@ -649,7 +415,7 @@ class SeriesResult:
     position_roles: list[str]
     perturbations: list[str]
     lens_targets: dict[str, int]
-    checkpoints: list[dict[str, Any]]
+    checkpoints: list[CheckpointRecord]
     metrics: list[dict[str, Any]]
     grokking: dict[str, Any]
     grokscope_version: str = __version__
@@ -661,8 +427,8 @@ class SeriesResult:
         """``L``: the number of blocks (``len(hook_names) - 1``)."""
         return len(self.hook_names) - 1
 
-    def checkpoint(self, step: int) -> dict[str, Any]:
-        """The per-step dict of ``step``."""
+    def checkpoint(self, step: int) -> CheckpointRecord:
+        """The record of ``step``."""
         for c in self.checkpoints:
             if c["step"] == step:
                 return c
@@ -685,69 +451,10 @@ class SeriesResult:
         return [c["acc"].get(split) for c in self.checkpoints]
 
     def measures(self) -> dict[str, Any]:
-        """Time series of the circuit's measures at a fixed reference layer.
+        """Time series of the circuit's measures (:func:`grokscope.analysis.measures.circuit_measures`)."""
+        from grokscope.analysis.measures import circuit_measures
 
-        The reference layer ``b`` is the last checkpoint's resolve layer (composition:
-        the bridge at ``r1``; comparison: the later of ``v1`` at ``e1`` and ``v2`` at
-        ``e2``), else ``L // 2``. Composition: MRR of the bridge at ``S[b, r1]`` and of
-        ``r2`` at ``S[b, r2]``, causal strength of ``S[b, r1]`` under ``h'`` (the link
-        that grows during grokking) and of ``S[b, r2]`` under ``r2'``, MRR of ``t`` at
-        ``S[L, r2]``. Comparison: MRR of ``v1``/``v2``/the labels at ``S[b, e1|e2|attr]``
-        and their causal strengths under ``e1'``/``e2'``/``attr'``. Both: the circuit
-        share, the strength of the top intermediate state ``S[L-1]`` of the entity
-        position(s) (``r1`` under ``h'``; ``e1``/``e2`` under ``e1'``/``e2'``).
-
-        Returns:
-            ``{"reference_layer", "hook_name", "measures": {label: [value per step]},
-            "resolve_layers": {target: [layer or None per step]}, "weight_norm": [...]}``.
-        """
-        L = self.n_layers
-        roles = {r: i for i, r in enumerate(self.position_roles)}
-        last = self.checkpoints[-1]["circuit"]["layers"] if self.checkpoints else {}
-        if self.task == "composition":
-            cand = [last.get("bridge@r1")]
-        else:
-            cand = [last.get("v1@e1"), last.get("v2@e2")]
-        cand = [c for c in cand if c is not None and 0 < c < L]
-        b = max(cand) if cand else max(1, L // 2)
-        hook = self.hook_names[b]
-        m: dict[str, list[float]] = {}
-        if self.task == "composition":
-            spec = [("bridge@r1", "bridge", "r1", "h"), ("r2@r2", "r2", "r2", "r2")]
-        else:
-            spec = [("v1@e1", "v1", "e1", "e1"), ("v2@e2", "v2", "e2", "e2"), ("labels@attr", "labels", "attr", "attr")]
-        for target, content, role, pert in spec:
-            if target == "labels@attr":
-                vals = [float(np.mean([c["lens"][f"label{k}@attr"][b] for k in range(3)])) for c in self.checkpoints]
-            else:
-                vals = [float(c["lens"][target][b]) for c in self.checkpoints]
-            m[f"MRR {content} @ S[{b},{role}]"] = vals
-            if pert in self.perturbations and role in roles:
-                m[f"strength {pert}' @ S[{b},{role}]"] = [
-                    float(c["strength"][pert][b][roles[role]]) for c in self.checkpoints
-                ]
-        out_target = "t@last" if self.task == "composition" else "label@last"
-        if out_target in self.lens_targets:
-            m[f"MRR {out_target.split('@')[0]} @ S[{L},{self.position_roles[-1]}]"] = [
-                float(c["lens"][out_target][L]) for c in self.checkpoints
-            ]
-        # Share of the prediction the generalizing circuit explains: how often copying the
-        # top intermediate state of the entity position(s) from a counterfactual run
-        # (h' for composition; e1'/e2' for comparison) changes the prediction. A
-        # memorizing model reads the answer off the input tokens and scores ~0 here.
-        share_spec = [("h", "r1")] if self.task == "composition" else [("e1", "e1"), ("e2", "e2")]
-        if L >= 2 and all(p in self.perturbations and r in roles for p, r in share_spec):
-            m[f"circuit share (S[{L - 1},{'+'.join(r for _, r in share_spec)}])"] = [
-                float(np.mean([c["strength"][p][L - 1][roles[r]] for p, r in share_spec])) for c in self.checkpoints
-            ]
-        names = sorted({k for c in self.checkpoints for k in c["circuit"]["layers"]})
-        return {
-            "reference_layer": b,
-            "hook_name": hook,
-            "measures": m,
-            "resolve_layers": {k: [c["circuit"]["layers"].get(k) for c in self.checkpoints] for k in names},
-            "weight_norm": [c["weight_norm"] for c in self.checkpoints],
-        }
+        return circuit_measures(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the cache counters are left out)."""
@@ -761,7 +468,7 @@ class SeriesResult:
             "position_roles": list(self.position_roles),
             "perturbations": list(self.perturbations),
             "lens_targets": dict(self.lens_targets),
-            "checkpoints": self.checkpoints,
+            "checkpoints": [c.to_dict() for c in self.checkpoints],
             "metrics": self.metrics,
             "grokking": self.grokking,
             "grokscope_version": self.grokscope_version,
@@ -771,7 +478,9 @@ class SeriesResult:
     def from_dict(cls, d: dict[str, Any]) -> SeriesResult:
         keys = ("run", "run_name", "task", "args", "steps", "hook_names", "position_roles", "perturbations",
                 "lens_targets", "checkpoints", "metrics", "grokking", "grokscope_version")
-        return cls(**{k: d[k] for k in keys if k in d})
+        kw = {k: d[k] for k in keys if k in d}
+        kw["checkpoints"] = [CheckpointRecord.from_dict(c) for c in kw.get("checkpoints", [])]
+        return cls(**kw)
 
 
 def _metrics_at(run: Run, metrics: list[dict[str, Any]], step: int) -> dict[str, Any]:
@@ -838,8 +547,7 @@ def analyse_series(
         seed: sampling seed, fixed across steps.
         threshold: lens MRR threshold of the circuit finder.
         within_class: rank lens targets within their token class.
-        ood: also run :func:`ood_diagnosis` (composition) or
-            :func:`value_gap_diagnosis` (comparison) per step.
+        ood: also run every diagnosis the task declares, per step.
         progress: show a tqdm bar over checkpoints.
         cache: True (the run's cache), False (no cache) or an :class:`AnalysisCache`.
         device: where models are loaded (None: CPU).
@@ -852,16 +560,16 @@ def analyse_series(
     """
     from tqdm.auto import tqdm
 
-    from grokscope.sweep import summarize_metrics
+    from grokscope.analysis.grokking import summarize_metrics
 
-    run, cache_ = _context(run, cache)
+    run, cache_ = context(run, cache)
     chosen = parse_steps(steps, run.steps())
     if not chosen:
         raise ValueError(f"{run.path}: holds no checkpoint to analyse")
     dataset = run.dataset()
     _check_split(dataset, split)
-    family = task_family(dataset.task)
-    perts = list(PERTURBATIONS[family])
+    task = task_of(dataset)
+    perts = list(task.perturbations)
     metrics = run.metrics()
     args = {"split": split, "n": n, "seed": seed, "threshold": threshold, "within_class": within_class}
     hits0, misses0 = cache_.hits, cache_.misses
@@ -869,39 +577,38 @@ def analyse_series(
     first_lens: dict[str, Any] | None = None
     first_trace: dict[str, Any] | None = None
     for step in tqdm(chosen, desc=f"analyse {run.path.name}", unit="ckpt", disable=not progress, dynamic_ncols=True):
-        ck = _Checkpoint(run, step, dataset, device)
+        ck = Checkpoint(run, step, dataset, device)
         common = {"split": split, "n": n, "seed": seed, "cache": cache_, "_ck": ck}
         lens = checkpoint_lens(run, step, within_class=within_class, **common)
         tr = checkpoint_trace(run, step, site="resid", perturbations=perts, **common)
         circ = checkpoint_circuit(run, step, threshold=threshold, within_class=within_class, **common)
-        ood_d = None
-        if ood and family == "composition" and dataset.task == "composition":
-            ood_d = checkpoint_ood(run, step, n=n, seed=seed, threshold=threshold, cache=cache_, _ck=ck)
-        elif ood and dataset.task == "comparison":
-            ood_d = checkpoint_value_gap(run, step, n=n, seed=seed, cache=cache_, _ck=ck)
+        diagnoses = {
+            name: checkpoint_diagnosis(run, step, name, n=n, seed=seed, threshold=threshold, cache=cache_, _ck=ck)
+            for name in (task.diagnoses if ood else ())
+        }
         rec = _metrics_at(run, metrics, step)
         first_lens, first_trace = first_lens or lens, first_trace or tr
-        checkpoints.append({
-            "step": step,
-            "acc": dict(rec.get("acc", {})),
-            "loss": dict(rec.get("loss", {})),
-            "train_loss": rec.get("train_loss"),
-            "weight_norm": weight_norm(run, step, cache=cache_),
-            "lens": {k: v["mrr"] for k, v in lens["targets"].items()},
-            "lens_recall1": {k: v["recall"]["1"] for k, v in lens["targets"].items()},
-            "top_tokens": {"tokens": lens["top_tokens"]["tokens"], "share": lens["top_tokens"]["share"]},
-            "strength": dict(zip(tr["perturbations"], tr["strength"])),
-            "logit_diff": dict(zip(tr["perturbations"], tr["logit_diff"])),
-            "n_examples": tr["n_examples"],
-            "clean_accuracy": tr["clean_accuracy"],
-            "circuit": {k: v for k, v in circ.items() if k not in ("mrr", "strength", "examples")},
-            "ood": ood_d,
-        })
+        checkpoints.append(CheckpointRecord(
+            step=step,
+            acc=dict(rec.get("acc", {})),
+            loss=dict(rec.get("loss", {})),
+            train_loss=rec.get("train_loss"),
+            weight_norm=weight_norm(run, step, cache=cache_),
+            lens={k: v["mrr"] for k, v in lens["targets"].items()},
+            lens_recall1={k: v["recall"]["1"] for k, v in lens["targets"].items()},
+            top_tokens={"tokens": lens["top_tokens"]["tokens"], "share": lens["top_tokens"]["share"]},
+            strength=dict(zip(tr["perturbations"], tr["strength"])),
+            logit_diff=dict(zip(tr["perturbations"], tr["logit_diff"])),
+            n_examples=tr["n_examples"],
+            clean_accuracy=tr["clean_accuracy"],
+            circuit={k: v for k, v in circ.items() if k not in ("mrr", "strength", "examples")},
+            diagnoses=diagnoses,
+        ))
     assert first_lens is not None and first_trace is not None
     return SeriesResult(
         run=str(run.path),
         run_name=run.config.name,
-        task=family,
+        task=dataset.task,
         args=args,
         steps=chosen,
         hook_names=list(first_lens["hook_names"]),

@@ -239,6 +239,10 @@ class Task:
 
     def specialise(self, dataset: TaskDataset) -> Task:
         """This task as it applies to one dataset (k-hop reads k from it); default: itself."""
+        return self.for_roles(tuple(dataset.splits[self.default_split].roles))
+
+    def for_roles(self, roles: tuple[str, ...] | list[str]) -> Task:
+        """This task for an inferred layout with these roles (k-hop: k); default: itself."""
         return self
 
     def check_inferred(self, split: Split) -> None:

@@ -228,9 +228,8 @@ class KHopTask(Task):
         spec.hypothesis = _hypothesis(k)  # type: ignore[misc]
         return spec
 
-    def specialise(self, dataset: TaskDataset) -> KHopTask:
-        k = sum(1 for r in dataset.splits[self.default_split].roles if r.startswith("r"))
-        return self.for_hops(k)
+    def for_roles(self, roles: tuple[str, ...] | list[str]) -> KHopTask:
+        return self.for_hops(sum(1 for r in roles if r.startswith("r") and r[1:].isdigit()))
 
     def generate(self, cfg: KHopConfig) -> TaskDataset:
         return generate_khop(cfg)
