@@ -31,6 +31,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "load_paper_format": ("grokscope.tasks", "load_paper_format"),
     "save_paper_format": ("grokscope.tasks", "save_paper_format"),
     "TaskDataset": ("grokscope.tasks", "TaskDataset"),
+    "Task": ("grokscope.tasks", "Task"),
+    "get_task": ("grokscope.tasks", "get_task"),
+    "register_task": ("grokscope.tasks", "register_task"),
+    "task_names": ("grokscope.tasks", "task_names"),
     # config, model, runs, training
     "RunConfig": ("grokscope.config", "RunConfig"),
     "preset": ("grokscope.config", "preset"),

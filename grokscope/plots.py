@@ -715,3 +715,30 @@ def value_gap_figure(diag: dict[str, Any], *, title: str | None = None) -> go.Fi
     fig.update_yaxes(title_text="accuracy (top-1)", range=[-0.03, 1.05])
     fig.update_layout(title=title or "comparison accuracy by the distance of the two values", height=440)
     return fig
+
+
+# --------------------------------------------------------------------------- diagnosis figures
+
+DIAGNOSIS_FIGURES: dict[str, tuple[str, str, Any]] = {}
+"""Diagnosis name -> (section title, caption, figure function) for the report."""
+
+
+def register_diagnosis_figure(name: str, title: str, caption: str, draw: Any) -> None:
+    """Register the report figure of a diagnosis (:mod:`grokscope.analysis.diagnoses`)."""
+    DIAGNOSIS_FIGURES[name] = (title, caption, draw)
+
+
+register_diagnosis_figure(
+    "ood_lens", "OOD diagnosis",
+    "On test OOD inferred facts the lower layers still resolve the bridge at r1 (solid), but the "
+    "answer never forms in the upper layers (dotted) and the final accuracy (star) stays low; "
+    "test ID facts for contrast.",
+    ood_diagnosis_figure,
+)
+register_diagnosis_figure(
+    "value_gap", "OOD diagnosis",
+    "Accuracy by the distance of the two compared values (0: equal). A model that retrieves "
+    "the values and compares them gets far-apart pairs right; where test OOD falls only at "
+    "small distances, the OOD values are retrieved but imprecisely.",
+    value_gap_figure,
+)

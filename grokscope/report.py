@@ -138,7 +138,8 @@ def summary_dict(series: SeriesResult, run: Run) -> dict[str, Any]:
         "circuit": final["circuit"],
         "circuits": [c["circuit"] for c in series.checkpoints],
         "measures": series.measures(),
-        "ood": final.get("ood"),
+        "ood": final.ood,
+        "diagnoses": final.diagnoses,
     }
     return _finite(json.loads(json.dumps(doc, default=str)))
 
@@ -223,18 +224,12 @@ def _figures(series: SeriesResult) -> list[tuple[str, str, str, Any]]:
          "lens MRR (solid) and causal strength (dashed), next to the accuracies and the total weight norm.",
          plots.circuit_measures(series)),
     ]
-    if final.get("ood") and "n_values" in final["ood"]:
-        out.append(("ood", f"OOD diagnosis at step {last}",
-                    "Accuracy by the distance of the two compared values (0: equal). A model that retrieves "
-                    "the values and compares them gets far-apart pairs right; where test OOD falls only at "
-                    "small distances, the OOD values are retrieved but imprecisely.",
-                    plots.value_gap_figure(final["ood"])))
-    elif final.get("ood"):
-        out.append(("ood", f"OOD diagnosis at step {last}",
-                    "On test OOD inferred facts the lower layers still resolve the bridge at r1 (solid), but the "
-                    "answer never forms in the upper layers (dotted) and the final accuracy (star) stays low; "
-                    "test ID facts for contrast.",
-                    plots.ood_diagnosis_figure(final["ood"])))
+    for i, (name, result) in enumerate(final.diagnoses.items()):
+        fig = plots.DIAGNOSIS_FIGURES.get(name)
+        if fig is None or not result:
+            continue
+        title, caption, draw = fig
+        out.append(("ood" if i == 0 else f"diagnosis-{name}", f"{title} at step {last}", caption, draw(result)))
     return out
 
 
