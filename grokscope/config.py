@@ -433,6 +433,17 @@ def _small_train(**kw: Any) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def _khop3_small() -> RunConfig:
+    """3-hop composition on composition-small's knowledge base (docs/sweeps/khop3.md)."""
+    from grokscope.tasks.khop import KHopConfig  # a registered task's config: imported lazily
+
+    return RunConfig(
+        KHopConfig(n_entities=50, n_relations=20, out_degree=20, hops=3, phi=7.2, test_fraction=0.01, probe_size=1000),
+        ModelConfig(n_layers=6, d_model=64, n_heads=4, d_mlp=512, tie_embeddings=True),
+        _small_train(weight_decay=0.1), name="khop3-small",
+    )
+
+
 def _presets() -> dict[str, RunConfig]:
     tiny_model = ModelConfig(n_layers=4, d_model=64, n_heads=4, d_mlp=256)
     paper_model = ModelConfig()
@@ -459,6 +470,7 @@ def _presets() -> dict[str, RunConfig]:
             ModelConfig(n_layers=4, d_model=64, n_heads=4, d_mlp=512, tie_embeddings=True),
             _small_train(weight_decay=0.1), name="composition-small",
         ),
+        "khop3-small": _khop3_small(),
         "comparison-small": RunConfig(
             # A large initialisation scale (init_range 1.0, the "Omnigrok" lever) with
             # weight decay 1.5 makes comparison memorise first and generalise later; at
