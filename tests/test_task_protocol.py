@@ -223,3 +223,26 @@ def test_khop_lens_targets_and_hypothesis_follow_k():
     assert names == ["b1@r1", "b2@r2", "b3@r3", "r4@r4", "t@last"]
     assert [s.target for s in task.hypothesis.stages] == ["b1@r1", "b2@r2", "b3@r3", "r4@r4"]
     assert task.hypothesis.lens_names == set(names)
+
+
+def test_complex_reasoning_is_its_own_task_and_gets_its_diagnosis(tmp_path):
+    from grokscope.analysis.series import analyse_series, value_gap_diagnosis
+    from grokscope.config import ComplexConfig, preset
+    from grokscope.train import train_new
+
+    base = preset("comparison-tiny")
+    cfg = dataclasses.replace(
+        base, task=ComplexConfig(n_entities=20, n_attributes=2, n_values=6, probe_size=200),
+        model=ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64),
+        train=dataclasses.replace(base.train, batch_size=32, max_steps=20, eval_every=10, dense_every=20,
+                                  dense_until=20, log_per_decade=0, warmup_steps=5, eval_size=50),
+        name="complex-micro",
+    )
+    run = train_new(cfg, tmp_path / "cx", quiet=True)
+    ds = run.dataset()
+    assert ds.task == "complex" and get_task(ds).name == "complex"
+    s = analyse_series(run, "20", n=24, progress=False, cache=False)
+    assert s.task == "complex" and s.perturbations == ["e1", "e2", "attr"]
+    rec = s.checkpoints[-1]
+    assert list(rec.diagnoses) == ["value_gap"]
+    assert rec.diagnoses["value_gap"] == json.loads(json.dumps(value_gap_diagnosis(run.load_model(20), ds, n=24)))
