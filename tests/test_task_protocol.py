@@ -246,3 +246,17 @@ def test_complex_reasoning_is_its_own_task_and_gets_its_diagnosis(tmp_path):
     rec = s.checkpoints[-1]
     assert list(rec.diagnoses) == ["value_gap"]
     assert rec.diagnoses["value_gap"] == json.loads(json.dumps(value_gap_diagnosis(run.load_model(20), ds, n=24)))
+
+
+def test_one_sampler_gives_lens_and_counterfactuals_the_same_rows():
+    from grokscope.analysis.sampling import sample_rows
+    from grokscope.analysis.tracing import make_counterfactuals
+
+    ds = get_task("composition").generate(CompositionConfig(phi=5.0, seed=3, **SMALL))
+    n_rows = len(ds.splits["train_inferred"])
+    rows = sample_rows(n_rows, 60, 7)
+    # the reference: the draw every analysis documents, written out here
+    assert rows.tolist() == sorted(np.random.default_rng(7).choice(n_rows, 60, replace=False).tolist())
+    for cf in make_counterfactuals(ds, n=60, seed=7).values():
+        assert cf.n_requested == 60 and set(cf.example_index.tolist()) <= set(rows.tolist())
+        assert np.array_equal(cf.clean.numpy(), ds.splits["train_inferred"].input_ids[cf.example_index.numpy()])
