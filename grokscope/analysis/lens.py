@@ -559,3 +559,27 @@ def direct_logit_attribution(
         head_values=None if head_values is None else head_values.cpu(),
         attn_bias_values=None if attn_bias_values is None else attn_bias_values.cpu(),
     )
+
+
+def top_tokens(
+    model: TransformerBridge, tokens: Int[torch.Tensor, "batch pos"]
+) -> tuple[Int[torch.Tensor, "layer pos"], torch.Tensor]:
+    """The most frequent logit-lens top-1 token at every ``S[l, p]`` and its share.
+
+    Returns:
+        ``(token_ids, share)``, both ``[layer, pos]``: the mode over examples of the
+        argmax of the decoded state, and the fraction of examples whose argmax it is.
+    """
+    resid, _ = residual_stack(model, tokens)  # [layer, batch, pos, d_model]
+    top = torch.stack([decode_resid(model, resid[:, :, p]).argmax(-1) for p in range(resid.shape[2])], dim=-1)
+    top = top.cpu()  # [layer, batch, pos]
+    n_layer, n, n_pos = top.shape
+    d_vocab = model.cfg.d_vocab
+    ids = torch.empty(n_layer, n_pos, dtype=torch.long)
+    share = torch.empty(n_layer, n_pos)
+    for layer in range(n_layer):
+        for p in range(n_pos):
+            counts = torch.bincount(top[layer, :, p], minlength=d_vocab)
+            ids[layer, p] = int(counts.argmax())
+            share[layer, p] = float(counts.max()) / max(1, n)
+    return ids, share
