@@ -97,6 +97,7 @@ def summary_dict(series: SeriesResult, run: Run) -> dict[str, Any]:
             t: {"position": p, "role": series.position_roles[p], "mrr": series.lens_mrr(t).tolist()}
             for t, p in series.lens_targets.items()
         },
+        "undecodable": dict(series.lens_undecodable),
     }
     tracing = {
         "site": "resid",
@@ -195,7 +196,9 @@ def _figures(series: SeriesResult) -> list[tuple[str, str, str, Any]]:
          plots.training_curves(series.metrics, series.steps, series.grokking)),
         ("lens", f"Logit lens at step {last}",
          "MRR of each target token decoded from the residual stream S[l, p] through the final norm and "
-         "unembedding (rows: hook names). Hover shows the most frequent decoded token.",
+         "unembedding (rows: hook names). Hover shows the most frequent decoded token. A name ending in "
+         "/rel ranks among the relation tokens only (the paper ranks over the whole vocabulary)."
+         + "".join(f" Not shown: {html.escape(t)}, {html.escape(why)}." for t, why in series.lens_undecodable.items()),
          plots.lens_heatmap(series, last)),
         ("tracing", f"Causal tracing at step {last}" + (f" and its change since step {early}" if early is not None else ""),
          "Fraction of examples whose top-1 prediction changes when S[l, p] is copied from the "

@@ -221,12 +221,39 @@ class LensTarget:
         token_ids: ``[batch]`` target token ids.
         allowed: None (rank among the whole vocabulary), a 1-D list of token ids, or a
             ``[batch, d_vocab]`` bool mask (e.g. the three labels of each example).
+        never_answer: the target's tokens are never an answer in training (composition's
+            relations). An untied unembedding then never learns to rank them up (their rows
+            only ever get the softmax's push-down), so the lens cannot decode them there;
+            :func:`logit_lens` still ranks them but lists them in
+            :attr:`LensResult.undecodable` with the reason, and plots leave them out.
     """
 
     name: str
     position: Any
     token_ids: Any
     allowed: Any = None
+    never_answer: bool = False
+
+
+UNTIED_REASON = (
+    "not decodable: its tokens are never answers in training, so the rows of this untied "
+    "unembedding for them are never trained to rank them up (tie the embeddings, "
+    "model.tie_embeddings=true, as the paper does, to decode them)"
+)
+
+
+def unembedding_tied(model: TransformerBridge) -> bool:
+    """Whether the unembedding is the embedding (the same parameter, or equal values).
+
+    Example:
+        >>> from grokscope.config import ModelConfig
+        >>> from grokscope.model import build_model
+        >>> cfg = ModelConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, tie_embeddings=True)
+        >>> unembedding_tied(build_model(cfg, 10, 4, seed=0))
+        True
+    """
+    w_e, w_u = model.W_E, model.W_U  # [d_vocab d_model], [d_model d_vocab]
+    return w_u.T.shape == w_e.shape and bool(torch.equal(w_u.T, w_e))
 
 
 @dataclass
@@ -239,6 +266,8 @@ class LensResult:
         token_ids: target name -> ``[batch]`` the target tokens.
         hook_names: the hook of every layer ``l`` (:func:`resid_hook_names`).
         restricted: target name -> whether ranks are among an allowed set.
+        undecodable: target name -> why the lens cannot decode it in this model
+            (:attr:`LensTarget.never_answer` targets of an untied model); ranked anyway.
     """
 
     ranks: dict[str, Int[torch.Tensor, "layer batch"]]
@@ -246,6 +275,7 @@ class LensResult:
     token_ids: dict[str, Int[torch.Tensor, " batch"]]
     hook_names: list[str]
     restricted: dict[str, bool] = field(default_factory=dict)
+    undecodable: dict[str, str] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -278,7 +308,7 @@ class LensResult:
                 entry["positions"] = self.positions[name].tolist()
                 entry["token_ids"] = self.token_ids[name].tolist()
             targets[name] = entry
-        return {"hook_names": list(self.hook_names), "targets": targets}
+        return {"hook_names": list(self.hook_names), "targets": targets, "undecodable": dict(self.undecodable)}
 
 
 def logit_lens(
@@ -341,6 +371,7 @@ def logit_lens(
         token_ids=ids,
         hook_names=resid_hook_names(model.cfg.n_layers),
         restricted={name: masks[name] is not None for name in names},
+        undecodable={t.name: UNTIED_REASON for t in targets if t.never_answer and not unembedding_tied(model)},
     )
 
 
@@ -356,7 +387,10 @@ def _index_of(token_ids: np.ndarray, class_ids: np.ndarray, what: str) -> np.nda
 def lens_targets(split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
     """The paper's logit-lens targets for a homogeneous split, from its metadata.
 
-    Composition inferred (roles ``h, r1, r2``): ``bridge@r1``, ``r2@r2``, ``t@last``.
+    Composition inferred (roles ``h, r1, r2``): ``bridge@r1``, ``r2@r2``, ``t@last``, and
+    ``r2@r2/rel``: r2 ranked among the relation tokens only (the paper ranks over the
+    whole vocabulary; at 4 layers r2 is far from the top of it, while among relations its
+    rise is visible). Both r2 targets are :attr:`LensTarget.never_answer`.
     Comparison inferred (roles ``attr, q, e1, mask, e2``): ``v1@e1``, ``v2@e2``,
     ``label0@attr``, ``label1@attr``, ``label2@attr`` (the labels ``<attr_k_0|1|2>``
     of the example's own attribute: v1 < v2, =, >) and ``label@last`` (the answer).
@@ -376,7 +410,7 @@ def lens_targets(split: Split, vocab: Vocab, *, within_class: bool = False) -> l
         >>> from grokscope.tasks import composition
         >>> ds = composition(n_entities=20, n_relations=5, out_degree=5, phi=2.0, seed=0)
         >>> [t.name for t in lens_targets(ds.splits["train_inferred"], ds.vocab)]
-        ['bridge@r1', 'r2@r2', 't@last']
+        ['bridge@r1', 'r2@r2', 't@last', 'r2@r2/rel']
     """
     roles, meta, n = split.roles, split.meta, len(split)
     if not roles:
@@ -384,12 +418,15 @@ def lens_targets(split: Split, vocab: Vocab, *, within_class: bool = False) -> l
     last = split.target_pos
     ent = vocab.class_ids("entity") if within_class else None
     if set(roles) == {"h", "r1", "r2"}:
-        rel = vocab.class_ids("relation") if within_class else None
-        return [
+        rel = vocab.class_ids("relation")
+        out = [
             LensTarget("bridge@r1", roles["r1"], meta["bridge"], ent),
-            LensTarget("r2@r2", roles["r2"], meta["r2"], rel),
+            LensTarget("r2@r2", roles["r2"], meta["r2"], rel if within_class else None, never_answer=True),
             LensTarget("t@last", last, meta["t"], ent),
         ]
+        if not within_class:  # within_class already ranks r2@r2 among relations
+            out.append(LensTarget("r2@r2/rel", roles["r2"], meta["r2"], rel, never_answer=True))
+        return out
     if set(roles) == {"h", "r"}:
         return [LensTarget("t@last", last, meta["t"], ent)]
     val = vocab.class_ids("value") if within_class else None

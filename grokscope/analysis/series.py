@@ -95,7 +95,7 @@ IID_SPLIT = "test_inferred_iid"
 # --------------------------------------------------------------------------- helpers
 
 
-ANALYSIS_VERSION = 2
+ANALYSIS_VERSION = 3
 """Bump when an analysis changes its results, so older cache entries stop matching."""
 
 
@@ -622,6 +622,8 @@ class SeriesResult:
         position_roles: role name of every input position.
         perturbations: the tracing perturbations (axis 0 of every tracing table).
         lens_targets: lens target name -> the position it is read at.
+        lens_undecodable: lens target name -> why this model cannot decode it
+            (:attr:`grokscope.analysis.lens.LensResult.undecodable`); plots leave it out.
         checkpoints: one dict per step: ``step``, ``acc`` and ``loss`` (split ->
             value, from metrics.jsonl), ``weight_norm``, ``lens`` (target -> MRR per
             layer), ``lens_recall1`` (target -> recall@1 per layer), ``top_tokens``
@@ -653,6 +655,7 @@ class SeriesResult:
     metrics: list[dict[str, Any]]
     grokking: dict[str, Any]
     grokscope_version: str = __version__
+    lens_undecodable: dict[str, str] = field(default_factory=dict)
     cache_hits: int = field(default=0, compare=False)
     cache_misses: int = field(default=0, compare=False)
 
@@ -713,10 +716,16 @@ class SeriesResult:
         hook = self.hook_names[b]
         m: dict[str, list[float]] = {}
         if self.task == "composition":
-            spec = [("bridge@r1", "bridge", "r1", "h"), ("r2@r2", "r2", "r2", "r2")]
+            spec = [("bridge@r1", "bridge", "r1", "h"), ("r2@r2", "r2", "r2", "r2"), ("r2@r2/rel", "r2 among relations", "r2", "")]
         else:
             spec = [("v1@e1", "v1", "e1", "e1"), ("v2@e2", "v2", "e2", "e2"), ("labels@attr", "labels", "attr", "attr")]
         for target, content, role, pert in spec:
+            if target in self.lens_undecodable or (target not in self.lens_targets and target != "labels@attr"):
+                if pert in self.perturbations and role in roles:  # the causal strength still holds
+                    m[f"strength {pert}' @ S[{b},{role}]"] = [
+                        float(c["strength"][pert][b][roles[role]]) for c in self.checkpoints
+                    ]
+                continue
             if target == "labels@attr":
                 vals = [float(np.mean([c["lens"][f"label{k}@attr"][b] for k in range(3)])) for c in self.checkpoints]
             else:
@@ -765,12 +774,13 @@ class SeriesResult:
             "metrics": self.metrics,
             "grokking": self.grokking,
             "grokscope_version": self.grokscope_version,
+            "lens_undecodable": dict(self.lens_undecodable),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SeriesResult:
         keys = ("run", "run_name", "task", "args", "steps", "hook_names", "position_roles", "perturbations",
-                "lens_targets", "checkpoints", "metrics", "grokking", "grokscope_version")
+                "lens_targets", "checkpoints", "metrics", "grokking", "grokscope_version", "lens_undecodable")
         return cls(**{k: d[k] for k in keys if k in d})
 
 
@@ -908,6 +918,7 @@ def analyse_series(
         position_roles=list(first_trace["position_roles"]),
         perturbations=list(first_trace["perturbations"]),
         lens_targets=dict(first_lens["target_positions"]),
+        lens_undecodable=dict(first_lens.get("undecodable", {})),
         checkpoints=checkpoints,
         metrics=metrics,
         grokking=summarize_metrics(metrics),
