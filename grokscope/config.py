@@ -436,7 +436,8 @@ def _small_train(**kw: Any) -> TrainConfig:
 
 def _presets() -> dict[str, RunConfig]:
     tiny_model = ModelConfig(n_layers=4, d_model=64, n_heads=4, d_mlp=256)
-    paper_model = ModelConfig()
+    # The paper's GPT-2: lm_head tied to the embedding, dropout 0.1 while training.
+    paper_model = ModelConfig(tie_embeddings=True, dropout=0.1)
     paper_train = TrainConfig()
     return {
         "composition-paper": RunConfig(CompositionConfig(), paper_model, paper_train, name="composition-paper"),

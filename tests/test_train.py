@@ -64,6 +64,24 @@ def test_grad_filter_matches_closed_form_ema():
     assert set(f.state_tensors()) == {"w::grad_ema"}
 
 
+def test_configs_without_the_new_keys_still_load(tmp_path):
+    """Runs written before dropout and the gradient filter existed open with both off."""
+    from grokscope.config import RunConfig
+
+    doc = preset("composition-small").override({"train.grad_filter": "ema", "model.dropout": "0.1"}).to_dict()
+    for key in ("grad_filter", "grad_filter_alpha", "grad_filter_lambda"):
+        del doc["train"][key]
+    del doc["model"]["dropout"]
+    cfg = RunConfig.from_dict(doc)
+    assert cfg.train.grad_filter is None and cfg.model.dropout == 0.0
+    with pytest.raises(ValueError, match="grad_filter must be"):
+        preset("composition-tiny").override({"train.grad_filter": "sma"})
+    with pytest.raises(ValueError, match="dropout must be in"):
+        preset("composition-tiny").override({"model.dropout": "1.0"})
+    paper = preset("composition-paper").model
+    assert paper.tie_embeddings and paper.dropout == 0.1  # the paper's GPT-2
+
+
 def test_batches_are_pure_functions_of_step():
     from grokscope.tasks import composition
 
