@@ -12,7 +12,15 @@ import torch
 
 from grokscope.config import TrainConfig, preset
 from grokscope.run import Run, RunError
-from grokscope.train import GradFilter, TrainData, checkpoint_steps, evaluate, target_loss, train, train_new
+from grokscope.train import (
+    GradFilter,
+    TrainData,
+    checkpoint_steps,
+    evaluate,
+    target_loss,
+    train,
+    train_new,
+)
 
 
 def _micro(**train_kw):
