@@ -97,6 +97,7 @@ def summary_dict(series: SeriesResult, run: Run) -> dict[str, Any]:
             t: {"position": p, "role": series.position_roles[p], "mrr": series.lens_mrr(t).tolist()}
             for t, p in series.lens_targets.items()
         },
+        "undecodable": dict(series.lens_undecodable),
     }
     tracing = {
         "site": "resid",
@@ -196,7 +197,9 @@ def _figures(series: SeriesResult) -> list[tuple[str, str, str, Any]]:
          plots.training_curves(series.metrics, series.steps, series.grokking)),
         ("lens", f"Logit lens at step {last}",
          "MRR of each target token decoded from the residual stream S[l, p] through the final norm and "
-         "unembedding (rows: hook names). Hover shows the most frequent decoded token.",
+         "unembedding (rows: hook names). Hover shows the most frequent decoded token. A name ending in "
+         "/rel ranks among the relation tokens only (the paper ranks over the whole vocabulary)."
+         + "".join(f" Not shown: {html.escape(t)}, {html.escape(why)}." for t, why in series.lens_undecodable.items()),
          plots.lens_heatmap(series, last)),
         ("tracing", f"Causal tracing at step {last}" + (f" and its change since step {early}" if early is not None else ""),
          "Fraction of examples whose top-1 prediction changes when S[l, p] is copied from the "
@@ -243,9 +246,11 @@ def render_html(series: SeriesResult, run: Run) -> str:
     config_rows = [
         ("run directory", str(run.path)), ("config name", cfg.name), ("task", cfg.task.task),
         ("model", ", ".join(f"{k}={v}" for k, v in cfg.to_dict()["model"].items()
-                            if k in ("n_layers", "d_model", "n_heads", "d_mlp", "init_range", "share_layers"))),
+                            if k in ("n_layers", "d_model", "n_heads", "d_mlp", "init_range", "share_layers", "tie_embeddings", "dropout"))),
         ("task settings", ", ".join(f"{k}={v}" for k, v in cfg.to_dict()["task"].items() if k != "task")),
-        ("training", ", ".join(f"{k}={cfg.to_dict()['train'][k]}" for k in ("lr", "weight_decay", "batch_size", "atomic_fraction", "max_steps"))),
+        ("training", ", ".join(f"{k}={cfg.to_dict()['train'][k]}" for k in ("lr", "weight_decay", "batch_size", "atomic_fraction", "max_steps"))
+         + (f", grad_filter={cfg.train.grad_filter} (alpha {cfg.train.grad_filter_alpha}, lambda {cfg.train.grad_filter_lambda})"
+            if cfg.train.grad_filter else "")),
         ("checkpoints analysed", ", ".join(map(str, series.steps))),
         ("examples", f"{series.args['n']} of {series.args['split']} (seed {series.args['seed']}), lens threshold "
                      f"{series.args['threshold']}"),

@@ -363,6 +363,8 @@ class SeriesResult:
         position_roles: role name of every input position.
         perturbations: the tracing perturbations (axis 0 of every tracing table).
         lens_targets: lens target name -> the position it is read at.
+        lens_undecodable: lens target name -> why this model cannot decode it
+            (:attr:`grokscope.analysis.lens.LensResult.undecodable`); plots leave it out.
         checkpoints: one :class:`CheckpointRecord` per step.
         metrics: every record of metrics.jsonl (for the training curves).
         grokking: :func:`grokscope.analysis.grokking.summarize_metrics` of the metrics.
@@ -387,6 +389,7 @@ class SeriesResult:
     metrics: list[dict[str, Any]]
     grokking: dict[str, Any]
     grokscope_version: str = __version__
+    lens_undecodable: dict[str, str] = field(default_factory=dict)
     cache_hits: int = field(default=0, compare=False)
     cache_misses: int = field(default=0, compare=False)
 
@@ -440,12 +443,13 @@ class SeriesResult:
             "metrics": self.metrics,
             "grokking": self.grokking,
             "grokscope_version": self.grokscope_version,
+            "lens_undecodable": dict(self.lens_undecodable),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SeriesResult:
         keys = ("run", "run_name", "task", "args", "steps", "hook_names", "position_roles", "perturbations",
-                "lens_targets", "checkpoints", "metrics", "grokking", "grokscope_version")
+                "lens_targets", "checkpoints", "metrics", "grokking", "grokscope_version", "lens_undecodable")
         kw = {k: d[k] for k in keys if k in d}
         kw["checkpoints"] = [CheckpointRecord.from_dict(c) for c in kw.get("checkpoints", [])]
         return cls(**kw)
@@ -583,6 +587,7 @@ def analyse_series(
         position_roles=list(first_trace["position_roles"]),
         perturbations=list(first_trace["perturbations"]),
         lens_targets=dict(first_lens["target_positions"]),
+        lens_undecodable=dict(first_lens.get("undecodable", {})),
         checkpoints=checkpoints,
         metrics=metrics,
         grokking=summarize_metrics(metrics),
