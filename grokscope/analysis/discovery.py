@@ -142,6 +142,7 @@ class Activations:
         clean_metric: ``[example]`` metric of the clean run.
         corrupt_metric: ``[example]`` metric with every edge patched (for a
             counterfactual this is the corrupt run).
+        clean_tokens: ``[example, pos]`` the clean inputs.
     """
 
     graph: ComponentGraph
@@ -150,6 +151,7 @@ class Activations:
     metric: Metric
     clean_metric: torch.Tensor
     corrupt_metric: torch.Tensor
+    clean_tokens: torch.Tensor
 
 
 def prepare(model: TransformerBridge, corruption: Corruption, metric: str = "logit_diff") -> Activations:
@@ -165,7 +167,7 @@ def prepare(model: TransformerBridge, corruption: Corruption, metric: str = "log
         model, graph, corruption.clean, corrupt_w,
         torch.stack([torch.ones(graph.n_edges, dtype=torch.bool), torch.zeros(graph.n_edges, dtype=torch.bool)]), m,
     )
-    return Activations(graph, clean_w, corrupt_w, m, ends[0], ends[1])
+    return Activations(graph, clean_w, corrupt_w, m, ends[0], ends[1], corruption.clean)
 
 
 @dataclass
@@ -267,3 +269,35 @@ def score_edges(
     p, r, w = graph.edge_index.unbind(1)
     scores = (total[p, r, w] / n).float()
     return EdgeScores(graph, scores, method, steps, time.perf_counter() - t0)
+
+
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks from 1, ties sharing their average rank."""
+    x = x.double().flatten()
+    order = torch.argsort(x, stable=True)
+    sorted_x = x[order]
+    ranks = torch.empty_like(x)
+    i, n = 0, len(x)
+    starts = torch.cat([torch.tensor([True]), sorted_x[1:] != sorted_x[:-1]]).nonzero().flatten().tolist() + [n]
+    for i in range(len(starts) - 1):
+        a, b = starts[i], starts[i + 1]
+        ranks[order[a:b]] = (a + b + 1) / 2
+    return ranks
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation (ties get average ranks).
+
+    Example:
+        >>> spearman(torch.tensor([1., 2., 3.]), torch.tensor([10., 20., 25.]))
+        1.0
+    """
+    ra, rb = _average_ranks(a), _average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / den if den > 0 else float("nan")
+
+
+def top_overlap(a: EdgeScores, b: EdgeScores, k: int = 50) -> float:
+    """Fraction of the ``k`` largest-``|score|`` edges of ``a`` that are among ``b``'s."""
+    return len(set(a.order()[:k].tolist()) & set(b.order()[:k].tolist())) / k
