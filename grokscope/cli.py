@@ -574,6 +574,8 @@ def discover(
     for s in _analysis_steps(run, step, all_steps):
         d = checkpoint_discovery(run, s, split=split, perturbation=pert, ablation=ablation, n=examples, seed=seed,
                                  method=method, ig_steps=k, metric=metric, top=top, recover=recover)
+        if d.get("empty"):
+            raise UserError(f"no example of --split {split} has a valid {d['perturbation']} counterfactual; try another split")
         docs.append(d)
         c = d["circuit"]
         typer.echo(f"{run.path} step {s}: {d['method']} on {len(d['examples']['clean'])} {split} examples, "

@@ -146,7 +146,7 @@ def discover(
     top: int | None = None,
     recover: float = DEFAULT_RECOVER,
     selection: str = "top",
-    measure_circuit_edges: bool = True,
+    measure_circuit_edges: int = 200,
     step: int | None = None,
 ) -> Discovery:
     """Score, select and measure a circuit.
@@ -160,7 +160,8 @@ def discover(
         top: a fixed budget of edges (None: the smallest circuit recovering ``recover``).
         recover: the recovered fraction to reach when ``top`` is None.
         selection: ``top`` or ``greedy``.
-        measure_circuit_edges: also patch each circuit edge alone (exact effects).
+        measure_circuit_edges: also patch alone (exact effect) up to this many of the
+            circuit's strongest edges (0: none).
         step: checkpoint step to record.
 
     Returns:
@@ -176,8 +177,8 @@ def discover(
     exact = torch.full((acts.graph.n_edges,), float("nan"))
     if method == "exact":
         exact = scores.scores.clone()
-    elif measure_circuit_edges and bool(circuit.keep.any()):
-        ids = torch.nonzero(circuit.keep).flatten().tolist()
+    elif measure_circuit_edges > 0 and bool(circuit.keep.any()):
+        ids = [int(e) for e in scores.order() if circuit.keep[e]][:measure_circuit_edges]
         per = patch_single_edges(model, acts.graph, corruption.clean, acts.corrupt_writers, acts.clean_writers,
                                  acts.metric, acts.clean_metric, edges=ids)
         exact[ids] = (acts.clean_metric.float().cpu()[None, :] - per).mean(1)

@@ -69,7 +69,9 @@ def checkpoint_discovery(
         n, seed: examples of ``split`` (drawn as :func:`make_counterfactuals` draws them).
 
     Returns:
-        The discovery JSON (see :meth:`Discovery.to_dict`) plus ``split`` and ``example_index``.
+        The discovery JSON (see :meth:`Discovery.to_dict`) plus ``split`` and
+        ``example_index``; ``{"empty": True, ...}`` when no example of the split has a
+        valid counterfactual.
     """
     from grokscope.analysis.tracing import make_counterfactuals
 
@@ -85,6 +87,8 @@ def checkpoint_discovery(
                                perturbations=None if perturbation is None else [perturbation])
     pert = perturbation or next(iter(cfs))
     cf = cfs[pert]
+    if len(cf) == 0:  # no example of this split has a valid counterfactual
+        return cache_.put(step, "discovery", args, {"step": step, "split": split, "perturbation": pert, "empty": True})
     model = run.load_model(step, device=device)
     model.eval()
     d = discover(model, Corruption.from_counterfactuals(cf, ablation), method, metric=metric, ig_steps=ig_steps,
@@ -124,11 +128,13 @@ class DiscoverySeries:
             ``circuit_shares``, ``coverage``, ``top_edges``, ``clean_metric``,
             ``corrupt_metric``, ``curve``).
         settings: the arguments every checkpoint shares.
+        final: split -> the last checkpoint's full discovery JSON (every edge).
     """
 
     steps: list[int]
     records: dict[str, list[dict[str, Any]]]
     settings: dict[str, Any] = field(default_factory=dict)
+    final: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "records": self.records, "settings": self.settings}
@@ -193,8 +199,11 @@ def discovery_series(
     kw = {"perturbation": perturbation, "n": n, "seed": seed, "method": method, "ig_steps": ig_steps,
           "recover": recover, "cache": cache_, "device": device}
     records: dict[str, list[dict[str, Any]]] = {}
+    final: dict[str, dict[str, Any]] = {}
     for split in splits:
         docs = [checkpoint_discovery(run, s, split=split, **kw) for s in steps]
+        if any(doc.get("empty") for doc in docs):
+            continue  # a split without counterfactuals (tiny tasks) has no circuit to discover
         hyps: list[dict[str, Any] | None] = [None] * len(steps)
         if hypothesis:
             from grokscope.analysis.series import checkpoint_circuit
@@ -202,6 +211,7 @@ def discovery_series(
             hyps = [checkpoint_circuit(run, s, split=split, n=n, seed=seed, cache=cache_, device=device)
                     for s in steps]
         records[split] = [_record(doc, docs[-1], h) for doc, h in zip(docs, hyps)]
+        final[split] = docs[-1]
     settings = {k: v for k, v in kw.items() if k not in ("cache", "device")}
     settings["splits"] = list(splits)
-    return DiscoverySeries(list(steps), records, settings)
+    return DiscoverySeries(list(steps), records, settings, final)
