@@ -6,7 +6,8 @@ For every edge of the model's component graph, ``--n`` examples (default 300) of
 * exact patching of every edge, batched (edges x examples; the ground truth);
 * EAP (one gradient) and EAP-IG with ``K`` path points for each ``--ig-steps``;
 * the time ratio exact / EAP-IG, the rank agreement with exact (Spearman over all
-  edges, ties averaged; overlap of the top 50 by ``|score|``), and the recovered
+  edges of the signed scores and of ``|score|``, the ranking circuits are selected
+  by, ties averaged; overlap of the top 50 by ``|score|``), and the recovered
   fraction of the EAP-IG circuits (faithfulness curve area, CPR; smallest circuit
   that recovers 0.9);
 * ``--paper-shape``: the time of EAP-IG on a random model of the paper's shape
@@ -66,6 +67,7 @@ def shipped(args: argparse.Namespace) -> dict:
                 "seconds": sc.seconds,
                 "ratio": (exact.seconds + t_prep) / (sc.seconds + t_prep),
                 "spearman": spearman(exact.scores, sc.scores),
+                "spearman_abs": spearman(exact.scores.abs(), sc.scores.abs()),
                 "top50": top_overlap(exact, sc, 50),
             }
             if name == f"eap-ig{DEFAULT_IG_STEPS}" or name == "eap":
@@ -78,7 +80,8 @@ def shipped(args: argparse.Namespace) -> dict:
         print(f"{pert}: {len(cf)} examples, {acts.graph.n_edges} edges, exact {exact.seconds:.1f} s (CPR {curve.cpr:.3f})")
         for name, r in row["methods"].items():
             extra = f"  CPR {r['cpr']:.3f} CMD {r['cmd']:.3f} 0.9-circuit {r['circuit_0_9']} edges" if "cpr" in r else ""
-            print(f"  {name:9s} {r['seconds']:6.2f} s  x{r['ratio']:6.1f}  spearman {r['spearman']:.3f}  top50 {r['top50']:.2f}{extra}")
+            print(f"  {name:9s} {r['seconds']:6.2f} s  x{r['ratio']:6.1f}  spearman {r['spearman']:.3f} "
+                  f"(|score| {r['spearman_abs']:.3f})  top50 {r['top50']:.2f}{extra}")
     out["totals_s"] = totals
     print("total over the corruptions (s, preparation included):", {k: round(v, 2) for k, v in totals.items()})
     k = f"eap-ig{DEFAULT_IG_STEPS}"

@@ -171,11 +171,14 @@ def test_all_edges_patched_is_the_corrupt_run_none_the_clean_run(tiny):
         lc, lx = model(c.clean)[:, -1], model(c.corrupt)[:, -1]
     m_clean = _metric(lc, c.answer, c.cf_answer).diagonal()
     m_corrupt = _metric(lx, c.answer, c.cf_answer).diagonal()
-    assert torch.allclose(acts.clean_metric, m_clean, atol=1e-5)
-    assert torch.allclose(acts.corrupt_metric, m_corrupt, atol=1e-4)
     assert (m_clean - m_corrupt).abs().mean() > 0.1
     g = acts.graph
     full, empty = torch.ones(g.n_edges, dtype=torch.bool), torch.zeros(g.n_edges, dtype=torch.bool)
+    ends = patch_edge_sets(model, g, c.clean, acts.corrupt_writers, torch.stack([full, empty]), acts.metric)
+    assert torch.allclose(ends[0], m_clean, atol=1e-5)  # none patched: the clean run
+    assert torch.allclose(ends[1], m_corrupt, atol=1e-4)  # all patched: the corrupt run
+    assert torch.allclose(acts.clean_metric, m_clean, atol=1e-5)
+    assert torch.allclose(acts.corrupt_metric, m_corrupt, atol=1e-4)
     rec, _ = recovered(model, acts, torch.stack([full, empty]))
     assert rec.tolist() == pytest.approx([1.0, 0.0], abs=1e-5)
     # the kept-set and the patched-set code paths agree on a half circuit

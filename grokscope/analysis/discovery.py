@@ -160,17 +160,19 @@ class Activations:
 def prepare(model: TransformerBridge, corruption: Corruption, metric: str = "logit_diff") -> Activations:
     """Writer values of the clean and corrupt inputs, and the two baseline metrics."""
     graph = ComponentGraph.of(model, corruption.clean.shape[1])
-    clean_w = writer_activations(model, graph, corruption.clean)
+    m = corruption.metric(metric)
+    ex = torch.arange(len(corruption.clean))
+    clean_w, clean_logits = writer_activations(model, graph, corruption.clean, with_logits=True)
+    clean_metric = m(clean_logits, ex.to(clean_logits.device)).float().cpu()
     if corruption.ablation == "counterfactual":
-        corrupt_w = writer_activations(model, graph, corruption.corrupt)  # type: ignore[arg-type]
+        # every edge patched is the corrupt run (tests/test_discovery.py checks the engine agrees)
+        corrupt_w, corrupt_logits = writer_activations(model, graph, corruption.corrupt, with_logits=True)  # type: ignore[arg-type]
+        corrupt_metric = m(corrupt_logits, ex.to(corrupt_logits.device)).float().cpu()
     else:
         corrupt_w = clean_w.mean(0, keepdim=True).expand_as(clean_w)
-    m = corruption.metric(metric)
-    ends = patch_edge_sets(
-        model, graph, corruption.clean, corrupt_w,
-        torch.stack([torch.ones(graph.n_edges, dtype=torch.bool), torch.zeros(graph.n_edges, dtype=torch.bool)]), m,
-    )
-    return Activations(graph, clean_w, corrupt_w, m, ends[0], ends[1], corruption.clean)
+        corrupt_metric = patch_edge_sets(model, graph, corruption.clean, corrupt_w,
+                                         torch.zeros(1, graph.n_edges, dtype=torch.bool), m)[0]
+    return Activations(graph, clean_w, corrupt_w, m, clean_metric, corrupt_metric, corruption.clean)
 
 
 @dataclass

@@ -74,8 +74,13 @@ def _head_writes(model: TransformerBridge, layer: int, z: Float[torch.Tensor, "b
 
 
 def writer_activations(
-    model: TransformerBridge, graph: ComponentGraph, tokens: Int[torch.Tensor, "example pos"], batch_size: int = 1024
-) -> Float[torch.Tensor, "example pos writer d_model"]:
+    model: TransformerBridge,
+    graph: ComponentGraph,
+    tokens: Int[torch.Tensor, "example pos"],
+    batch_size: int = 1024,
+    *,
+    with_logits: bool = False,
+) -> Any:
     """Every writer's contribution to the residual stream, per example and position.
 
     Args:
@@ -83,20 +88,23 @@ def writer_activations(
         graph: its graph (``graph.n_pos`` must equal the input length).
         tokens: ``[example, pos]`` inputs.
         batch_size: examples per forward pass.
+        with_logits: also return the logits at the prediction position.
 
     Returns:
         ``[example, pos, writer, d_model]`` on the model's device (writer order: see
-        :mod:`grokscope.analysis.graph`).
+        :mod:`grokscope.analysis.graph`); with ``with_logits``, a pair with
+        ``[example, d_vocab]``.
     """
     _check_model(model, graph)
     if tokens.ndim != 2 or tokens.shape[1] != graph.n_pos:
         raise ValueError(f"tokens must be [example, {graph.n_pos}], got {tuple(tokens.shape)}")
     device = _device(model)
     H = graph.n_heads
-    out = []
+    out, logits_out = [], []
     with torch.no_grad():
         for lo in range(0, len(tokens), batch_size):
-            _, cache = model.run_with_cache(tokens[lo : lo + batch_size].to(device), names_filter=writer_hook_names(graph))
+            logits, cache = model.run_with_cache(tokens[lo : lo + batch_size].to(device), names_filter=writer_hook_names(graph))
+            logits_out.append(logits[:, graph.read_pos])
             parts = [cache["hook_embed"][:, :, None]]
             for layer in range(graph.n_layers):
                 parts.append(_head_writes(model, layer, cache[f"blocks.{layer}.attn.hook_z"]))
@@ -105,7 +113,10 @@ def writer_activations(
             assert acts.shape[2] == 1 + graph.n_layers * (H + 1)
             out.append(acts)
             del cache
-    return torch.cat(out) if out else torch.empty(0, graph.n_pos, graph.n_writers, model.cfg.d_model, device=device)
+    acts = torch.cat(out) if out else torch.empty(0, graph.n_pos, graph.n_writers, model.cfg.d_model, device=device)
+    if with_logits:
+        return acts, (torch.cat(logits_out) if logits_out else torch.empty(0, model.cfg.d_vocab, device=device))
+    return acts
 
 
 class _Fork:
