@@ -68,7 +68,10 @@ def test_nodes_and_edges_are_transformer_lens_ones(tiny):
 
 
 def test_eap_writer_scores_equal_transformer_lens_node_attribution(tiny):
-    from transformer_lens.tools.analysis.attribution_patching import EdgeAttributionConfig, attribution_patch
+    from transformer_lens.tools.analysis.attribution_patching import (
+        EdgeAttributionConfig,
+        attribution_patch,
+    )
 
     model, c, acts = tiny
     sc = score_edges(model, c, "eap", acts=acts)
@@ -93,7 +96,7 @@ def test_eap_writer_scores_equal_transformer_lens_node_attribution(tiny):
 
 
 def _writer_values(model, g, tokens):
-    names = ["hook_embed"] + [f"blocks.{l}.{n}" for l in range(g.n_layers) for n in ("attn.hook_z", "hook_mlp_out")]
+    names = ["hook_embed"] + [f"blocks.{layer}.{n}" for layer in range(g.n_layers) for n in ("attn.hook_z", "hook_mlp_out")]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=names)
     return cache

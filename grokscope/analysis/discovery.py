@@ -295,8 +295,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman rank correlation (ties get average ranks).
 
     Example:
-        >>> spearman(torch.tensor([1., 2., 3.]), torch.tensor([10., 20., 25.]))
-        1.0
+        >>> round(spearman(torch.tensor([1., 2., 3.]), torch.tensor([10., 30., 20.])), 3)
+        0.5
     """
     ra, rb = _average_ranks(a), _average_ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()

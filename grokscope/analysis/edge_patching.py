@@ -462,7 +462,6 @@ def patch_single_edges(
         ``[edge, example]`` metric values (rows follow ``edges``, default all edges).
     """
     edge_ids = torch.arange(graph.n_edges) if edges is None else torch.as_tensor(list(edges), dtype=torch.long)
-    n = len(clean)
     d = int(model.cfg.d_model)
     p, _, w = graph.edge_index[edge_ids].unbind(1)
     dev = corrupt.device
