@@ -299,3 +299,58 @@ def test_mean_ablation_and_logprob_metric(tiny):
     exact = score_edges(model, mean, "exact", metric="logprob", acts=acts)
     ig = score_edges(model, mean, "eap-ig", metric="logprob", acts=acts)
     assert spearman(exact.scores, ig.scores) > 0.3
+
+
+MICRO = {
+    "model.n_layers": "2", "model.d_model": "32", "model.n_heads": "2", "model.d_mlp": "64",
+    "train.batch_size": "32", "train.max_steps": "40", "train.eval_every": "10", "train.dense_every": "20",
+    "train.dense_until": "20", "train.log_per_decade": "1", "train.warmup_steps": "5", "train.eval_size": "50",
+    "task.n_entities": "30", "task.n_relations": "6", "task.out_degree": "4", "task.phi": "3", "task.ood_fraction": "0.2",
+}
+
+
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    import sys
+
+    from grokscope import cli
+
+    monkeypatch.setattr(sys, "argv", ["grokscope", *args])
+    monkeypatch.delenv("GROKSCOPE_DEBUG", raising=False)
+    capsys.readouterr()
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_discover_json_can_be_recomputed(tmp_path, monkeypatch, capsys):
+    import json
+
+    from grokscope.config import preset
+    from grokscope.train import train_new
+
+    run = train_new(preset("composition-tiny").override(MICRO), tmp_path / "run", quiet=True)
+    out = tmp_path / "d.json"
+    code, text, err = _cli(monkeypatch, capsys, "discover", str(run.path), "--examples", "12", "--json", str(out))
+    assert code == 0, err
+    assert "circuit:" in text and "blocks." in text
+    doc = json.loads(out.read_text())
+    for key in ("step", "method", "metric", "examples", "nodes", "edges", "circuit", "curve"):
+        assert key in doc, key
+    assert doc["step"] == run.steps()[-1] and doc["method"] == "eap-ig" and doc["metric"] == "logit_diff"
+    assert set(doc["examples"]) >= {"clean", "corrupt", "answer", "cf_answer"}
+    node = doc["nodes"][5]
+    assert set(node) >= {"kind", "layer", "head", "position", "hook_name", "score"}
+    # a writer's score is the sum of its outgoing edges' scores
+    for nd in doc["nodes"]:
+        if nd["kind"] in ("embed", "attn_head_out", "mlp_out"):
+            out_sum = sum(e["score"] for e in doc["edges"] if e["src"] == nd["id"])
+            assert nd["score"] == pytest.approx(out_sum, abs=1e-4)
+    in_circuit = [i for i, e in enumerate(doc["edges"]) if e["in_circuit"]]
+    assert sorted(doc["circuit"]["edges"]) == in_circuit and doc["circuit"]["size"] == len(in_circuit)
+    assert doc["circuit"]["recovered"] >= 0.9
+    code, _, err = _cli(monkeypatch, capsys, "discover", str(run.path), "--method", "acdc")
+    assert code == 2 and "--method" in err and "eap-ig" in err and len(err.strip().splitlines()) == 1
