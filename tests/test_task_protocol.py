@@ -14,7 +14,15 @@ import pytest
 import torch
 
 from grokscope.config import CompositionConfig, ModelConfig, RunConfig, TrainConfig
-from grokscope.tasks import CircuitHypothesis, CounterfactualDraw, LensTarget, Stage, Task, get_task, register_task
+from grokscope.tasks import (
+    CircuitHypothesis,
+    CounterfactualDraw,
+    LensTarget,
+    Stage,
+    Task,
+    get_task,
+    register_task,
+)
 from grokscope.tasks.base import pick_per_row
 from grokscope.tasks.dataset import Split, TaskDataset, make_split
 from grokscope.tasks.khop import KHopConfig, generate_khop

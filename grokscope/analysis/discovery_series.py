@@ -27,7 +27,7 @@ import torch
 from grokscope.analysis.circuit_discovery import DEFAULT_RECOVER, discover, hypothesis_coverage
 from grokscope.analysis.discovery import DEFAULT_IG_STEPS, Corruption, EdgeScores
 from grokscope.analysis.graph import ComponentGraph
-from grokscope.analysis.series import AnalysisCache
+from grokscope.analysis.cache import AnalysisCache
 from grokscope.run import Run
 
 DEFAULT_SPLITS = ("train_inferred", "test_inferred_iid")
