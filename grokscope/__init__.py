@@ -47,7 +47,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     # analysis
     "logit_lens": ("grokscope.analysis.lens", "logit_lens"),
     "lens_split": ("grokscope.analysis.lens", "lens_split"),
-    "direct_logit_attribution": ("grokscope.analysis.lens", "direct_logit_attribution"),
+    "direct_logit_attribution": ("grokscope.analysis.attribution", "direct_logit_attribution"),
     "make_counterfactuals": ("grokscope.analysis.tracing", "make_counterfactuals"),
     "trace": ("grokscope.analysis.tracing", "trace"),
     "find_circuit": ("grokscope.analysis.circuits", "find_circuit"),
