@@ -19,7 +19,7 @@ def sample_rows(n_rows: int, n: int | None, seed: int) -> np.ndarray:
 
     Example:
         >>> sample_rows(10, 3, 0).tolist()
-        [0, 6, 8]
+        [5, 6, 9]
     """
     rows, _ = _sample(n_rows, n, seed)
     return rows
