@@ -1,0 +1,124 @@
+"""Modular addition: the task (exact seeded split, paper-format round trip, counterfactuals),
+the progress measures against independent references, and the shipped run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from grokscope.tasks import get_task, load_paper_format, save_paper_format
+from grokscope.tasks.modular import ModularConfig, generate_modular
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "checkpoints" / "modular-small"
+
+
+@pytest.fixture(scope="module")
+def small():
+    return generate_modular(ModularConfig(p=23, train_fraction=0.4, seed=5))
+
+
+def _pairs(ds, split):
+    """(a, b, c) residues decoded from the token strings, independent of the metadata."""
+    s = ds.splits[split]
+    out = []
+    for row in s.input_ids.tolist():
+        toks = [ds.vocab.tokens[i] for i in row]
+        assert toks[2] == "<=>"
+        out.append((int(toks[0][1:-1]), int(toks[1][1:-1])))
+    ans = [int(ds.vocab.tokens[i][1:-1]) for i in s.targets]
+    return out, ans
+
+
+# --------------------------------------------------------------------------- the task
+
+
+def test_split_is_exact_and_answers_are_sums(small):
+    p = 23
+    train, train_ans = _pairs(small, "train")
+    test, test_ans = _pairs(small, "test_inferred_iid")
+    assert len(train) == round(0.4 * p * p) == 212
+    assert set(train).isdisjoint(test)
+    assert set(train) | set(test) == {(a, b) for a in range(p) for b in range(p)}
+    assert len(set(train)) == len(train) and len(set(test)) == len(test)
+    for (a, b), c in zip(train + test, train_ans + test_ans):
+        assert c == (a + b) % p
+    probe, _ = _pairs(small, "train_inferred")
+    assert probe == train  # no train_probe: the probe is every training pair
+    assert small.splits["train"].roles == {"a": 0, "b": 1, "eq": 2}
+    assert (small.splits["train"].target_pos == 2).all()
+
+
+def test_split_is_seeded(small):
+    again = generate_modular(ModularConfig(p=23, train_fraction=0.4, seed=5))
+    other = generate_modular(ModularConfig(p=23, train_fraction=0.4, seed=6))
+    assert again.content_hash() == small.content_hash()
+    assert other.content_hash() != small.content_hash()
+    assert set(_pairs(other, "train")[0]) != set(_pairs(small, "train")[0])
+
+
+def test_train_probe_is_a_subset():
+    ds = generate_modular(ModularConfig(p=17, train_fraction=0.5, train_probe=30))
+    probe, _ = _pairs(ds, "train_inferred")
+    assert len(probe) == 30 and set(probe) <= set(_pairs(ds, "train")[0])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="train_fraction"):
+        ModularConfig(train_fraction=1.0)
+    with pytest.raises(ValueError, match="p must be"):
+        ModularConfig(p=1)
+
+
+def test_paper_format_round_trip(small, tmp_path):
+    save_paper_format(small, tmp_path)
+    assert json.loads((tmp_path / "valid.json").read_text()) == []
+    test_items = json.loads((tmp_path / "test.json").read_text())
+    assert {x["type"] for x in test_items} == {"train_inferred", "test_inferred_iid"}
+    assert test_items[0]["target_text"].startswith(test_items[0]["input_text"])
+    back = load_paper_format(tmp_path, task="modular")
+    assert back.content_hash() == small.content_hash()
+    assert get_task("modular").describe(back).p == 23
+
+
+def test_load_refuses_a_wrong_sum(small, tmp_path):
+    save_paper_format(small, tmp_path)
+    items = json.loads((tmp_path / "train.json").read_text())
+    inp = items[0]["input_text"]
+    items[0]["target_text"] = inp + ("<1>" if not items[0]["target_text"].endswith("<1></a>") else "<2>") + "</a>"
+    (tmp_path / "train.json").write_text(json.dumps(items))
+    with pytest.raises(ValueError, match="mod 23"):
+        load_paper_format(tmp_path, task="modular")
+
+
+@pytest.mark.parametrize("id_only", [True, False])
+@pytest.mark.parametrize("pert", ["a", "b"])
+def test_every_counterfactual_changes_the_answer(small, pert, id_only):
+    task = get_task("modular")
+    split = small.splits["train_inferred"]
+    rows = np.arange(len(split))
+    draw = task.counterfactuals(small, split, rows, pert, np.random.default_rng(0), id_only=id_only)
+    keep = draw.new_token >= 0
+    assert keep.mean() > 0.9
+    res = {t: int(small.vocab.tokens[t][1:-1]) for t in small.vocab.value_ids}
+    train = set(_pairs(small, "train")[0])
+    pos = 0 if pert == "a" else 1
+    for r in np.flatnonzero(keep):
+        inp = split.input_ids[r].copy()
+        assert inp[pos] != draw.new_token[r]
+        inp[pos] = draw.new_token[r]
+        a, b = res[int(inp[0])], res[int(inp[1])]
+        assert res[int(draw.cf_answer[r])] == (a + b) % 23 != res[int(draw.answer[r])]
+        if id_only:
+            assert (a, b) in train
+
+
+def test_lens_target_is_the_answer_at_eq(small):
+    split = small.splits["test_inferred_iid"]
+    (target,) = get_task("modular").lens_targets(split, small.vocab, within_class=True)
+    assert target.name == "c@eq" and target.position == 2
+    assert np.array_equal(target.token_ids, split.targets)
+    assert len(target.allowed) == 23
