@@ -122,3 +122,78 @@ def test_lens_target_is_the_answer_at_eq(small):
     assert target.name == "c@eq" and target.position == 2
     assert np.array_equal(target.token_ids, split.targets)
     assert len(target.allowed) == 23
+
+
+# --------------------------------------------------------------------------- progress measures
+
+import math  # noqa: E402
+
+import torch  # noqa: E402
+
+from grokscope.analysis.progress import (  # noqa: E402
+    excluded_logits,
+    fourier_basis,
+    frequency_power,
+    gini,
+    key_frequencies,
+    onset,
+    pair_loss,
+    restricted_logits,
+)
+
+
+@pytest.mark.parametrize("p", [7, 10, 113])
+def test_fourier_basis_is_orthonormal(p):
+    basis, freqs = fourier_basis(p)
+    assert basis.shape == (p, p)
+    assert torch.allclose(basis @ basis.T, torch.eye(p, dtype=torch.float64), atol=1e-10)
+    assert sorted(freqs.tolist()) == sorted([0] + [k for k in range(1, p // 2 + 1) for _ in range(1 if 2 * k == p else 2)])
+    # an independent reference: numpy's FFT of a random table gives the same power per frequency
+    x = np.random.default_rng(p).normal(size=p)
+    fft = np.abs(np.fft.fft(x)) ** 2 / p
+    ref = [fft[0]] + [fft[k] + (fft[p - k] if 2 * k != p else 0.0) for k in range(1, p // 2 + 1)]
+    assert np.allclose(frequency_power(torch.tensor(x)[:, None]).numpy(), ref)
+
+
+def test_hand_made_embedding_has_its_mass_at_k():
+    p, k = 113, 14
+    a = torch.arange(p, dtype=torch.float64)
+    emb = torch.stack([torch.cos(2 * math.pi * k * a / p), 0.5 * torch.sin(2 * math.pi * k * a / p),
+                       0.3 * torch.cos(2 * math.pi * 41 * a / p)], dim=1)
+    emb = emb + 0.01 * torch.randn(p, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    power = frequency_power(emb)
+    assert int(power.argmax()) == k
+    assert float(power[k] / power.sum()) > 0.9
+    assert key_frequencies(power) == [14, 41]
+    assert abs(float(power.sum()) - float(emb.pow(2).sum())) < 1e-9  # Parseval
+
+
+def test_gini_references():
+    assert gini([3, 3, 3]) == 0.0
+    assert gini([0, 0, 0, 0, 7]) == pytest.approx(0.8)  # (n - 1) / n for one non-zero of n
+    assert gini([1, 2, 3, 4]) == pytest.approx(0.25)
+
+
+def test_restricted_and_excluded_loss_with_every_frequency_equal_the_loss():
+    p = 11
+    logits = torch.randn(p, p, p, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    pairs = np.arange(0, p * p, 3)
+    plain = pair_loss(logits, pairs)
+    every = list(range(1, p // 2 + 1))
+    assert pair_loss(restricted_logits(logits, every), pairs) == pytest.approx(plain, abs=1e-9)
+    assert pair_loss(excluded_logits(logits, []), pairs) == pytest.approx(plain, abs=1e-12)
+    # a reference built by hand: logits = cos(w (a + b - c)) at one frequency are kept by
+    # restricting to it and removed (to a constant) by excluding it
+    a, b, c = torch.meshgrid(*(torch.arange(p, dtype=torch.float64),) * 3, indexing="ij")
+    trig = torch.cos(2 * math.pi * 3 * (a + b - c) / p)
+    assert torch.allclose(restricted_logits(trig, [3]), trig, atol=1e-10)
+    assert torch.allclose(restricted_logits(trig, [2]), torch.zeros_like(trig), atol=1e-10)
+    assert torch.allclose(excluded_logits(trig, [3]), torch.zeros_like(trig), atol=1e-10)
+    assert pair_loss(trig * 100, pairs) < 1e-3 < 1.0 < pair_loss(excluded_logits(trig * 100, [3]), pairs)
+
+
+def test_onset_is_one_rule_both_directions():
+    steps = [0, 100, 200, 300, 400]
+    assert onset(steps, [0.0, 0.0, 0.05, 0.5, 1.0], 100) == 300
+    assert onset(steps, [5.0, 5.0, 4.8, 4.0, 1.0], 100) == 300
+    assert onset(steps, [1.0, 1.0, 1.0, 1.0, 1.01], 0) is None

@@ -191,3 +191,7 @@ def value_gap_diagnosis(
                              for k, sgn in (("v1<v2", -1), ("v1=v2", 0), ("v1>v2", 1))},
         }
     return out
+
+
+# Diagnoses registered in their own modules (imported here so every registry user sees them).
+from grokscope.analysis import progress as _progress  # noqa: E402,F401  (registers "fourier")

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from grokscope.tasks.base import (
+    CircuitHypothesis,
     CounterfactualDraw,
     LensTarget,
     Task,
@@ -162,7 +163,12 @@ class ModularTask(Task):
     probe_splits = ("train_inferred", "test_inferred_iid")
     inferred_roles = ("a", "b", "eq")
     perturbations = ("a", "b")
-    hypothesis = None
+    hypothesis = CircuitHypothesis(
+        kind="parallel", inputs=("a", "b"), stages=(), output_target="c@eq", output_role="eq", output_content="c",
+    )
+    """The answer at ``=`` read from ``a`` and ``b``; the algorithm (Fourier features
+    multiplied in the MLP) lives inside the block, with no intermediate residual state
+    for the lens: :mod:`grokscope.analysis.progress` measures it."""
     diagnoses = ("fourier",)
     cli_params = {"p": "--p", "train_fraction": "--train-fraction", "train_probe": "--train-probe"}
 
