@@ -197,3 +197,59 @@ def test_onset_is_one_rule_both_directions():
     assert onset(steps, [0.0, 0.0, 0.05, 0.5, 1.0], 100) == 300
     assert onset(steps, [5.0, 5.0, 4.8, 4.0, 1.0], 100) == 300
     assert onset(steps, [1.0, 1.0, 1.0, 1.0, 1.01], 0) is None
+
+
+# --------------------------------------------------------------------------- the pipeline on a tiny run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from grokscope.config import preset
+    from grokscope.train import train_new
+
+    cfg = preset("modular-small").override({
+        "task.p": "11", "task.train_fraction": "0.5", "task.train_probe": "none", "model.d_model": "16",
+        "model.n_heads": "2", "model.d_mlp": "32", "train.max_steps": "40", "train.eval_every": "10",
+        "train.dense_every": "20", "train.dense_until": "40", "train.batch_size": "32", "train.max_time_s": "none",
+    })
+    return train_new(cfg, tmp_path_factory.mktemp("runs") / "tiny", quiet=True)
+
+
+def test_tiny_run_through_series_report_and_cli(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from grokscope.analysis.progress import progress_series, report_data
+    from grokscope.analysis.series import analyse_series
+    from grokscope.cli import app
+    from grokscope.report import write_report
+
+    series = analyse_series(tiny_run, n=20, progress=False)
+    assert series.steps == [0, 20, 40]
+    fourier = series.checkpoints[-1].diagnoses["fourier"]
+    assert len(fourier["embed_power"]) == 6 and fourier["p"] == 11
+    # the diagnosis' accuracies on every pair agree with the trainer's records on its splits
+    assert fourier["train_acc"] == pytest.approx(series.checkpoints[-1].acc["train_inferred"], abs=1e-9)
+    assert fourier["test_acc"] == pytest.approx(series.checkpoints[-1].acc["test_inferred_iid"], abs=1e-9)
+    data = report_data(series)
+    assert data["progress"]["steps"] == [0, 20, 40] and "forecast" in data
+    again = progress_series(tiny_run, key_freqs=[1, 2, 3, 4, 5])
+    for rec in again.records:  # every frequency kept: restricted loss is the train loss
+        assert rec["restricted_loss"] == pytest.approx(rec["train_loss"], abs=1e-6)
+    rep = write_report(tiny_run, tmp_path / "rep", n=20, progress=False)
+    page = rep.html.read_text()
+    assert "Grokking forecast" in page and "Progress measures and phases" in page
+    assert json.loads(rep.summary.read_text())["phases"].keys() >= {"memorised", "cleanup", "grokked"}
+    res = CliRunner().invoke(app, ["progress", str(tiny_run.path), "--examples", "20"])
+    assert res.exit_code == 0, res.output
+    assert "key frequencies" in res.output
+
+
+def test_cli_data_modular(tmp_path):
+    from typer.testing import CliRunner
+
+    from grokscope.cli import app
+
+    res = CliRunner().invoke(app, ["data", "modular", "--out", str(tmp_path), "--p", "13", "--train-fraction", "0.4"])
+    assert res.exit_code == 0, res.output
+    ds = load_paper_format(tmp_path, task="modular")
+    assert len(ds.splits["train"]) == round(0.4 * 169)

@@ -157,16 +157,26 @@ def _grid_mask(p: int, keep: set[int]) -> Float[torch.Tensor, "basis basis"]:
     return inside[:, None] * inside[None, :]
 
 
-def _project(logits: Float[torch.Tensor, "a b c"], mask: torch.Tensor) -> Float[torch.Tensor, "a b c"]:
+def _coefficients(logits: Float[torch.Tensor, "a b c"]) -> Float[torch.Tensor, "i j c"]:
+    """2-D Fourier coefficients over ``(a, b)``: ``coef[i, j, c] = sum_ab phi_i(a) phi_j(b) logits[a, b, c]``."""
+    basis, _ = fourier_basis(logits.shape[0])
+    return torch.einsum("ia,jb,abc->ijc", basis, basis, logits.double())
+
+
+def _inverse(coef: Float[torch.Tensor, "i j c"]) -> Float[torch.Tensor, "a b c"]:
+    basis, _ = fourier_basis(coef.shape[0])
+    return torch.einsum("ia,jb,ijc->abc", basis, basis, coef)
+
+
+def _project(logits: Float[torch.Tensor, "a b c"], mask: torch.Tensor, coef: torch.Tensor | None = None) -> Float[torch.Tensor, "a b c"]:
     """The components of ``logits`` (over ``a`` and ``b``) selected by ``mask`` [i, j]."""
-    p = logits.shape[0]
-    basis, _ = fourier_basis(p)
-    x = logits.double()
-    coef = torch.einsum("ia,jb,abc->ijc", basis, basis, x)
-    return torch.einsum("ia,jb,ijc->abc", basis, basis, coef * mask[:, :, None])
+    coef = _coefficients(logits) if coef is None else coef
+    return _inverse(coef * mask[:, :, None])
 
 
-def restricted_logits(logits: Float[torch.Tensor, "a b c"], keep: Sequence[int]) -> Float[torch.Tensor, "a b c"]:
+def restricted_logits(
+    logits: Float[torch.Tensor, "a b c"], keep: Sequence[int], *, coef: torch.Tensor | None = None
+) -> Float[torch.Tensor, "a b c"]:
     """Logits with only the 2-D Fourier components of frequencies ``keep`` (and the constant).
 
     Example:
@@ -174,10 +184,12 @@ def restricted_logits(logits: Float[torch.Tensor, "a b c"], keep: Sequence[int])
         >>> bool(torch.allclose(restricted_logits(x, [1, 2]), x))
         True
     """
-    return _project(logits, _grid_mask(logits.shape[0], {0, *map(int, keep)}))
+    return _project(logits, _grid_mask(logits.shape[0], {0, *map(int, keep)}), coef)
 
 
-def excluded_logits(logits: Float[torch.Tensor, "a b c"], exclude: Sequence[int]) -> Float[torch.Tensor, "a b c"]:
+def excluded_logits(
+    logits: Float[torch.Tensor, "a b c"], exclude: Sequence[int], *, coef: torch.Tensor | None = None
+) -> Float[torch.Tensor, "a b c"]:
     """Logits minus the components :func:`restricted_logits` keeps for ``exclude`` (the constant stays).
 
     Example:
@@ -190,7 +202,7 @@ def excluded_logits(logits: Float[torch.Tensor, "a b c"], exclude: Sequence[int]
         return logits.double()
     mask = _grid_mask(p, {0, *map(int, exclude)})
     mask[0, 0] = 0.0
-    return logits.double() - _project(logits, mask)
+    return logits.double() - _project(logits, mask, coef)
 
 
 def pair_loss(logits: Float[torch.Tensor, "a b c"], pairs: torch.Tensor | np.ndarray) -> float:
@@ -201,17 +213,20 @@ def pair_loss(logits: Float[torch.Tensor, "a b c"], pairs: torch.Tensor | np.nda
     return float(F.cross_entropy(logits[a, b].double(), (a + b) % p))
 
 
-def pair_accuracy(logits: Float[torch.Tensor, "a b c"], pairs: torch.Tensor | np.ndarray) -> float:
-    """Share of the pairs ``a * p + b`` whose arg-max residue is ``(a + b) mod p``."""
+def pair_accuracy(logits: Float[torch.Tensor, "a b vocab"], pairs: torch.Tensor | np.ndarray, answer_ids: Sequence[int]) -> float:
+    """Share of the pairs ``a * p + b`` whose arg-max token is ``answer_ids[(a + b) mod p]``
+    (over the logits' whole last axis, as the trainer's accuracy)."""
     p = logits.shape[0]
     idx = torch.as_tensor(np.asarray(pairs), dtype=torch.long)
     a, b = idx // p, idx % p
-    return float((logits[a, b].argmax(-1) == (a + b) % p).double().mean())
+    want = torch.as_tensor(np.asarray(answer_ids))[(a + b) % p]
+    return float((logits[a, b].argmax(-1) == want).double().mean())
 
 
 @torch.no_grad()
-def all_pair_logits(model: TransformerBridge, dataset: TaskDataset) -> Float[torch.Tensor, "a b c"]:
-    """The model's residue logits at ``=`` for every pair: ``[a, b, c]`` (p x p x p)."""
+def all_pair_logits(model: TransformerBridge, dataset: TaskDataset, *, residues_only: bool = True) -> Float[torch.Tensor, "a b c"]:
+    """The model's logits at ``=`` for every pair: ``[a, b, c]`` over the residues
+    (p x p x p), or over the whole vocabulary with ``residues_only=False``."""
     from grokscope.tasks.modular import modulus
     from grokscope.tasks.vocab import EQUALS
 
@@ -224,7 +239,8 @@ def all_pair_logits(model: TransformerBridge, dataset: TaskDataset) -> Float[tor
     out = []
     for lo in range(0, len(tokens), 4096):
         out.append(model(tokens[lo : lo + 4096].to(device))[:, -1].float().cpu())
-    return torch.cat(out)[:, res].reshape(p, p, p)
+    full = torch.cat(out)
+    return full[:, res].reshape(p, p, p) if residues_only else full.reshape(p, p, -1)
 
 
 def _weight_norm(model: torch.nn.Module) -> float:
@@ -251,7 +267,8 @@ def fourier_progress(
         ``p``; ``embed_power`` and ``logit_power`` (per frequency 0..p//2; the logits'
         is the power of the 2-D block ``(k, k)``, which holds ``cos/sin(w (a + b))``);
         ``key_freqs`` (of the embedding), ``key_freqs_used``; ``train_loss``,
-        ``test_loss``, ``train_acc``, ``test_acc`` (residue logits, every pair);
+        ``test_loss`` (cross-entropy over the residue logits), ``train_acc``, ``test_acc``
+        (arg-max over the whole vocabulary, as the trainer), on every training / held-out pair;
         ``restricted_loss``, ``excluded_loss`` (training pairs); ``gini_embed`` (Gini of
         the embedding's norm per Fourier basis vector), ``gini_logits`` (of
         ``logit_power[1:]``); ``weight_norm``.
@@ -270,12 +287,14 @@ def fourier_progress(
     own = key_frequencies(embed_power)
     used = sorted(int(k) for k in (own if key_freqs is None else key_freqs))
 
-    logits = all_pair_logits(model, dataset).double()
-    centred = logits - logits.mean(dim=(0, 1), keepdim=True)
-    coef = torch.einsum("ia,jb,abc->ijc", basis, basis, centred).pow(2).sum(-1)  # [i, j]
+    full = all_pair_logits(model, dataset, residues_only=False)
+    logits = full[:, :, torch.as_tensor(dataset.vocab.value_ids)].double()
+    coef = _coefficients(logits)
+    power = coef.pow(2).sum(-1)  # [i, j]
+    power[0, 0] = 0.0  # the mean over (a, b) of each output: no frequency
     diag = torch.zeros(p // 2 + 1, dtype=torch.float64)
     same = freqs[:, None] == freqs[None, :]
-    diag.index_add_(0, freqs[torch.nonzero(same)[:, 0]], coef[same])
+    diag.index_add_(0, freqs[torch.nonzero(same)[:, 0]], power[same])
     train = pair_index(dataset.splits["train"], dataset.vocab)
     test = np.setdiff1d(np.arange(p * p), train)
     return {
@@ -286,10 +305,10 @@ def fourier_progress(
         "key_freqs_used": used,
         "train_loss": pair_loss(logits, train),
         "test_loss": pair_loss(logits, test) if len(test) else None,
-        "train_acc": pair_accuracy(logits, train),
-        "test_acc": pair_accuracy(logits, test) if len(test) else None,
-        "restricted_loss": pair_loss(restricted_logits(logits, used), train),
-        "excluded_loss": pair_loss(excluded_logits(logits, used), train),
+        "train_acc": pair_accuracy(full, train, dataset.vocab.value_ids),
+        "test_acc": pair_accuracy(full, test, dataset.vocab.value_ids) if len(test) else None,
+        "restricted_loss": pair_loss(restricted_logits(logits, used, coef=coef), train),
+        "excluded_loss": pair_loss(excluded_logits(logits, used, coef=coef), train),
         "gini_embed": gini(embed_norms),
         "gini_logits": gini(diag[1:]),
         "weight_norm": _weight_norm(model),
@@ -546,4 +565,31 @@ def cheap_measures(
             out[label] = (list(progress.steps), progress.measure(key))
     for k, v in (extra or {}).items():
         out[k] = (list(v[0]), list(v[1]))
+    return out
+
+
+def series_forecast(series: Any, progress: ProgressSeries | None = None) -> dict[str, Any]:
+    """:func:`forecast` of an analysed series: the evaluation-record losses, the weight
+    norm and the task's circuit measures (all on training data) at its checkpoints, plus
+    the modular progress measures when given."""
+    from grokscope.analysis.measures import circuit_measures
+
+    extra = {k: (series.steps, v) for k, v in circuit_measures(series)["measures"].items()}
+    cheap = cheap_measures(series.metrics, weight_norms=(series.steps, [c.weight_norm for c in series.checkpoints]),
+                           progress=progress, extra=extra)
+    return forecast(series.metrics, cheap)
+
+
+def report_data(series: Any, *, cache: Any = True) -> dict[str, Any]:
+    """What the report's progress sections show: the forecast for every run; for a task
+    that declares the ``fourier`` diagnosis, the progress series and its phases too."""
+    from grokscope.tasks.base import get_task
+
+    out: dict[str, Any] = {}
+    prog = None
+    if "fourier" in get_task(series.task).diagnoses:
+        prog = progress_series(series.run, series.steps, cache=cache)
+        out["progress"] = prog.to_dict()
+        out["phases"] = locate_phases(series.metrics, prog).to_dict()
+    out["forecast"] = series_forecast(series, prog)
     return out
