@@ -841,3 +841,24 @@ register_diagnosis_figure(
     "uses a few key frequencies (red, found automatically: at least 10x the median frequency's power).",
     fourier_embedding_figure,
 )
+
+
+def periodic_heatmaps(tables: Any, labels: Sequence[str], *, title: str | None = None, cols: int = 4) -> go.Figure:
+    """Activations as functions of ``(a, b)``: one heatmap per table (``[n, p, p]``).
+
+    Args:
+        tables: e.g. ``pair_activations(...)["neurons"][[0, 5, 9]]`` or ``["attn_to_a"]``.
+        labels: one subplot title per table.
+    """
+    tables = np.asarray(tables)
+    n = len(tables)
+    rows = (n + cols - 1) // cols
+    fig = make_subplots(rows=rows, cols=min(cols, n), subplot_titles=list(labels))
+    for i, z in enumerate(tables):
+        fig.add_trace(go.Heatmap(z=z, colorscale=SEQUENTIAL, showscale=i == 0,
+                                 hovertemplate="a=%{y}, b=%{x}<br>%{z:.3f}<extra></extra>"),
+                      row=i // cols + 1, col=i % cols + 1)
+    fig.update_xaxes(title_text="b")
+    fig.update_yaxes(title_text="a", autorange="reversed")
+    fig.update_layout(title=title or "activations at = over every pair (a, b)", height=300 * rows + 80)
+    return fig

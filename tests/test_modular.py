@@ -253,3 +253,16 @@ def test_cli_data_modular(tmp_path):
     assert res.exit_code == 0, res.output
     ds = load_paper_format(tmp_path, task="modular")
     assert len(ds.splits["train"]) == round(0.4 * 169)
+
+
+def test_neuron_frequency_of_a_hand_made_neuron():
+    from grokscope.analysis.progress import neuron_frequencies
+
+    p = 23
+    a, b = torch.meshgrid(torch.arange(p, dtype=torch.float64), torch.arange(p, dtype=torch.float64), indexing="ij")
+    w = 2 * math.pi * 5 / p
+    neurons = torch.stack([torch.cos(w * (a + b)),
+                           torch.cos(2 * math.pi * 7 * a / p) + 0.1 * torch.cos(2 * math.pi * 3 * b / p)])
+    freq, share = neuron_frequencies(neurons)
+    assert freq.tolist() == [5, 7]
+    assert share[0] == pytest.approx(1.0) and share[1] == pytest.approx(1 / 1.01, rel=1e-6)
