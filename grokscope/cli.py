@@ -560,8 +560,8 @@ def progress(
     fc = d["forecast"]
     typer.echo(f"forecast: reference step {fc['reference_step']} (train accuracy >= 0.99), test onset {fc['test_onset']}")
     _grid("onsets (steps; lead > 0: the measure moved first)", list(fc["measures"]),
-          ["onset", "test onset", "lead", "grid"],
-          [[m["onset"], m["test_onset"], m["lead"], m["resolution"]] for m in fc["measures"].values()])
+          ["onset", "test onset", "lead", "grid", "moving at ref"],
+          [[m["onset"], m["test_onset"], m["lead"], m["resolution"], m["moving_at_reference"]] for m in fc["measures"].values()])
     if json_out:
         _write_json(json_out, {"run": str(run.path), "analysis": "progress", **d})
 

@@ -815,7 +815,8 @@ def progress_figure(data: dict[str, Any], *, title: str | None = None) -> go.Fig
 
 
 def forecast_figure(fc: dict[str, Any], *, title: str | None = None) -> go.Figure:
-    """Lead of each cheap measure's onset over test accuracy's onset (steps; > 0: it moved first).
+    """Lead of each cheap measure's onset over test accuracy's onset (steps; > 0: it moved first;
+    grey: the series was still moving right after the reference, so its lead says nothing).
 
     Args:
         fc: :func:`grokscope.analysis.progress.forecast` output.
@@ -825,7 +826,8 @@ def forecast_figure(fc: dict[str, Any], *, title: str | None = None) -> go.Figur
     res = [fc["measures"][n]["resolution"] for n in names]
     fig = go.Figure(go.Bar(
         y=names, x=leads, orientation="h", customdata=res,
-        marker_color=["#2ca02c" if v > 0 else "#d62728" for v in leads],
+        marker_color=["#bbbbbb" if fc["measures"][n].get("moving_at_reference") else "#2ca02c" if v > 0 else "#d62728"
+                      for n, v in zip(names, leads)],
         hovertemplate="%{y}<br>lead %{x} steps (grid %{customdata} steps)<extra></extra>",
     ))
     fig.add_vline(x=0, line_color="#444")

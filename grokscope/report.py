@@ -252,11 +252,12 @@ def _progress_figures(series: SeriesResult) -> list[tuple[str, str, str, Any]]:
                     f"cleanup until test accuracy reaches 0.99 (step {ph['grokked']}); restricted loss's onset: step "
                     f"{ph['restricted_onset']}.", plots.progress_figure(data)))
     fc = data["forecast"]
-    lead = ", ".join(f"{k} by {v['lead']} steps" for k, v in fc["measures"].items() if v["lead"] and v["lead"] > 0)
+    lead = ", ".join(f"{k} by {fc['measures'][k]['lead']} steps" for k in fc["leading"])
     out.append(("forecast", "Grokking forecast",
                 f"Onset of a series: the first step, from the step train accuracy reached 0.99 (step "
                 f"{fc['reference_step']}), where it has covered {ONSET_FRACTION:.0%} of its move to its final value; the "
-                "same rule for test accuracy, read on each measure's own steps. Positive: the measure moved first. "
+                "same rule for test accuracy, read on each measure's own steps. Positive: the measure moved first "
+                "(a series still moving right after the reference, such as the training loss, does not count). "
                 + (f"Leading: {lead}." if lead else "No cheap measure moves before test accuracy here."),
                 plots.forecast_figure(fc)))
     return out

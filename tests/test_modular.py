@@ -266,3 +266,52 @@ def test_neuron_frequency_of_a_hand_made_neuron():
     freq, share = neuron_frequencies(neurons)
     assert freq.tolist() == [5, 7]
     assert share[0] == pytest.approx(1.0) and share[1] == pytest.approx(1 / 1.01, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- the shipped run
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from grokscope.run import Run
+
+    if not SHIPPED.is_dir():
+        pytest.fail(f"{SHIPPED} is missing: the modular run ships with the repository")
+    return Run.open(SHIPPED)
+
+
+def test_shipped_data_is_the_presets_split(shipped):
+    from grokscope.config import preset
+
+    cfg = preset("modular-small")
+    assert shipped.config == cfg  # `grokscope train --preset modular-small` made it
+    assert shipped.dataset().content_hash() == generate_modular(cfg.task).content_hash()
+
+
+def test_shipped_run_groks_and_its_accuracies_hold_on_every_pair(shipped):
+    from grokscope.analysis.grokking import summarize_metrics
+    from grokscope.analysis.progress import fourier_progress
+
+    metrics = shipped.metrics()
+    g = summarize_metrics(metrics)
+    assert g["groks"] and g["iid_at_saturation"] < 0.05  # memorisation first, test near chance then
+    assert g["final_test_inferred_iid"] >= 0.99
+    by_step = {m["step"]: m["acc"] for m in metrics}
+    ds = shipped.dataset()
+    steps = shipped.steps()
+    assert len(steps) == 4
+    seen = []
+    for step in (steps[0], steps[-1]):
+        rec = fourier_progress(shipped.load_model(step), ds)
+        # test ID was recorded on every held-out pair: the same number from all p^2 logits
+        assert rec["test_acc"] == pytest.approx(by_step[step]["test_inferred_iid"], abs=1e-9)
+        # train accuracy was recorded on a probe of 1000 training pairs; here on all 3,831
+        assert rec["train_acc"] == pytest.approx(by_step[step]["train_inferred"], abs=0.01)
+        seen.append(rec)
+    first, last = seen
+    assert first["train_acc"] >= 0.99 and first["test_acc"] < 0.1  # memorised, not generalised
+    assert last["train_acc"] == 1.0 and last["test_acc"] >= 0.99
+    assert 3 <= len(last["key_freqs"]) <= 8 and last["gini_embed"] > first["gini_embed"]
+    # the algorithm lives on the key frequencies: keeping only them keeps the loss low,
+    # removing them destroys it
+    assert last["restricted_loss"] < 0.5 < 4.0 < last["excluded_loss"]

@@ -515,9 +515,12 @@ def forecast(
 
     Returns:
         ``{"reference_step", "test_onset" (on the evaluation grid), "measures": {name:
-        {"onset", "test_onset", "lead", "resolution"}}, "leading": [names with lead > 0]}``;
-        ``lead = test_onset - onset`` (positive: the measure moved first); None where a
-        series does not move.
+        {"onset", "test_onset", "lead", "resolution", "moving_at_reference"}}, "leading":
+        [...]}``; ``lead = test_onset - onset`` (positive: the measure moved first); None
+        where a series does not move. ``moving_at_reference``: the onset is the first step
+        after the reference, so the series never paused after memorisation (the training
+        loss still falling, say) and its lead says nothing; ``leading`` lists the measures
+        with a positive lead that were not.
     """
     steps, train = _acc_series(metrics, train_split)
     _, test = _acc_series(metrics, test_split)
@@ -538,8 +541,12 @@ def forecast(
         after = [s for s in m_steps if s >= grid_ref]
         res = int(np.median(np.diff(after))) if len(after) > 1 else None
         lead = (test_on - on) if on is not None and test_on is not None else None
-        out["measures"][name] = {"onset": on, "test_onset": test_on, "lead": lead, "resolution": res}
-        if lead is not None and lead > 0:
+        # a series whose onset is the first step after the reference was still moving
+        # there (e.g. train loss still falling from memorisation): no sign of what comes
+        moving = on is not None and len(after) > 1 and on == after[1]
+        out["measures"][name] = {"onset": on, "test_onset": test_on, "lead": lead, "resolution": res,
+                                 "moving_at_reference": moving}
+        if lead is not None and lead > 0 and not moving:
             out["leading"].append(name)
     return out
 
