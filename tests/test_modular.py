@@ -315,3 +315,18 @@ def test_shipped_run_groks_and_its_accuracies_hold_on_every_pair(shipped):
     # the algorithm lives on the key frequencies: keeping only them keeps the loss low,
     # removing them destroys it
     assert last["restricted_loss"] < 0.5 < 4.0 < last["excluded_loss"]
+
+
+def test_forecast_counts_a_lead_only_from_a_pause():
+    from grokscope.analysis.progress import forecast
+
+    steps = list(range(0, 1100, 100))
+    train = [0.1, 0.5, 0.99, 1, 1, 1, 1, 1, 1, 1, 1]
+    test = [0, 0, 0, 0, 0, 0, 0.05, 0.3, 0.8, 1, 1]
+    metrics = [{"step": s, "acc": {"train_inferred": tr, "test_inferred_iid": te}} for s, tr, te in zip(steps, train, test)]
+    early = [5, 5, 5, 5, 4.5, 4, 3, 2, 1, 0.5, 0.5]  # paused at the reference, moves at 400
+    falling = [5, 3, 2, 1.5, 1.2, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5]  # still falling into the reference
+    fc = forecast(metrics, {"early": (steps, early), "falling": (steps, falling)})
+    assert fc["reference_step"] == 200 and fc["test_onset"] == 700
+    assert fc["measures"]["early"]["onset"] == 400 and fc["measures"]["early"]["lead"] == 300
+    assert fc["measures"]["falling"]["moving_at_reference"] and fc["leading"] == ["early"]

@@ -503,8 +503,8 @@ def forecast(
 ) -> dict[str, Any]:
     """Which cheap measure starts to move before test accuracy, and by how many steps.
 
-    Reference: the step where train accuracy first reaches 0.99 (memorisation done; the
-    last sampled step at or before it for a measure's own grid). Every series, test
+    Reference: the step where train accuracy first reaches 0.99 (memorisation done; for a
+    measure's own grid its last step at or before it, else its first step after it). Every series, test
     accuracy included, gets its onset by :func:`onset` from that reference. Test accuracy
     is read on each measure's own steps (its value at the last evaluation at or before
     each step), so a measure and test accuracy are compared at the same resolution.
@@ -517,10 +517,11 @@ def forecast(
         ``{"reference_step", "test_onset" (on the evaluation grid), "measures": {name:
         {"onset", "test_onset", "lead", "resolution", "moving_at_reference"}}, "leading":
         [...]}``; ``lead = test_onset - onset`` (positive: the measure moved first); None
-        where a series does not move. ``moving_at_reference``: the onset is the first step
-        after the reference, so the series never paused after memorisation (the training
-        loss still falling, say) and its lead says nothing; ``leading`` lists the measures
-        with a positive lead that were not.
+        where a series does not move. ``moving_at_reference``: over its last grid interval
+        before the reference the series already changed by the onset fraction of its later
+        move, so it never paused after memorisation (the training loss still falling, say)
+        and its lead says nothing; ``leading`` lists the measures with a positive lead that
+        were not.
     """
     steps, train = _acc_series(metrics, train_split)
     _, test = _acc_series(metrics, test_split)
@@ -532,7 +533,8 @@ def forecast(
     out["test_onset"] = onset(steps, test, ref, min_move=MIN_MOVE["acc"])
     for name, (m_steps, m_values) in measures.items():
         m_steps = list(m_steps)
-        grid_ref = max([s for s in m_steps if s <= ref], default=None)
+        # the measure's last step at or before the reference (else its first after it)
+        grid_ref = max([s for s in m_steps if s <= ref], default=min([s for s in m_steps if s > ref], default=None))
         if grid_ref is None:
             out["measures"][name] = {"onset": None, "test_onset": None, "lead": None, "resolution": None}
             continue
@@ -541,14 +543,27 @@ def forecast(
         after = [s for s in m_steps if s >= grid_ref]
         res = int(np.median(np.diff(after))) if len(after) > 1 else None
         lead = (test_on - on) if on is not None and test_on is not None else None
-        # a series whose onset is the first step after the reference was still moving
-        # there (e.g. train loss still falling from memorisation): no sign of what comes
-        moving = on is not None and len(after) > 1 and on == after[1]
+        # a series that moved into the reference step (its last grid interval before it
+        # covered the onset fraction of its later move, e.g. train loss still falling from
+        # memorisation) never paused: its early onset is no sign of what comes
+        moving = _moving_into(m_steps, m_values, grid_ref)
         out["measures"][name] = {"onset": on, "test_onset": test_on, "lead": lead, "resolution": res,
                                  "moving_at_reference": moving}
         if lead is not None and lead > 0 and not moving:
             out["leading"].append(name)
     return out
+
+
+def _moving_into(steps: Sequence[int], values: Sequence[float | None], ref: int, fraction: float = ONSET_FRACTION) -> bool:
+    """Whether the series' change over its last grid interval before ``ref`` is at least
+    ``fraction`` of its move from ``ref`` to the end (False where nothing precedes ``ref``)."""
+    pts = [(s, float(v)) for s, v in zip(steps, values) if v is not None and math.isfinite(float(v))]
+    before = [v for s, v in pts if s < ref]
+    at = [v for s, v in pts if s == ref]
+    if not before or not at:
+        return False
+    move = pts[-1][1] - at[0]
+    return move != 0 and abs(at[0] - before[-1]) >= fraction * abs(move)
 
 
 def cheap_measures(
