@@ -209,7 +209,9 @@ class ModelConfig:
         init_range: std of the normal init (GPT-2: 0.02). Larger values (0.6-1.0) start
             the model in a memorising regime; with weight decay it groks later
             (docs/REPRODUCTION.md, "A larger initialisation scale").
-        dropout: not supported by the TransformerLens native model; must stay 0.0.
+        dropout: GPT-2's dropout probability while training (the paper: 0.1), applied by
+            hooks at the embedding, the attention pattern and both residual writes
+            (:func:`grokscope.model.dropout`); evaluation and analysis never use it.
     """
 
     n_layers: int = 8
@@ -249,10 +251,7 @@ class ModelConfig:
             f"share_layers needs an even n_layers, got {self.n_layers}",
         )
         _check(self.init_range > 0, f"init_range must be > 0, got {self.init_range}")
-        _check(
-            self.dropout == 0.0,
-            "dropout is not supported (the TransformerLens native model has no dropout); set dropout=0.0",
-        )
+        _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def d_head(self) -> int:
@@ -289,6 +288,13 @@ class TrainConfig:
         autocast: ``auto`` (bf16 on CUDA when supported, else fp16), ``bf16``, ``fp16``, ``off``.
             Ignored on CPU.
         threads: torch intra-op threads on CPU (None: OMP_NUM_THREADS, else 1).
+        grad_filter: ``None`` (the paper's recipe) or ``"ema"``: Grokfast's filter (Lee et
+            al. 2024), ``g <- g + grad_filter_lambda * ema(g)`` with
+            ``ema <- alpha * ema + (1 - alpha) * g`` (starting at the first gradient),
+            applied to the raw gradient before clipping; its state is saved with the
+            optimizer's, so resume stays exact.
+        grad_filter_alpha: the EMA's decay (Grokfast's default 0.98).
+        grad_filter_lambda: the amplification of the slow component (Grokfast's default 2).
     """
 
     lr: float = 1e-4
@@ -310,6 +316,9 @@ class TrainConfig:
     device: str = "auto"
     autocast: str = "auto"
     threads: int | None = None
+    grad_filter: str | None = None
+    grad_filter_alpha: float = 0.98
+    grad_filter_lambda: float = 2.0
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -336,6 +345,9 @@ class TrainConfig:
         )
         _check(self.autocast in ("auto", "bf16", "fp16", "off"), f"autocast must be auto, bf16, fp16 or off; got {self.autocast!r}")
         _check(self.threads is None or self.threads >= 1, f"threads must be >= 1 or None, got {self.threads}")
+        _check(self.grad_filter in (None, "ema"), f"grad_filter must be None or 'ema', got {self.grad_filter!r}")
+        _check(0 <= self.grad_filter_alpha < 1, f"grad_filter_alpha must be in [0, 1), got {self.grad_filter_alpha}")
+        _check(self.grad_filter_lambda >= 0, f"grad_filter_lambda must be >= 0, got {self.grad_filter_lambda}")
 
 
 # --------------------------------------------------------------------------- run
@@ -433,9 +445,21 @@ def _small_train(**kw: Any) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def _khop3_small() -> RunConfig:
+    """3-hop composition on composition-small's knowledge base (docs/sweeps/khop3.md)."""
+    from grokscope.tasks.khop import KHopConfig  # a registered task's config: imported lazily
+
+    return RunConfig(
+        KHopConfig(n_entities=50, n_relations=20, out_degree=20, hops=3, phi=7.2, test_fraction=0.01, probe_size=1000),
+        ModelConfig(n_layers=6, d_model=64, n_heads=4, d_mlp=512, tie_embeddings=True),
+        _small_train(weight_decay=0.1), name="khop3-small",
+    )
+
+
 def _presets() -> dict[str, RunConfig]:
     tiny_model = ModelConfig(n_layers=4, d_model=64, n_heads=4, d_mlp=256)
-    paper_model = ModelConfig()
+    # The paper's GPT-2: lm_head tied to the embedding, dropout 0.1 while training.
+    paper_model = ModelConfig(tie_embeddings=True, dropout=0.1)
     paper_train = TrainConfig()
     return {
         "composition-paper": RunConfig(CompositionConfig(), paper_model, paper_train, name="composition-paper"),
@@ -459,6 +483,7 @@ def _presets() -> dict[str, RunConfig]:
             ModelConfig(n_layers=4, d_model=64, n_heads=4, d_mlp=512, tie_embeddings=True),
             _small_train(weight_decay=0.1), name="composition-small",
         ),
+        "khop3-small": _khop3_small(),
         "comparison-small": RunConfig(
             # A large initialisation scale (init_range 1.0, the "Omnigrok" lever) with
             # weight decay 1.5 makes comparison memorise first and generalise later; at

@@ -37,6 +37,11 @@ can rebuild the model from :func:`bridge_config_dict` and ``load_state_dict`` th
 file (a shared/tied model then loads as an unshared one with equal values, which
 computes the same logits).
 
+Dropout (``ModelConfig.dropout``, the paper's 0.1) is not part of the model: the native
+model has none. :func:`dropout` applies it through hooks on the real model, at GPT-2's
+four places (:func:`dropout_hook_names`), only inside its context, which the training
+step opens; evaluation and every analysis run the model without it.
+
 Example:
     >>> from grokscope.config import ModelConfig
     >>> cfg = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_mlp=128)
@@ -48,7 +53,8 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -379,3 +385,57 @@ def decay_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]
+
+
+def dropout_hook_names(n_layers: int) -> list[str]:
+    """Where GPT-2 applies dropout, as hook names, in the order a forward pass reaches them.
+
+    ``embd_pdrop`` on the summed token and position embedding (``blocks.0.hook_resid_pre``);
+    per block ``attn_pdrop`` on the attention pattern (after the softmax) and
+    ``resid_pdrop`` on the two residual writes, attention out and MLP out.
+
+    Example:
+        >>> dropout_hook_names(1)
+        ['blocks.0.hook_resid_pre', 'blocks.0.attn.hook_pattern', 'blocks.0.hook_attn_out', 'blocks.0.hook_mlp_out']
+    """
+    names = ["blocks.0.hook_resid_pre"]
+    for layer in range(n_layers):
+        names += [f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
+    return names
+
+
+@contextmanager
+def dropout(model: TransformerBridge, p: float, generator: torch.Generator) -> Iterator[None]:
+    """Inverted dropout at GPT-2's places (:func:`dropout_hook_names`) while the context is open.
+
+    Each hook zeroes an element with probability ``p`` and scales the rest by
+    ``1 / (1 - p)``, as ``torch.nn.functional.dropout``. The masks come from
+    ``generator`` only (drawn in forward order), so the same generator state gives the
+    same masks; the hooks are removed on exit, also on error. ``p == 0`` adds no hooks.
+
+    Args:
+        model: a model from :func:`build_model`.
+        p: drop probability in [0, 1).
+        generator: a ``torch.Generator`` on the model's device.
+
+    Example:
+        >>> from grokscope.config import ModelConfig
+        >>> m = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=4, d_mlp=64), 10, 4, 0)
+        >>> x = torch.zeros(1, 4, dtype=torch.long)
+        >>> with dropout(m, 0.1, torch.Generator().manual_seed(0)):
+        ...     noisy = m(x)
+        >>> bool((noisy != m(x)).any())
+        True
+    """
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout p must be in [0, 1), got {p}")
+    if p == 0:
+        yield
+        return
+
+    def drop(t: torch.Tensor, hook: Any) -> torch.Tensor:
+        keep = torch.rand(t.shape, generator=generator, device=t.device) >= p
+        return t * keep / (1 - p)
+
+    with model.hooks(fwd_hooks=[(name, drop) for name in dropout_hook_names(model.cfg.n_layers)]):
+        yield

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,14 @@ SPLIT_COLORS: dict[str, str] = {
     "ood_atomic": "#9467bd",
     "train": "#7f7f7f",
 }
+MEASURE_COLORS: tuple[str, ...] = (
+    "#17becf", "#e377c2", "#8c564b", "#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173",
+    "#8c6d31", "#5254a3",
+)
+"""One colour per circuit measure, none shared with a split (:data:`SPLIT_COLORS`) or the
+weight norm, so every line of the measures figure's legend has its own colour."""
+NOTE_WIDTH = 110
+"""Characters per line of a figure's explanatory note (fits a 1,400-px window)."""
 SPLIT_LABELS: dict[str, str] = {
     "train_inferred": "train (inferred)",
     "test_inferred_iid": "test ID (inferred)",
@@ -236,8 +245,10 @@ def _lens_view(source: Any, step: int | None) -> dict[str, Any]:
     if _is_series(source):
         step = source.steps[-1] if step is None else step
         ck = source.checkpoint(step)
+        hide = getattr(source, "lens_undecodable", {})
         return {
-            "step": step, "hook_names": source.hook_names, "mrr": ck["lens"],
+            "step": step, "hook_names": source.hook_names,
+            "mrr": {k: v for k, v in ck["lens"].items() if k not in hide},
             "target_positions": source.lens_targets, "position_roles": source.position_roles,
             "top_tokens": ck.get("top_tokens"),
         }
@@ -248,9 +259,10 @@ def _lens_view(source: Any, step: int | None) -> dict[str, Any]:
         k: (v["positions"][0] if v.get("positions") else i) for i, (k, v) in enumerate(targets.items())
     }
     roles = source.get("position_roles") or [str(p) for p in range(max(pos.values()) + 1)]
+    hide = source.get("undecodable") or {}
     return {
         "step": step if step is not None else source.get("step"), "hook_names": source["hook_names"],
-        "mrr": {k: v["mrr"] for k, v in targets.items()}, "target_positions": pos,
+        "mrr": {k: v["mrr"] for k, v in targets.items() if k not in hide}, "target_positions": pos,
         "position_roles": roles, "top_tokens": source.get("top_tokens"),
     }
 
@@ -518,8 +530,10 @@ def circuit_diagram(circuit: Any, *, title: str | None = None) -> go.Figure:
                       height=200 + 80 * len(hooks), plot_bgcolor="white")
     notes = circuit.get("notes") or []
     if notes:
-        fig.add_annotation(text="; ".join(notes), xref="paper", yref="paper", x=0, y=-0.18,
-                           showarrow=False, align="left", font={"size": 11})
+        lines = [line for note in notes for line in textwrap.wrap(note, NOTE_WIDTH)]
+        fig.add_annotation(text="<br>".join(lines), xref="paper", yref="paper", x=0, y=-0.18,
+                           xanchor="left", yanchor="top", showarrow=False, align="left", font={"size": 11})
+        fig.update_layout(margin={"b": 90 + 16 * len(lines)}, height=fig.layout.height + 16 * len(lines))
     return fig
 
 
@@ -615,12 +629,13 @@ def circuit_measures(series: SeriesResult, *, log_x: bool = True, title: str | N
     keep = _log_steps(steps, log_x)
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08, subplot_titles=(
         f"circuit measures at S[{m['reference_layer']}] ({m['hook_name']})", "accuracy", "total weight norm"))
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
-    for i, (label, vals) in enumerate(m["measures"].items()):
+    if len(m["measures"]) > len(MEASURE_COLORS):
+        raise ValueError(f"{len(m['measures'])} measures but {len(MEASURE_COLORS)} distinct colours; extend MEASURE_COLORS")
+    for color, (label, vals) in zip(MEASURE_COLORS, m["measures"].items()):
         ys = np.asarray(vals, dtype=float)
         fig.add_trace(go.Scatter(
             x=steps[keep], y=ys[keep], mode="lines+markers", name=label, legendgroup="measures",
-            line={"color": palette[i % len(palette)], "dash": "dash" if label.startswith("strength") else "solid"},
+            line={"color": color, "dash": "dash" if label.startswith("strength") else "solid"},
             hovertemplate=f"{label}<br>step %{{x}}<br>%{{y:.3f}}<extra></extra>",
         ), row=1, col=1)
     for split in ("train_inferred", "test_inferred_iid", "test_inferred_ood"):

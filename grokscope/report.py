@@ -87,8 +87,9 @@ def early_step(series: SeriesResult) -> int | None:
     return min(candidates, key=lambda s: (abs(s - sat), s))
 
 
-def summary_dict(series: SeriesResult, run: Run) -> dict[str, Any]:
-    """The JSON summary of a report (see the module docstring)."""
+def summary_dict(series: SeriesResult, run: Run, discovery: Any = None) -> dict[str, Any]:
+    """The JSON summary of a report (see the module docstring); ``discovery`` adds the
+    discovered circuits (:func:`grokscope.analysis.discovery_series.discovery_series`)."""
     final = series.checkpoints[-1]
     lens = {
         "hook_names": series.hook_names,
@@ -97,6 +98,7 @@ def summary_dict(series: SeriesResult, run: Run) -> dict[str, Any]:
             t: {"position": p, "role": series.position_roles[p], "mrr": series.lens_mrr(t).tolist()}
             for t, p in series.lens_targets.items()
         },
+        "undecodable": dict(series.lens_undecodable),
     }
     tracing = {
         "site": "resid",
@@ -141,6 +143,8 @@ def summary_dict(series: SeriesResult, run: Run) -> dict[str, Any]:
         "ood": final.ood,
         "diagnoses": final.diagnoses,
     }
+    if discovery is not None:
+        doc["discovery"] = discovery_summary(discovery)
     from grokscope.analysis.progress import report_data
 
     doc.update(report_data(series))  # "forecast"; "progress" and "phases" for modular addition
@@ -199,7 +203,9 @@ def _figures(series: SeriesResult) -> list[tuple[str, str, str, Any]]:
          plots.training_curves(series.metrics, series.steps, series.grokking)),
         ("lens", f"Logit lens at step {last}",
          "MRR of each target token decoded from the residual stream S[l, p] through the final norm and "
-         "unembedding (rows: hook names). Hover shows the most frequent decoded token.",
+         "unembedding (rows: hook names). Hover shows the most frequent decoded token. A name ending in "
+         "/rel ranks among the relation tokens only (the paper ranks over the whole vocabulary)."
+         + "".join(f" Not shown: {html.escape(t)}, {html.escape(why)}." for t, why in series.lens_undecodable.items()),
          plots.lens_heatmap(series, last)),
         ("tracing", f"Causal tracing at step {last}" + (f" and its change since step {early}" if early is not None else ""),
          "Fraction of examples whose top-1 prediction changes when S[l, p] is copied from the "
@@ -263,7 +269,57 @@ def _progress_figures(series: SeriesResult) -> list[tuple[str, str, str, Any]]:
     return out
 
 
-def render_html(series: SeriesResult, run: Run) -> str:
+def discovery_summary(discovery: Any) -> dict[str, Any]:
+    """The "Discovered circuit" part of summary.json: settings, per-step records, and the
+    final circuit's edges per split (writer and reader hook names, heads, position, score)."""
+    out = discovery.to_dict()
+    out["final_circuit"] = {}
+    for split, doc in discovery.final.items():
+        nodes = doc["nodes"]
+        out["final_circuit"][split] = {
+            "step": doc["step"], "size": doc["circuit"]["size"], "recovered": doc["circuit"]["recovered"],
+            "n_edges": doc["graph"]["n_edges"],
+            "edges": [{"writer": nodes[doc["edges"][e]["src"]], "reader": nodes[doc["edges"][e]["dst"]],
+                       "score": doc["edges"][e]["score"], "exact": doc["edges"][e]["exact"]}
+                      for e in doc["circuit"]["edges"]],
+        }
+    return out
+
+
+def _discovery_html(discovery: Any) -> list[str]:
+    """The "Discovered circuit" section: graph, faithfulness curves, formation, table."""
+    from grokscope import discovery_plots
+
+    parts = ['<h2 id="discovered">Discovered circuit</h2>',
+             '<p class="note">Edge-level discovery over the component graph (writers: embedding, each head\'s '
+             "<code>hook_z</code> times its <code>W_O</code>, each MLP output; readers: each head's query, key and "
+             "value input, each MLP input, the logits), scored with "
+             f"{html.escape(str(discovery.settings.get('method')))} on the "
+             f"{html.escape(str(discovery.settings.get('perturbation') or 'first'))} counterfactual. The circuit is "
+             "the smallest top-|score| edge set (pruned) whose exact faithfulness (every other edge patched) "
+             "reaches 0.9. Coverage: share of the circuit's |score| on the residual paths of the located "
+             "(hypothesis) circuit above.</p>"]
+    for i, (split, doc) in enumerate(discovery.final.items()):
+        parts.append(_fig_html(discovery_plots.discovered_graph(doc, title=f"{split}: " + (
+            f"{doc['circuit']['size']} of {doc['graph']['n_edges']} edges recover {doc['circuit']['recovered']:.2f} "
+            f"at step {doc['step']}")), f"fig-discovered-{i}"))
+    curves = {f"{split}, step {r['step']}": r["curve"] for split, recs in discovery.records.items()
+              for r in (recs[0], recs[-1]) if recs}
+    parts.append(_fig_html(discovery_plots.faithfulness_figure(curves), "fig-discovered-curve"))
+    parts.append(_fig_html(discovery_plots.discovery_formation(discovery.records), "fig-discovered-formation"))
+    rows = []
+    for split, recs in discovery.records.items():
+        for r in recs:
+            pos = ", ".join(f"{k} {v:.2f}" for k, v in r["shares"]["position"].items())
+            kind = ", ".join(f"{k} {v:.2f}" for k, v in r["shares"]["kind"].items())
+            rows.append([split, r["step"], r["size"], r["fraction"], r["recovered"], r["cpr"], r["cmd"],
+                         r["jaccard_final"], r["coverage"], pos, kind])
+    parts.append(_table(("split", "step", "edges", "fraction", "recovered", "CPR", "CMD", "overlap with final",
+                         "hypothesis coverage", "|attribution| by position", "by kind"), rows, left=1))
+    return parts
+
+
+def render_html(series: SeriesResult, run: Run, discovery: Any = None) -> str:
     """The report page: one ``<script>`` with plotly.js in the head, then every figure."""
     from plotly.offline import get_plotlyjs
 
@@ -273,9 +329,11 @@ def render_html(series: SeriesResult, run: Run) -> str:
     config_rows = [
         ("run directory", str(run.path)), ("config name", cfg.name), ("task", cfg.task.task),
         ("model", ", ".join(f"{k}={v}" for k, v in cfg.to_dict()["model"].items()
-                            if k in ("n_layers", "d_model", "n_heads", "d_mlp", "init_range", "share_layers"))),
+                            if k in ("n_layers", "d_model", "n_heads", "d_mlp", "init_range", "share_layers", "tie_embeddings", "dropout"))),
         ("task settings", ", ".join(f"{k}={v}" for k, v in cfg.to_dict()["task"].items() if k != "task")),
-        ("training", ", ".join(f"{k}={cfg.to_dict()['train'][k]}" for k in ("lr", "weight_decay", "batch_size", "atomic_fraction", "max_steps"))),
+        ("training", ", ".join(f"{k}={cfg.to_dict()['train'][k]}" for k in ("lr", "weight_decay", "batch_size", "atomic_fraction", "max_steps"))
+         + (f", grad_filter={cfg.train.grad_filter} (alpha {cfg.train.grad_filter_alpha}, lambda {cfg.train.grad_filter_lambda})"
+            if cfg.train.grad_filter else "")),
         ("checkpoints analysed", ", ".join(map(str, series.steps))),
         ("examples", f"{series.args['n']} of {series.args['split']} (seed {series.args['seed']}), lens threshold "
                      f"{series.args['threshold']}"),
@@ -323,6 +381,8 @@ def render_html(series: SeriesResult, run: Run) -> str:
                       _table(("edge from", "to", "perturbation", "weight"), edge_rows, left=3)]
             if final_c.get("notes"):
                 parts.append('<p class="note">' + html.escape("; ".join(final_c["notes"])) + "</p>")
+    if discovery is not None:
+        parts += _discovery_html(discovery)
     parts += [f'<p class="note">Written by grokscope {__version__}; data in <code>{SUMMARY_FILE}</code>.</p>',
               "</body></html>"]
     return "\n".join(parts)
@@ -340,6 +400,7 @@ def write_report(
     progress: bool = True,
     cache: bool = True,
     device: str | None = None,
+    discovery: bool = True,
 ) -> Report:
     """Analyse a run and write ``report.html`` and ``summary.json`` into ``out``.
 
@@ -354,6 +415,8 @@ def write_report(
         progress: tqdm bar over checkpoints.
         cache: use the run's analysis cache.
         device: where models are loaded (None: CPU).
+        discovery: add the "Discovered circuit" section (edge-level discovery at every
+            analysed checkpoint, on train_inferred and test_inferred_iid; cached).
 
     Returns:
         A :class:`Report` with both paths.
@@ -371,7 +434,12 @@ def write_report(
     )
     out_dir = Path(out) if out is not None else default_out_dir(run)
     out_dir.mkdir(parents=True, exist_ok=True)
-    page = render_html(series, run)
+    disc = None
+    if discovery:
+        from grokscope.analysis.discovery_series import discovery_series
+
+        disc = discovery_series(run, series.steps, n=n, seed=seed, cache=cache, device=device)
+    page = render_html(series, run, disc)
     atomic_write_bytes(out_dir / REPORT_FILE, page.encode("utf-8"))
-    atomic_write_json(out_dir / SUMMARY_FILE, summary_dict(series, run))
+    atomic_write_json(out_dir / SUMMARY_FILE, summary_dict(series, run, disc))
     return Report(html=out_dir / REPORT_FILE, summary=out_dir / SUMMARY_FILE, series=series)

@@ -1,11 +1,14 @@
 """The training loop: AdamW with warmup, loss on the target tokens, evaluation on every
 probe split, a grokking-friendly checkpoint schedule, exact resume, optional DDP.
 
-Randomness is explicit: the model's init comes from the run seed, and the batch of
-step ``s`` is drawn from ``numpy.random.default_rng([seed, 1, s])``; there is no other
-randomness (the model has no dropout). So a run resumed from any checkpoint replays
-the very same batches and ends with the same weights and metrics as an uninterrupted
-one (same device and thread count).
+Randomness is explicit: the model's init comes from the run seed, the batch of step
+``s`` is drawn from ``numpy.random.default_rng([seed, 1, s])`` and, with
+``model.dropout > 0``, step ``s``'s dropout masks from a ``torch.Generator`` seeded with
+:func:`dropout_seed` ``(seed, s, rank)``; there is no other randomness. The optional
+gradient filter (``train.grad_filter``) keeps its moving average with the optimizer
+state. So a run resumed from any checkpoint replays the very same batches and masks
+and ends with the same weights and metrics as an uninterrupted one (same device and
+thread count; with dropout, also the same number of DDP processes).
 
 Example:
     >>> from grokscope.config import preset
@@ -216,6 +219,78 @@ def evaluate(
     return {"acc": acc, "loss": loss}
 
 
+# --------------------------------------------------------------------------- gradient filter
+
+
+class GradFilter:
+    """Grokfast's EMA gradient filter (Lee et al. 2024): ``g <- g + lamb * ema(g)``.
+
+    ``ema <- alpha * ema + (1 - alpha) * g`` per parameter, starting at the first
+    gradient seen (as Grokfast's reference implementation). Amplifies the slowly
+    varying part of the gradient, which the authors find drives generalisation.
+    The state is one tensor per parameter name, saved beside the optimizer's moments.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.zeros(2))
+        >>> f = GradFilter(alpha=0.5, lamb=2.0)
+        >>> p.grad = torch.tensor([1.0, 0.0]); f.apply([("w", p)]); p.grad.tolist()
+        [3.0, 0.0]
+        >>> p.grad = torch.tensor([0.0, 1.0]); f.apply([("w", p)]); p.grad.tolist()
+        [1.0, 2.0]
+    """
+
+    STATE_SUFFIX = "::grad_ema"
+
+    def __init__(self, alpha: float, lamb: float) -> None:
+        self.alpha, self.lamb = float(alpha), float(lamb)
+        self.ema: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def apply(self, named_params: list[tuple[str, torch.nn.Parameter]]) -> None:
+        """Filter every ``p.grad`` in place (parameters without a gradient are skipped)."""
+        for name, p in named_params:
+            if p.grad is None:
+                continue
+            ema = self.ema.get(name)
+            if ema is None:
+                self.ema[name] = ema = p.grad.detach().clone()
+            else:
+                ema.mul_(self.alpha).add_(p.grad, alpha=1 - self.alpha)
+            p.grad.add_(ema, alpha=self.lamb)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"{n}{self.STATE_SUFFIX}": t.detach().cpu().contiguous() for n, t in self.ema.items()}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter]) -> None:
+        for key, t in tensors.items():
+            if key.endswith(self.STATE_SUFFIX):
+                name = key[: -len(self.STATE_SUFFIX)]
+                if name not in params:
+                    raise RunError(f"gradient filter state names parameter {name!r}, which the model does not have")
+                self.ema[name] = t.to(params[name].device, params[name].dtype)
+
+
+def dropout_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The seed of step ``step``'s dropout masks: a pure function of run seed, step and rank.
+
+    Example:
+        >>> dropout_seed(0, 5) == dropout_seed(0, 5) != dropout_seed(0, 6)
+        True
+    """
+    return int(np.random.SeedSequence([seed, 3, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def unique_named_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """Each parameter once, under the first name the model gives it (tied/shared ones once)."""
+    seen: set[int] = set()
+    out = []
+    for name, p in model.named_parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append((name, p))
+    return out
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -333,17 +408,22 @@ def train(run: Run, *, quiet: bool = False, dataset: TaskDataset | None = None, 
         raise RunError(f"{run.path}: the dataset given differs from the run's data (content hash)")
     stop_at = min(max_steps or tc.max_steps, tc.max_steps)
 
-    from grokscope.model import decay_param_groups, load_tensors, save_tensors
+    from grokscope.model import decay_param_groups, dropout, load_tensors, save_tensors
 
     model = run.build_model(device=str(device))
     opt = torch.optim.AdamW(decay_param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
+    named = unique_named_parameters(model)
+    grad_filter = GradFilter(tc.grad_filter_alpha, tc.grad_filter_lambda) if tc.grad_filter == "ema" else None
     state = TrainerState()
     resume_step = latest_resume_step(run)
     if resume_step is not None:
         ck = run.checkpoint_path(resume_step)
         load_tensors(model, read_safetensors(ck / "model.safetensors"))
         info = json.loads((ck / TRAINER_STATE_FILE).read_text())
-        _load_optimizer(model, opt, read_safetensors(ck / OPTIMIZER_FILE), info)
+        opt_tensors = read_safetensors(ck / OPTIMIZER_FILE)
+        _load_optimizer(model, opt, opt_tensors, info)
+        if grad_filter is not None:
+            grad_filter.load_state_tensors(opt_tensors, dict(named))
         state = TrainerState.from_dict(info["trainer"])
         if rank == 0:
             _truncate_metrics(run.path / METRICS_FILE, state.step)
@@ -364,6 +444,8 @@ def train(run: Run, *, quiet: bool = False, dataset: TaskDataset | None = None, 
         if rank != 0:
             return
         tensors, opt_info = _optimizer_tensors(model, opt)
+        if grad_filter is not None:
+            tensors.update(grad_filter.state_tensors())
         trainer = {"trainer": state.to_dict(), **opt_info}
         meta = {"step": step, "wall_time": state.wall_time, "metrics": metrics}
         write_checkpoint(run.path, step, save_tensors(model), meta, resume=(tensors, trainer))
@@ -411,7 +493,9 @@ def train(run: Run, *, quiet: bool = False, dataset: TaskDataset | None = None, 
             tok = data.tokens[torch.from_numpy(idx).to(device)]
             pos = data.target_pos[torch.from_numpy(idx).to(device)]
             width = int(pos.max()) + 3
-            with amp:
+            p_drop = cfg.model.dropout
+            gen = torch.Generator(device).manual_seed(dropout_seed(cfg.seed, step, rank)) if p_drop else None
+            with amp, (dropout(model, p_drop, gen) if gen is not None else nullcontext()):
                 logits = model(tok[:, :width])
             loss_sum, _ = target_loss(logits, tok[:, :width], pos)
             global_count = 2 * tc.batch_size
@@ -429,6 +513,8 @@ def train(run: Run, *, quiet: bool = False, dataset: TaskDataset | None = None, 
                 loss_value = float(loss.detach())
             if scaler:
                 scaler.unscale_(opt)
+            if grad_filter is not None and (scaler is None or _grads_finite(named)):
+                grad_filter.apply(named)  # an fp16 step the scaler skips must not poison the average
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             if scaler:
@@ -483,6 +569,10 @@ def train(run: Run, *, quiet: bool = False, dataset: TaskDataset | None = None, 
     if state.stop_reason is None and state.step >= stop_at:
         state.stop_reason = f"max_steps={stop_at}"
     return state.to_dict()
+
+
+def _grads_finite(named: list[tuple[str, torch.nn.Parameter]]) -> bool:
+    return all(bool(torch.isfinite(p.grad).all()) for _, p in named if p.grad is not None)
 
 
 def _lr_at(tc: TrainConfig, step: int) -> float:

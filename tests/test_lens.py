@@ -151,7 +151,9 @@ def test_lens_targets_composition():
     ds = composition(n_entities=20, n_relations=5, out_degree=5, phi=2.0, seed=0)
     split = ds.splits["train_inferred"]
     targets = {t.name: t for t in lens_targets(split, ds.vocab)}
-    assert list(targets) == ["bridge@r1", "r2@r2", "t@last"]
+    assert list(targets) == ["bridge@r1", "r2@r2", "t@last", "r2@r2/rel"]
+    assert all(ds.vocab.token_class(int(x)) == "relation" for x in targets["r2@r2/rel"].allowed)
+    assert targets["r2@r2"].allowed is None and targets["r2@r2"].never_answer
     kb = ds.kb
     for i in range(len(split)):
         h, r1, r2 = (parse_token(ds.vocab.tokens[x])[1][0] for x in split.input_ids[i])
@@ -164,6 +166,7 @@ def test_lens_targets_composition():
     restricted = {t.name: t for t in lens_targets(split, ds.vocab, within_class=True)}
     assert all(ds.vocab.token_class(int(x)) == "entity" for x in restricted["bridge@r1"].allowed)
     assert all(ds.vocab.token_class(int(x)) == "relation" for x in restricted["r2@r2"].allowed)
+    assert "r2@r2/rel" not in restricted  # r2@r2 itself already ranks among relations
     with pytest.raises(ValueError, match="roles"):
         lens_targets(ds.splits["train"], ds.vocab)
 
@@ -188,6 +191,35 @@ def test_lens_targets_comparison_labels_of_the_attribute():
         answer = f"<attr_{k}_{0 if v1 < v2 else 1 if v1 == v2 else 2}>"
         assert ds.vocab.tokens[targets["label@last"].token_ids[i]] == answer
         assert ds.vocab.tokens[split.targets[i]] == answer
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_r2_among_relations_and_undecodable_when_untied(tie):
+    """r2@r2/rel at the last state = 1 + the relation tokens whose model logit beats r2's;
+    an untied model reports both r2 targets undecodable (never answers), a tied one none."""
+    ds = composition(n_entities=20, n_relations=5, out_degree=5, phi=2.0, seed=0)
+    cfg = ModelConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, tie_embeddings=tie)
+    m = _randomize(build_model(cfg, len(ds.vocab), ds.n_ctx, seed=0))
+    if tie:  # _randomize copies into both keys; re-tie the values
+        with torch.no_grad():
+            m.unembed.original_component.weight.copy_(m.embed.original_component.weight)
+    split = ds.splits["train_inferred"]
+    res = lens_split(m, split, ds.vocab, n=20)
+    sub = split.subset(np.sort(np.random.default_rng(0).choice(len(split), 20, replace=False)))
+    with torch.no_grad():
+        logits = m(torch.from_numpy(sub.input_ids))[:, 2]  # at r2, [batch d_vocab]
+    rel = torch.as_tensor(ds.vocab.class_ids("relation"))
+    r2 = torch.as_tensor(sub.meta["r2"])
+    own = logits[torch.arange(20), r2]
+    want = 1 + (logits[:, rel] > own[:, None]).sum(-1)
+    assert torch.equal(res.ranks["r2@r2/rel"][-1], want)
+    assert int(res.ranks["r2@r2/rel"].max()) <= len(rel) < int(res.ranks["r2@r2"].max())
+    if tie:
+        assert res.undecodable == {}
+    else:
+        assert set(res.undecodable) == {"r2@r2", "r2@r2/rel"}
+        assert "never answers" in res.undecodable["r2@r2"]
+        assert res.to_dict()["undecodable"] == res.undecodable
 
 
 def test_lens_split_runs_on_a_dataset_model():

@@ -15,6 +15,7 @@ from grokscope.model import (
     bridge_config_dict,
     build_model,
     decay_param_groups,
+    dropout,
     load_tensors,
     n_params,
     save_tensors,
@@ -99,6 +100,45 @@ def test_logits_match_hf_gpt2(tie: bool) -> None:
     if tie:
         assert model.unembed.original_component.weight is model.embed.original_component.weight
         assert torch.equal(model.unembed.b_U, torch.zeros(D_VOCAB))
+
+
+def test_dropout_hooks_match_hf_gpt2_dropout_placement(monkeypatch) -> None:
+    """Our hooks drop where HF GPT-2 does (its four dropout calls per forward pass, all
+    through ``F.dropout``): replaying the masks our hooks drew in HF's own call order,
+    in HF's training mode, gives the same logits."""
+    p = 0.3
+    model = build_model(SMALL, D_VOCAB, N_CTX, seed=3)
+    hf = _hf_gpt2(SMALL)
+    _copy_into_hf(model, hf)
+    tokens = _tokens()
+    masks: list[torch.Tensor] = []
+    record = lambda t, hook: masks.append((t != 0).float()) or t  # noqa: E731  (runs after the drop hook)
+    from grokscope.model import dropout_hook_names
+
+    gen = torch.Generator().manual_seed(0)
+    with dropout(model, p, gen), model.hooks(fwd_hooks=[(n, record) for n in dropout_hook_names(SMALL.n_layers)]):
+        ours = _logits(model, tokens)
+    assert len(masks) == 1 + 3 * SMALL.n_layers
+    kept = torch.cat([m.flatten() for m in masks if m.ndim == 3]).mean().item()  # residual sites
+    assert kept == pytest.approx(1 - p, abs=0.03)
+    replay = lambda x, *args, **kwargs: x * masks.pop(0) / (1 - p)  # noqa: E731
+    monkeypatch.setattr(torch.nn.functional, "dropout", replay)
+    hf.train()
+    with torch.no_grad():
+        theirs = hf(tokens).logits
+    monkeypatch.undo()
+    assert not masks  # every mask consumed: same number of dropout sites, same order
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    # Outside the context the model is deterministic again, and the same generator
+    # state draws the same masks.
+    plain = _logits(model, tokens)
+    assert (plain - ours).abs().max() > 1e-3
+    with dropout(model, p, torch.Generator().manual_seed(0)):
+        again = _logits(model, tokens)
+    assert torch.equal(again, ours)
+    with pytest.raises(ValueError, match="dropout p"):
+        with dropout(model, 1.0, gen):
+            pass
 
 
 # --------------------------------------------------------------------------- init and config

@@ -66,7 +66,9 @@ def test_lens_heatmap_from_series_dict_and_lensresult(run, series):
     assert isinstance(fig, go.Figure) and len(fig.data) == 1
     hm = fig.data[0]
     L = run.config.model.n_layers
-    assert np.asarray(hm.z).shape == (L + 1, 3)
+    # composition-tiny is untied: both r2 targets are undecodable, so no r2 column is drawn
+    assert set(series.lens_undecodable) == {"r2@r2", "r2@r2/rel"}
+    assert np.asarray(hm.z).shape == (L + 1, 2) and not any("r2@r2" in x for x in hm.x)
     assert hm.colorscale == go.Heatmap(colorscale=plots.SEQUENTIAL).colorscale and hm.zmin == 0 and hm.zmax == 1
     assert "blocks.0.hook_resid_pre" in fig.layout.yaxis.ticktext[0] and "hook name" in fig.layout.yaxis.title.text
     assert fig.layout.xaxis.title.text and "position" in fig.layout.xaxis.title.text
@@ -76,7 +78,7 @@ def test_lens_heatmap_from_series_dict_and_lensresult(run, series):
     np.testing.assert_allclose(np.asarray(plots.lens_heatmap(d).data[0].z), np.asarray(hm.z))
     ds = run.dataset()
     lr = lens_split(run.load_model(), ds.splits["train_inferred"], ds.vocab, n=N)
-    assert np.asarray(plots.lens_heatmap(lr).data[0].z).shape == (L + 1, 3)
+    assert np.asarray(plots.lens_heatmap(lr).data[0].z).shape == (L + 1, 2)
 
 
 def test_tracing_heatmap_panels_and_diff(run, series):
@@ -114,6 +116,13 @@ def test_circuit_diagram(series):
     widths = [t.line.width for t in fig.data[: len(c["edges"])]]
     want = [1 + 9 * max(e["weight"], 0) for e in c["edges"]]
     np.testing.assert_allclose(widths, want)
+    # A long note is wrapped to lines that fit a 1,400-px window, and the margin grows with it.
+    long = dict(c, notes=["v1 never resolved below the last layer: e1 linked straight to the output " * 3,
+                          "a second note"])
+    note = plots.circuit_diagram(long).layout.annotations[-1]
+    lines = note.text.split("<br>")
+    assert len(lines) >= 3 and max(map(len, lines)) <= plots.NOTE_WIDTH and lines[-1] == "a second note"
+    assert note.xanchor == "left" and plots.circuit_diagram(long).layout.margin.b >= 90 + 16 * len(lines)
 
 
 def test_formation_sliders(series):
@@ -138,6 +147,9 @@ def test_circuit_measures_and_ood(series):
     assert len(fig.data) == len(m["measures"]) + n_acc + 1
     assert fig.layout.xaxis.type == "log" and m["hook_name"] in fig.layout.annotations[0].text
     assert fig.layout.yaxis2.title.text.startswith("accuracy")
+    colors = [t.line.color for t in fig.data]
+    assert len(set(colors)) == len(colors)  # one colour per legend entry, none shared with a split
+    assert not any(k.startswith("MRR r2") for k in m["measures"])  # undecodable here
     ood = series.checkpoints[-1]["ood"]
     of = plots.ood_diagnosis_figure(ood)
     assert len(of.data) == 3 * len(ood["splits"]) and "hook name" in of.layout.xaxis.title.text

@@ -31,8 +31,9 @@ TASKS = {
                     "task.ood_fraction": "0.2"},
     "comparison": {"task.n_entities": "20", "task.n_attributes": "3", "task.n_values": "6"},
 }
-# figures per report: curves, lens, tracing, circuit, early circuit, two sliders, measures (+ OOD)
-N_FIGURES = {"composition": 9, "comparison": 9}  # comparison: OOD by value distance
+# figures per report: curves, lens, tracing, circuit, early circuit, two sliders, measures (+ OOD),
+# discovered circuit (one graph per split with counterfactuals, faithfulness, formation)
+N_FIGURES = {"composition": 13, "comparison": 13}  # comparison: OOD by value distance
 
 
 @pytest.fixture(scope="module")

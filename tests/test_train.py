@@ -12,7 +12,15 @@ import torch
 
 from grokscope.config import TrainConfig, preset
 from grokscope.run import Run, RunError
-from grokscope.train import TrainData, checkpoint_steps, evaluate, target_loss, train, train_new
+from grokscope.train import (
+    GradFilter,
+    TrainData,
+    checkpoint_steps,
+    evaluate,
+    target_loss,
+    train,
+    train_new,
+)
 
 
 def _micro(**train_kw):
@@ -46,6 +54,42 @@ def test_target_loss_matches_hand_computation():
     assert loss.item() == pytest.approx(want.item(), rel=1e-6)
 
 
+def test_grad_filter_matches_closed_form_ema():
+    """Grokfast EMA: after gradients g1..gk the filtered gradient is
+    gk + lamb * (alpha^(k-1) g1 + sum_{i>=2} (1 - alpha) alpha^(k-i) gi)."""
+    alpha, lamb = 0.9, 2.0
+    gs = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    p = torch.nn.Parameter(torch.zeros(3))
+    f = GradFilter(alpha, lamb)
+    for k in range(1, 6):
+        p.grad = gs[k - 1].clone()
+        f.apply([("w", p)])
+        weights = [alpha ** (k - 1)] + [(1 - alpha) * alpha ** (k - i) for i in range(2, k + 1)]
+        ema = sum(w * g for w, g in zip(weights, gs[:k]))
+        torch.testing.assert_close(p.grad, gs[k - 1] + lamb * ema)
+    q = torch.nn.Parameter(torch.zeros(1))  # no gradient: skipped, no state
+    f.apply([("q", q)])
+    assert set(f.state_tensors()) == {"w::grad_ema"}
+
+
+def test_configs_without_the_new_keys_still_load(tmp_path):
+    """Runs written before dropout and the gradient filter existed open with both off."""
+    from grokscope.config import RunConfig
+
+    doc = preset("composition-small").override({"train.grad_filter": "ema", "model.dropout": "0.1"}).to_dict()
+    for key in ("grad_filter", "grad_filter_alpha", "grad_filter_lambda"):
+        del doc["train"][key]
+    del doc["model"]["dropout"]
+    cfg = RunConfig.from_dict(doc)
+    assert cfg.train.grad_filter is None and cfg.model.dropout == 0.0
+    with pytest.raises(ValueError, match="grad_filter must be"):
+        preset("composition-tiny").override({"train.grad_filter": "sma"})
+    with pytest.raises(ValueError, match="dropout must be in"):
+        preset("composition-tiny").override({"model.dropout": "1.0"})
+    paper = preset("composition-paper").model
+    assert paper.tie_embeddings and paper.dropout == 0.1  # the paper's GPT-2
+
+
 def test_batches_are_pure_functions_of_step():
     from grokscope.tasks import composition
 
@@ -58,8 +102,13 @@ def test_batches_are_pure_functions_of_step():
     assert ds.splits["train"].atomic[a].sum() == 10  # 25% of 40 from atomic facts
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    cfg = _micro()
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"train.grad_filter": "ema", "model.dropout": "0.1"}],
+    ids=["plain", "filter+dropout"],
+)
+def test_resume_equals_uninterrupted(tmp_path, extra):
+    cfg = _micro().override(extra)
     full = train_new(cfg, tmp_path / "full", quiet=True)
     part = Run.create(tmp_path / "part", cfg, full.dataset())
     train(part, quiet=True, max_steps=17)  # stops between checkpoints: saves resume state at 17
@@ -74,6 +123,14 @@ def test_resume_equals_uninterrupted(tmp_path):
     # Only the latest checkpoint keeps the optimizer state.
     with_opt = [s for s in full.steps() if (full.checkpoint_path(s) / "optimizer.safetensors").exists()]
     assert with_opt == [40]
+    if extra:  # the filter's moving average travels with the optimizer state
+        from grokscope.run import read_safetensors
+
+        opt = read_safetensors(full.checkpoint_path(40) / "optimizer.safetensors")
+        assert any(k.endswith("::grad_ema") for k in opt)
+        # ... and it matters: the same run without the filter or dropout ends elsewhere.
+        plain = train_new(_micro(), tmp_path / "plain", quiet=True).load_model().state_dict()
+        assert not torch.equal(plain["embed.weight"], a["embed.weight"])
 
 
 def test_run_directory_is_self_describing(tmp_path):

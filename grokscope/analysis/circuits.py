@@ -219,7 +219,7 @@ def build_circuit(
         A :class:`Circuit`.
 
     Example:
-        >>> c = build_circuit("composition", lens, tracing)     # doctest: +SKIP
+        >>> c = build_circuit(task_of(ds), lens, tracing)        # doctest: +SKIP
     """
     spec = get_task(task) if isinstance(task, str) else task
     hyp = spec.hypothesis

@@ -214,6 +214,27 @@ def allowed_mask(allowed: Any, n: int, d_vocab: int) -> Bool[torch.Tensor, "batc
 # --------------------------------------------------------------------------- logit lens
 
 
+UNTIED_REASON = (
+    "not decodable: its tokens are never answers in training, so the rows of this untied "
+    "unembedding for them are never trained to rank them up (tie the embeddings, "
+    "model.tie_embeddings=true, as the paper does, to decode them)"
+)
+
+
+def unembedding_tied(model: TransformerBridge) -> bool:
+    """Whether the unembedding is the embedding (the same parameter, or equal values).
+
+    Example:
+        >>> from grokscope.config import ModelConfig
+        >>> from grokscope.model import build_model
+        >>> cfg = ModelConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, tie_embeddings=True)
+        >>> unembedding_tied(build_model(cfg, 10, 4, seed=0))
+        True
+    """
+    w_e, w_u = model.W_E, model.W_U  # [d_vocab d_model], [d_model d_vocab]
+    return w_u.T.shape == w_e.shape and bool(torch.equal(w_u.T, w_e))
+
+
 @dataclass
 class LensResult:
     """Logit-lens ranks of every target at every layer ``l = 0..L``.
@@ -224,6 +245,8 @@ class LensResult:
         token_ids: target name -> ``[batch]`` the target tokens.
         hook_names: the hook of every layer ``l`` (:func:`resid_hook_names`).
         restricted: target name -> whether ranks are among an allowed set.
+        undecodable: target name -> why the lens cannot decode it in this model
+            (:attr:`LensTarget.never_answer` targets of an untied model); ranked anyway.
     """
 
     ranks: dict[str, Int[torch.Tensor, "layer batch"]]
@@ -231,6 +254,7 @@ class LensResult:
     token_ids: dict[str, Int[torch.Tensor, " batch"]]
     hook_names: list[str]
     restricted: dict[str, bool] = field(default_factory=dict)
+    undecodable: dict[str, str] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -263,7 +287,7 @@ class LensResult:
                 entry["positions"] = self.positions[name].tolist()
                 entry["token_ids"] = self.token_ids[name].tolist()
             targets[name] = entry
-        return {"hook_names": list(self.hook_names), "targets": targets}
+        return {"hook_names": list(self.hook_names), "targets": targets, "undecodable": dict(self.undecodable)}
 
 
 def logit_lens(
@@ -326,15 +350,20 @@ def logit_lens(
         token_ids=ids,
         hook_names=resid_hook_names(model.cfg.n_layers),
         restricted={name: masks[name] is not None for name in names},
+        undecodable={t.name: UNTIED_REASON for t in targets if t.never_answer and not unembedding_tied(model)},
     )
 
 
 def lens_targets(split: Split, vocab: Vocab, *, within_class: bool = False, task: Any = None) -> list[LensTarget]:
     """The task's logit-lens targets for a homogeneous split (:meth:`Task.lens_targets`).
 
-    Composition inferred (roles ``h, r1, r2``): ``bridge@r1``, ``r2@r2``, ``t@last``;
-    k-hop: ``b_i@r_i``, ``rk@rk``, ``t@last``. Comparison inferred: ``v1@e1``, ``v2@e2``,
-    ``label0|1|2@attr`` and ``label@last``. Atomic splits: the answer at the last position.
+    Composition inferred (roles ``h, r1, r2``): ``bridge@r1``, ``r2@r2``, ``t@last``, and
+    ``r2@r2/rel``: r2 ranked among the relation tokens only (the paper ranks over the
+    whole vocabulary; at 4 layers r2 is far from the top of it, while among relations its
+    rise is visible). Both r2 targets are :attr:`LensTarget.never_answer`. k-hop:
+    ``b_i@r_i``, ``rk@rk`` (and ``rk@rk/rel``), ``t@last``. Comparison inferred:
+    ``v1@e1``, ``v2@e2``, ``label0|1|2@attr`` and ``label@last``. Atomic splits: the
+    answer at the last position.
 
     Args:
         split: a split with ``roles`` (not the mixed ``train`` split).
@@ -347,7 +376,7 @@ def lens_targets(split: Split, vocab: Vocab, *, within_class: bool = False, task
         >>> from grokscope.tasks import composition
         >>> ds = composition(n_entities=20, n_relations=5, out_degree=5, phi=2.0, seed=0)
         >>> [t.name for t in lens_targets(ds.splits["train_inferred"], ds.vocab)]
-        ['bridge@r1', 'r2@r2', 't@last']
+        ['bridge@r1', 'r2@r2', 't@last', 'r2@r2/rel']
     """
     from grokscope.tasks.base import _REGISTRY, get_task
 
@@ -559,3 +588,27 @@ def direct_logit_attribution(
         head_values=None if head_values is None else head_values.cpu(),
         attn_bias_values=None if attn_bias_values is None else attn_bias_values.cpu(),
     )
+
+
+def top_tokens(
+    model: TransformerBridge, tokens: Int[torch.Tensor, "batch pos"]
+) -> tuple[Int[torch.Tensor, "layer pos"], torch.Tensor]:
+    """The most frequent logit-lens top-1 token at every ``S[l, p]`` and its share.
+
+    Returns:
+        ``(token_ids, share)``, both ``[layer, pos]``: the mode over examples of the
+        argmax of the decoded state, and the fraction of examples whose argmax it is.
+    """
+    resid, _ = residual_stack(model, tokens)  # [layer, batch, pos, d_model]
+    top = torch.stack([decode_resid(model, resid[:, :, p]).argmax(-1) for p in range(resid.shape[2])], dim=-1)
+    top = top.cpu()  # [layer, batch, pos]
+    n_layer, n, n_pos = top.shape
+    d_vocab = model.cfg.d_vocab
+    ids = torch.empty(n_layer, n_pos, dtype=torch.long)
+    share = torch.empty(n_layer, n_pos)
+    for layer in range(n_layer):
+        for p in range(n_pos):
+            counts = torch.bincount(top[layer, :, p], minlength=d_vocab)
+            ids[layer, p] = int(counts.argmax())
+            share[layer, p] = float(counts.max()) / max(1, n)
+    return ids, share

@@ -57,10 +57,17 @@ def circuit_measures(series: SeriesResult) -> dict[str, Any]:
         parts = hyp.derived.get(target, (target,))
         return float(np.mean([c.lens[x][layer] for x in parts]))
 
+    def decodable(target: str) -> bool:
+        parts = hyp.derived.get(target, (target,))
+        return all(x in series.lens_targets and x not in series.lens_undecodable for x in parts)
+
     for st in hyp.stages:
-        if not all(x in series.lens_targets for x in hyp.derived.get(st.target, (st.target,))):
-            continue
-        m[f"MRR {st.content} @ S[{b},{st.role}]"] = [mrr_at(c, st.target, b) for c in cks]
+        # a target this model cannot decode (an untied unembedding's never-answer tokens)
+        # keeps its causal strength but no MRR
+        if decodable(st.target):
+            m[f"MRR {st.content} @ S[{b},{st.role}]"] = [mrr_at(c, st.target, b) for c in cks]
+        if decodable(f"{st.target}/rel"):
+            m[f"MRR {st.content} among relations @ S[{b},{st.role}]"] = [mrr_at(c, f"{st.target}/rel", b) for c in cks]
         if st.perturbation in series.perturbations and st.role in roles:
             m[f"strength {st.perturbation}' @ S[{b},{st.role}]"] = [
                 float(c.strength[st.perturbation][b][roles[st.role]]) for c in cks

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from jaxtyping import Int
 
 from grokscope import __version__
 from grokscope.analysis.cache import (  # noqa: F401  (re-exported)
@@ -53,20 +52,13 @@ from grokscope.analysis.diagnoses import (  # noqa: F401  (re-exported)
     run_diagnosis,
     value_gap_diagnosis,
 )
-from grokscope.analysis.lens import (
-    LensResult,
-    decode_resid,
-    lens_targets,
-    logit_lens,
-    residual_stack,
-)
+from grokscope.analysis.lens import LensResult, lens_targets, logit_lens, top_tokens
 from grokscope.analysis.sampling import sample_rows
 from grokscope.analysis.tracing import SITE_KINDS, TraceResult, make_counterfactuals, trace
 from grokscope.run import MODEL_FILE, Run, read_safetensors
 from grokscope.tasks.base import task_of
 
 if TYPE_CHECKING:
-    from transformer_lens.model_bridge import TransformerBridge
 
     from grokscope.tasks.dataset import TaskDataset
 
@@ -81,30 +73,6 @@ def _check_split(dataset: TaskDataset, split: str) -> None:
 
 
 # --------------------------------------------------------------------------- one checkpoint
-
-
-def top_tokens(
-    model: TransformerBridge, tokens: Int[torch.Tensor, "batch pos"]
-) -> tuple[Int[torch.Tensor, "layer pos"], torch.Tensor]:
-    """The most frequent logit-lens top-1 token at every ``S[l, p]`` and its share.
-
-    Returns:
-        ``(token_ids, share)``, both ``[layer, pos]``: the mode over examples of the
-        argmax of the decoded state, and the fraction of examples whose argmax it is.
-    """
-    resid, _ = residual_stack(model, tokens)  # [layer, batch, pos, d_model]
-    top = torch.stack([decode_resid(model, resid[:, :, p]).argmax(-1) for p in range(resid.shape[2])], dim=-1)
-    top = top.cpu()  # [layer, batch, pos]
-    n_layer, n, n_pos = top.shape
-    d_vocab = model.cfg.d_vocab
-    ids = torch.empty(n_layer, n_pos, dtype=torch.long)
-    share = torch.empty(n_layer, n_pos)
-    for layer in range(n_layer):
-        for p in range(n_pos):
-            counts = torch.bincount(top[layer, :, p], minlength=d_vocab)
-            ids[layer, p] = int(counts.argmax())
-            share[layer, p] = float(counts.max()) / max(1, n)
-    return ids, share
 
 
 def _lens_objects(ck: Checkpoint, split: str, n: int | None, seed: int, within_class: bool) -> tuple[LensResult, np.ndarray]:
@@ -395,6 +363,8 @@ class SeriesResult:
         position_roles: role name of every input position.
         perturbations: the tracing perturbations (axis 0 of every tracing table).
         lens_targets: lens target name -> the position it is read at.
+        lens_undecodable: lens target name -> why this model cannot decode it
+            (:attr:`grokscope.analysis.lens.LensResult.undecodable`); plots leave it out.
         checkpoints: one :class:`CheckpointRecord` per step.
         metrics: every record of metrics.jsonl (for the training curves).
         grokking: :func:`grokscope.analysis.grokking.summarize_metrics` of the metrics.
@@ -419,6 +389,7 @@ class SeriesResult:
     metrics: list[dict[str, Any]]
     grokking: dict[str, Any]
     grokscope_version: str = __version__
+    lens_undecodable: dict[str, str] = field(default_factory=dict)
     cache_hits: int = field(default=0, compare=False)
     cache_misses: int = field(default=0, compare=False)
 
@@ -472,12 +443,13 @@ class SeriesResult:
             "metrics": self.metrics,
             "grokking": self.grokking,
             "grokscope_version": self.grokscope_version,
+            "lens_undecodable": dict(self.lens_undecodable),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SeriesResult:
         keys = ("run", "run_name", "task", "args", "steps", "hook_names", "position_roles", "perturbations",
-                "lens_targets", "checkpoints", "metrics", "grokking", "grokscope_version")
+                "lens_targets", "checkpoints", "metrics", "grokking", "grokscope_version", "lens_undecodable")
         kw = {k: d[k] for k in keys if k in d}
         kw["checkpoints"] = [CheckpointRecord.from_dict(c) for c in kw.get("checkpoints", [])]
         return cls(**kw)
@@ -615,6 +587,7 @@ def analyse_series(
         position_roles=list(first_trace["position_roles"]),
         perturbations=list(first_trace["perturbations"]),
         lens_targets=dict(first_lens["target_positions"]),
+        lens_undecodable=dict(first_lens.get("undecodable", {})),
         checkpoints=checkpoints,
         metrics=metrics,
         grokking=summarize_metrics(metrics),

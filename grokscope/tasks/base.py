@@ -63,12 +63,18 @@ class LensTarget:
         token_ids: ``[example]`` the token id to rank.
         allowed: None (rank among the whole vocabulary), an array of token ids (rank
             within that class), or an ``[example, d_vocab]`` bool mask.
+        never_answer: the target's tokens are never an answer in training (composition's
+            relations). An untied unembedding then never learns to rank them up (their rows
+            only ever get the softmax's push-down), so the lens cannot decode them there;
+            :func:`grokscope.analysis.lens.logit_lens` still ranks them but lists them in
+            ``LensResult.undecodable`` with the reason, and plots leave them out.
     """
 
     name: str
     position: Any
     token_ids: Any
     allowed: Any = None
+    never_answer: bool = False
 
 
 @dataclass(frozen=True)

@@ -346,8 +346,9 @@ def chain_counterfactuals(
 
 def chain_lens_targets(split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
     """Lens targets of a chain split: each bridge at the relation that resolves it, the
-    last relation at its own position, the answer at the last position; atomic splits:
-    the answer at the last position."""
+    last relation at its own position (over the whole vocabulary, as the paper, and
+    ``/rel`` among the relations), the answer at the last position; atomic splits: the
+    answer at the last position."""
     roles, meta = split.roles, split.meta
     if not roles:
         raise ValueError(f"split {split.name!r} mixes layouts (no roles); pick a probe split such as 'train_inferred'")
@@ -359,9 +360,12 @@ def chain_lens_targets(split: Split, vocab: Vocab, *, within_class: bool = False
     if k < 2 or set(roles) != {"h", *(f"r{i}" for i in range(1, k + 1))}:
         raise ValueError(f"split {split.name!r}: no lens targets known for roles {sorted(roles)}")
     bridges = ["bridge"] if k == 2 else [f"b{i}" for i in range(1, k)]
+    rel_all = vocab.class_ids("relation")
     out = [LensTarget(f"{b}@r{i}", roles[f"r{i}"], meta[b], ent) for i, b in enumerate(bridges, start=1)]
-    out.append(LensTarget(f"r{k}@r{k}", roles[f"r{k}"], meta[f"r{k}"], rel))
+    out.append(LensTarget(f"r{k}@r{k}", roles[f"r{k}"], meta[f"r{k}"], rel, never_answer=True))
     out.append(LensTarget("t@last", split.target_pos, meta["t"], ent))
+    if not within_class:  # the last relation also ranked among relations (within_class already is)
+        out.append(LensTarget(f"r{k}@r{k}/rel", roles[f"r{k}"], meta[f"r{k}"], rel_all, never_answer=True))
     return out
 
 

@@ -1,0 +1,346 @@
+"""The component graph of a model: writers, readers and the edges between them.
+
+At every input position the residual stream is a running sum. *Writers* add to it:
+the token embedding, each attention head's write (``hook_z`` of that head times its
+``W_O``) and each MLP's output. *Readers* take it in: each head's query, key and
+value input, each MLP's input, and the logits at the prediction position. An edge is
+writer -> reader at the same position, the writer computed before the reader (an
+earlier layer, or a head of the same layer into that layer's MLP). Nodes are named
+with TransformerLens's vocabulary (the kinds of
+``transformer_lens.tools.analysis.attribution_patching.Node``: ``embed``,
+``attn_head_out``, ``mlp_out``, ``q_input``, ``k_input``, ``v_input``, ``mlp_in``,
+``logits``) and its hook names.
+
+Indexing (the same at every position): writer ``0`` is the embedding; layer ``l``'s
+heads are writers ``1 + l * (H + 1) + h`` and its MLP ``1 + l * (H + 1) + H``. Readers
+of layer ``l`` start at ``l * (3H + 1)``: queries ``+h``, keys ``+H+h``, values
+``+2H+h``, the MLP input ``+3H``; the logits reader is the last one. A reader ``r``
+reads exactly the writers ``0 .. bound[r] - 1`` (a prefix), which the patching engine
+uses. Cross-layer sharing changes nothing here: every block keeps its own hooks.
+
+Example:
+    >>> g = ComponentGraph(n_layers=2, n_heads=2, n_pos=3)
+    >>> g.n_edges, g.writer_node(0, 2).hook_name
+    (124, 'blocks.0.attn.hook_z')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Int
+
+WRITER_KINDS = ("embed", "attn_head_out", "mlp_out")
+READER_KINDS = ("q_input", "k_input", "v_input", "mlp_in", "logits")
+NODE_KINDS = WRITER_KINDS + READER_KINDS
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    """One node: TransformerLens ``Node``'s fields (kind, position, layer, head).
+
+    Example:
+        >>> GraphNode("q_input", 2, layer=1, head=0).hook_name
+        'blocks.1.attn.hook_q_input'
+    """
+
+    kind: str
+    position: int
+    layer: int | None = None
+    head: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in NODE_KINDS:
+            raise ValueError(f"unknown node kind {self.kind!r}; choose one of {', '.join(NODE_KINDS)}")
+        needs_head = self.kind in ("attn_head_out", "q_input", "k_input", "v_input")
+        if self.kind == "embed":
+            if self.layer is not None or self.head is not None:
+                raise ValueError("embed nodes take neither layer nor head")
+        elif self.layer is None or (self.head is None) == needs_head:
+            raise ValueError(f"{self.kind} nodes need a layer{' and a head' if needs_head else ' and no head'}")
+
+    @property
+    def hook_name(self) -> str:
+        """The hook name TransformerLens's ``Node.hook_name`` gives this node."""
+        if self.kind == "embed":
+            return "hook_embed"
+        if self.kind == "attn_head_out":
+            return f"blocks.{self.layer}.attn.hook_z"
+        if self.kind == "mlp_out":
+            return f"blocks.{self.layer}.hook_mlp_out"
+        if self.kind in ("q_input", "k_input", "v_input"):
+            return f"blocks.{self.layer}.attn.hook_{self.kind}"
+        if self.kind == "logits":
+            return f"blocks.{self.layer}.hook_resid_post"
+        return f"blocks.{self.layer}.hook_mlp_in"
+
+    @property
+    def is_writer(self) -> bool:
+        return self.kind in WRITER_KINDS
+
+    @property
+    def label(self) -> str:
+        """A short name: ``emb@0``, ``a1.2@1`` (layer 1 head 2 at position 1), ``m3@2``, ``q1.2@1``."""
+        short = {"embed": "emb", "attn_head_out": "a", "mlp_out": "m", "q_input": "q", "k_input": "k",
+                 "v_input": "v", "mlp_in": "mi", "logits": "logits"}[self.kind]
+        if self.kind in ("embed", "logits"):
+            return f"{short}@{self.position}"
+        head = f".{self.head}" if self.head is not None else ""
+        return f"{short}{self.layer}{head}@{self.position}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "layer": self.layer, "head": self.head, "position": self.position,
+                "hook_name": self.hook_name}
+
+    def to_tl(self) -> Any:
+        """The equal TransformerLens ``Node`` (imports TransformerLens)."""
+        from transformer_lens.tools.analysis.attribution_patching import Node
+
+        return Node(kind=self.kind, position=self.position, layer=self.layer, head=self.head)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ComponentGraph:
+    """The writer -> reader graph of a pre-norm transformer over ``n_pos`` positions.
+
+    Attributes:
+        n_layers: blocks (shared blocks count once per use).
+        n_heads: heads per attention layer.
+        n_pos: input positions; the prediction is read at the last one.
+    """
+
+    n_layers: int
+    n_heads: int
+    n_pos: int
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "n_heads", "n_pos"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def of(cls, model: Any, n_pos: int) -> ComponentGraph:
+        """The graph of a TransformerLens model (a native ``TransformerBridge``).
+
+        Raises:
+            NotImplementedError: attention-only, parallel attention/MLP or grouped-query
+                models (their readers are not the ones this graph names).
+        """
+        cfg = model.cfg
+        if getattr(cfg, "attn_only", False):
+            raise NotImplementedError("attention-only models have no MLP nodes; not supported")
+        if getattr(cfg, "parallel_attn_mlp", False):
+            raise NotImplementedError("parallel attention/MLP blocks are not supported")
+        kv = getattr(cfg, "n_key_value_heads", None)
+        if kv is not None and kv != cfg.n_heads:
+            raise NotImplementedError("grouped-query attention (n_key_value_heads != n_heads) is not supported")
+        return cls(int(cfg.n_layers), int(cfg.n_heads), int(n_pos))
+
+    # ------------------------------------------------------------------ sizes and indices
+    @property
+    def read_pos(self) -> int:
+        return self.n_pos - 1
+
+    @property
+    def n_writers(self) -> int:
+        """Writers per position."""
+        return 1 + self.n_layers * (self.n_heads + 1)
+
+    @property
+    def n_readers(self) -> int:
+        """Readers per position (the logits reader included)."""
+        return self.n_layers * (3 * self.n_heads + 1) + 1
+
+    def head_writer(self, layer: int, head: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + head
+
+    def mlp_writer(self, layer: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + self.n_heads
+
+    def qkv_reader(self, layer: int, which: int, head: int) -> int:
+        """Reader index of head ``head``'s query (``which=0``), key (1) or value (2)."""
+        return layer * (3 * self.n_heads + 1) + which * self.n_heads + head
+
+    def mlp_reader(self, layer: int) -> int:
+        return layer * (3 * self.n_heads + 1) + 3 * self.n_heads
+
+    @property
+    def logits_reader(self) -> int:
+        return self.n_readers - 1
+
+    @cached_property
+    def bound(self) -> Int[torch.Tensor, " reader"]:
+        """``bound[r]``: reader ``r`` reads writers ``0 .. bound[r] - 1``."""
+        out = torch.empty(self.n_readers, dtype=torch.long)
+        for layer in range(self.n_layers):
+            lo = layer * (3 * self.n_heads + 1)
+            out[lo : lo + 3 * self.n_heads] = 1 + layer * (self.n_heads + 1)
+            out[self.mlp_reader(layer)] = 1 + layer * (self.n_heads + 1) + self.n_heads
+        out[self.logits_reader] = self.n_writers
+        return out
+
+    @cached_property
+    def valid(self) -> Bool[torch.Tensor, "pos reader writer"]:
+        """Which (position, reader, writer) triples are edges."""
+        w = torch.arange(self.n_writers)
+        ok = (w[None, :] < self.bound[:, None]).expand(self.n_pos, -1, -1).clone()
+        ok[: self.read_pos, self.logits_reader] = False
+        return ok
+
+    @cached_property
+    def edge_index(self) -> Int[torch.Tensor, "edge 3"]:
+        """``[edge, (position, reader, writer)]``, sorted by position, reader, writer."""
+        return torch.nonzero(self.valid)
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.edge_index.shape[0])
+
+    @cached_property
+    def edge_id(self) -> Int[torch.Tensor, "pos reader writer"]:
+        """Edge number of each valid triple (-1 elsewhere)."""
+        out = torch.full(self.valid.shape, -1, dtype=torch.long)
+        p, r, w = self.edge_index.unbind(1)
+        out[p, r, w] = torch.arange(self.n_edges)
+        return out
+
+    # ------------------------------------------------------------------ nodes
+    def writer_node(self, position: int, writer: int) -> GraphNode:
+        if writer == 0:
+            return GraphNode("embed", position)
+        layer, rest = divmod(writer - 1, self.n_heads + 1)
+        if rest == self.n_heads:
+            return GraphNode("mlp_out", position, layer=layer)
+        return GraphNode("attn_head_out", position, layer=layer, head=rest)
+
+    def reader_node(self, position: int, reader: int) -> GraphNode:
+        if reader == self.logits_reader:
+            return GraphNode("logits", position, layer=self.n_layers - 1)
+        layer, rest = divmod(reader, 3 * self.n_heads + 1)
+        if rest == 3 * self.n_heads:
+            return GraphNode("mlp_in", position, layer=layer)
+        which, head = divmod(rest, self.n_heads)
+        return GraphNode(("q_input", "k_input", "v_input")[which], position, layer=layer, head=head)
+
+    def edge_nodes(self, edge: int) -> tuple[GraphNode, GraphNode]:
+        p, r, w = (int(x) for x in self.edge_index[edge])
+        return self.writer_node(p, w), self.reader_node(p, r)
+
+    def edges_as_nodes(self) -> list[tuple[GraphNode, GraphNode]]:
+        """Every edge as a ``(writer, reader)`` node pair, in edge order."""
+        return [self.edge_nodes(e) for e in range(self.n_edges)]
+
+    def find_edge(self, writer: GraphNode, reader: GraphNode) -> int:
+        """Edge number of a ``(writer, reader)`` pair.
+
+        Raises:
+            KeyError: the pair is not an edge of this graph.
+        """
+        if writer.position != reader.position:
+            raise KeyError(f"{writer.label} -> {reader.label}: an edge joins nodes at one position")
+        p = writer.position
+        w = self._writer_index(writer)
+        r = self._reader_index(reader)
+        e = int(self.edge_id[p, r, w]) if 0 <= p < self.n_pos else -1
+        if e < 0:
+            raise KeyError(f"{writer.label} -> {reader.label} is not an edge of this graph")
+        return e
+
+    def _writer_index(self, node: GraphNode) -> int:
+        if node.kind == "embed":
+            return 0
+        if node.kind == "attn_head_out":
+            return self.head_writer(node.layer, node.head)  # type: ignore[arg-type]
+        if node.kind == "mlp_out":
+            return self.mlp_writer(node.layer)  # type: ignore[arg-type]
+        raise KeyError(f"{node.kind} is not a writer")
+
+    def _reader_index(self, node: GraphNode) -> int:
+        if node.kind == "logits":
+            return self.logits_reader
+        if node.kind == "mlp_in":
+            return self.mlp_reader(node.layer)  # type: ignore[arg-type]
+        if node.kind in ("q_input", "k_input", "v_input"):
+            which = ("q_input", "k_input", "v_input").index(node.kind)
+            return self.qkv_reader(node.layer, which, node.head)  # type: ignore[arg-type]
+        raise KeyError(f"{node.kind} is not a reader")
+
+    @cached_property
+    def writer_kind(self) -> list[str]:
+        """Kind of each writer index."""
+        return [self.writer_node(0, w).kind for w in range(self.n_writers)]
+
+    @cached_property
+    def writer_layer(self) -> Int[torch.Tensor, " writer"]:
+        """Layer of each writer (-1 for the embedding)."""
+        return torch.tensor([-1] + [(w - 1) // (self.n_heads + 1) for w in range(1, self.n_writers)])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_layers": self.n_layers, "n_heads": self.n_heads, "n_pos": self.n_pos,
+                "read_pos": self.read_pos, "n_edges": self.n_edges}
+
+
+def prune(graph: ComponentGraph, keep: Bool[torch.Tensor, " edge"]) -> Bool[torch.Tensor, " edge"]:
+    """Drop the kept edges that are cut off from the input or from the logits.
+
+    A writer is *fed* when it is the embedding, or when one of its readers has a kept
+    edge from a fed writer (a head at position ``p`` reads its query at ``p`` and its
+    keys and values at positions ``<= p``). A reader is *useful* when it is the logits
+    reader, or when its writer (the head, at a position ``>= p`` for keys and values)
+    has a kept edge into a useful reader. An edge survives when its writer is fed and
+    its reader useful; one pass each way is a fixed point.
+
+    Args:
+        graph: the graph.
+        keep: ``[edge]`` the candidate circuit.
+
+    Returns:
+        ``[edge]`` the pruned circuit (a subset of ``keep``).
+
+    Example:
+        >>> g = ComponentGraph(1, 1, 1)
+        >>> keep = torch.zeros(g.n_edges, dtype=torch.bool)
+        >>> keep[g.find_edge(GraphNode("embed", 0), GraphNode("q_input", 0, 0, 0))] = True
+        >>> bool(prune(g, keep).any())     # the head's write reaches nothing
+        False
+    """
+    if keep.shape != (graph.n_edges,):
+        raise ValueError(f"keep must have shape [{graph.n_edges}], got {tuple(keep.shape)}")
+    P, W, R, H, L = graph.n_pos, graph.n_writers, graph.n_readers, graph.n_heads, graph.n_layers
+    kept = torch.zeros(P, R, W, dtype=torch.bool)
+    p_, r_, w_ = graph.edge_index.unbind(1)
+    kept[p_[keep], r_[keep], w_[keep]] = True
+
+    fed = torch.zeros(P, W, dtype=torch.bool)
+    fed[:, 0] = True
+    for layer in range(L):
+        attn_readers = torch.tensor([graph.qkv_reader(layer, j, h) for j in range(3) for h in range(H)])
+        got = (kept[:, attn_readers] & fed[:, None, :]).any(-1).reshape(P, 3, H)  # [pos, qkv, head]
+        kv_any = got[:, 1:].any(1).cummax(0).values  # a key/value at any earlier position
+        for h in range(H):
+            fed[:, graph.head_writer(layer, h)] = got[:, 0, h] | kv_any[:, h]
+        m = graph.mlp_reader(layer)
+        fed[:, graph.mlp_writer(layer)] = (kept[:, m] & fed).any(-1)
+
+    useful_r = torch.zeros(P, R, dtype=torch.bool)
+    useful_r[graph.read_pos, graph.logits_reader] = True
+    useful_w = torch.zeros(P, W, dtype=torch.bool)
+
+    def writer_useful(w: int) -> torch.Tensor:
+        return (kept[:, :, w] & useful_r).any(-1)
+
+    for layer in reversed(range(L)):
+        mw = graph.mlp_writer(layer)
+        useful_w[:, mw] = writer_useful(mw)
+        useful_r[:, graph.mlp_reader(layer)] = useful_w[:, mw]
+        for h in range(H):
+            hw = graph.head_writer(layer, h)
+            useful_w[:, hw] = writer_useful(hw)
+            later = useful_w[:, hw].flip(0).cummax(0).values.flip(0)  # useful at any position >= p
+            useful_r[:, graph.qkv_reader(layer, 0, h)] = useful_w[:, hw]
+            useful_r[:, graph.qkv_reader(layer, 1, h)] = later
+            useful_r[:, graph.qkv_reader(layer, 2, h)] = later
+    return keep & fed[p_, w_] & useful_r[p_, r_]
