@@ -330,3 +330,17 @@ def test_forecast_counts_a_lead_only_from_a_pause():
     assert fc["reference_step"] == 200 and fc["test_onset"] == 700
     assert fc["measures"]["early"]["onset"] == 400 and fc["measures"]["early"]["lead"] == 300
     assert fc["measures"]["falling"]["moving_at_reference"] and fc["leading"] == ["early"]
+
+
+def test_shipped_heads_carry_the_key_frequencies_of_their_input(shipped):
+    from grokscope.analysis.progress import fourier_progress, head_frequencies
+
+    ds = shipped.dataset()
+    model = shipped.load_model()
+    keys = set(fourier_progress(model, ds)["key_freqs"])
+    heads = head_frequencies(model, ds)
+    for h in heads:
+        looks = "a" if h["attn"]["a"] > 0.9 else "b" if h["attn"]["b"] > 0.9 else None
+        if looks is not None:  # a head that reads one input carries that input's key frequencies
+            assert set(h[f"key_{looks}"]) == keys and h[f"key_share_{looks}"] > 0.9
+    assert {("a" if h["attn"]["a"] > 0.9 else "b") for h in heads if max(h["attn"]["a"], h["attn"]["b"]) > 0.9} == {"a", "b"}

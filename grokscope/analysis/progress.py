@@ -674,3 +674,48 @@ def neuron_frequencies(neurons: Float[torch.Tensor, "neuron a b"]) -> tuple[torc
     share = torch.stack(shares, dim=1)  # [neuron, freq - 1]
     best = share.max(dim=1)
     return best.indices + 1, best.values
+
+
+@torch.no_grad()
+def head_frequencies(model: TransformerBridge, dataset: TaskDataset, layer: int = 0) -> list[dict[str, Any]]:
+    """What each attention head carries to ``=``: where it looks and at which frequencies.
+
+    For every head: its mean attention from ``=`` to ``a``, ``b`` and ``=``; the Fourier
+    power of its output at ``=`` (``hook_z``, all its dimensions) as a function of ``a``
+    (averaged over ``b``) and of ``b`` (averaged over ``a``), per frequency; the key
+    frequencies of each (:func:`key_frequencies`) and the share of the non-constant power
+    they hold.
+
+    Returns:
+        One dict per head: ``head``, ``attn`` (``{"a", "b", "eq"}``), ``power_a``,
+        ``power_b`` (per frequency), ``key_a``, ``key_b``, ``norm_a``, ``norm_b`` (the
+        non-constant norm of the output along ``a`` and ``b``).
+    """
+    from grokscope.tasks.modular import modulus
+    from grokscope.tasks.vocab import EQUALS
+
+    vocab, p = dataset.vocab, modulus(dataset)
+    res = torch.as_tensor(vocab.value_ids)
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    tokens = torch.stack([res[a.flatten()], res[b.flatten()], torch.full((p * p,), vocab[EQUALS])], dim=1)
+    pattern, z_hook = f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.attn.hook_z"
+    pats, zs = [], []
+    for lo in range(0, len(tokens), 4096):
+        _, cache = model.run_with_cache(tokens[lo : lo + 4096], names_filter=lambda n: n in (pattern, z_hook))
+        pats.append(cache[pattern][:, :, -1].float().cpu())  # [batch, head, key_pos]
+        zs.append(cache[z_hook][:, -1].float().cpu())  # [batch, head, d_head]
+    pat, z = torch.cat(pats), torch.cat(zs).reshape(p, p, *zs[0].shape[1:])  # z: [a, b, head, d_head]
+    out = []
+    for h in range(z.shape[2]):
+        along_a, along_b = z[:, :, h].mean(1), z[:, :, h].mean(0)  # [p, d_head]
+        pa, pb = frequency_power(along_a), frequency_power(along_b)
+        ka, kb = key_frequencies(pa), key_frequencies(pb)
+        out.append({
+            "head": h,
+            "attn": {"a": float(pat[:, h, 0].mean()), "b": float(pat[:, h, 1].mean()), "eq": float(pat[:, h, 2].mean())},
+            "power_a": pa.tolist(), "power_b": pb.tolist(), "key_a": ka, "key_b": kb,
+            "key_share_a": float(pa[ka].sum() / pa[1:].sum().clamp_min(1e-30)) if ka else 0.0,
+            "key_share_b": float(pb[kb].sum() / pb[1:].sum().clamp_min(1e-30)) if kb else 0.0,
+            "norm_a": float(pa[1:].sum().sqrt()), "norm_b": float(pb[1:].sum().sqrt()),
+        })
+    return out
