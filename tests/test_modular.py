@@ -280,6 +280,15 @@ def shipped():
     return Run.open(SHIPPED)
 
 
+@pytest.fixture(scope="module")
+def shipped_final(shipped):
+    """The last checkpoint's model, the dataset and its progress measures."""
+    from grokscope.analysis.progress import fourier_progress
+
+    ds, model = shipped.dataset(), shipped.load_model()
+    return model, ds, fourier_progress(model, ds)
+
+
 def test_shipped_data_is_the_presets_split(shipped):
     from grokscope.config import preset
 
@@ -288,7 +297,7 @@ def test_shipped_data_is_the_presets_split(shipped):
     assert shipped.dataset().content_hash() == generate_modular(cfg.task).content_hash()
 
 
-def test_shipped_run_groks_and_its_accuracies_hold_on_every_pair(shipped):
+def test_shipped_run_groks_and_its_accuracies_hold_on_every_pair(shipped, shipped_final):
     from grokscope.analysis.grokking import summarize_metrics
     from grokscope.analysis.progress import fourier_progress
 
@@ -302,7 +311,7 @@ def test_shipped_run_groks_and_its_accuracies_hold_on_every_pair(shipped):
     assert len(steps) == 4
     seen = []
     for step in (steps[0], steps[-1]):
-        rec = fourier_progress(shipped.load_model(step), ds)
+        rec = shipped_final[2] if step == steps[-1] else fourier_progress(shipped.load_model(step), ds)
         # test ID was recorded on every held-out pair: the same number from all p^2 logits
         assert rec["test_acc"] == pytest.approx(by_step[step]["test_inferred_iid"], abs=1e-9)
         # train accuracy was recorded on a probe of 1000 training pairs; here on all 3,831
@@ -332,12 +341,11 @@ def test_forecast_counts_a_lead_only_from_a_pause():
     assert fc["measures"]["falling"]["moving_at_reference"] and fc["leading"] == ["early"]
 
 
-def test_shipped_heads_carry_the_key_frequencies_of_their_input(shipped):
-    from grokscope.analysis.progress import fourier_progress, head_frequencies
+def test_shipped_heads_carry_the_key_frequencies_of_their_input(shipped_final):
+    from grokscope.analysis.progress import head_frequencies
 
-    ds = shipped.dataset()
-    model = shipped.load_model()
-    keys = set(fourier_progress(model, ds)["key_freqs"])
+    model, ds, final = shipped_final
+    keys = set(final["key_freqs"])
     heads = head_frequencies(model, ds)
     for h in heads:
         looks = "a" if h["attn"]["a"] > 0.9 else "b" if h["attn"]["b"] > 0.9 else None
