@@ -35,8 +35,9 @@ def main() -> None:
     args = ap.parse_args()
     runs = args.runs or sorted(p for p in (REPO / "checkpoints").iterdir() if (p / "config.json").is_file())
     out = {}
-    print("| run | reference step (train >= 0.99) | test onset (evals) | measure | onset | test onset (its grid) | lead (steps) | grid |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| run | reference step (train >= 0.99) | test onset (evals) | measure | onset | test onset (its grid) "
+          "| lead (steps) | grid | moved into the reference |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for path in runs:
         run = Run.open(path)
         series = analyse_series(run, n=args.examples, progress=False)
@@ -45,7 +46,8 @@ def main() -> None:
         out[str(path)] = d
         for name, m in fc["measures"].items():
             print(f"| {path.name} | {fc['reference_step']} | {fc['test_onset']} | {name} | {m['onset']} | "
-                  f"{m['test_onset']} | {m['lead']} | {m['resolution']} |", flush=True)
+                  f"{m['test_onset']} | {m['lead']} | {m['resolution']} | {'yes' if m['moving_at_reference'] else ''} |",
+                  flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str) + "\n")
 

@@ -546,7 +546,7 @@ def forecast(
         # a series that moved into the reference step (its last grid interval before it
         # covered the onset fraction of its later move, e.g. train loss still falling from
         # memorisation) never paused: its early onset is no sign of what comes
-        moving = _moving_into(m_steps, m_values, grid_ref)
+        moving = on is not None and _moving_into(m_steps, m_values, grid_ref)
         out["measures"][name] = {"onset": on, "test_onset": test_on, "lead": lead, "resolution": res,
                                  "moving_at_reference": moving}
         if lead is not None and lead > 0 and not moving:
