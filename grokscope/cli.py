@@ -441,6 +441,8 @@ def lens(
         _grid(f"{run.path} step {s}: logit-lens MRR on {d['n_examples']} {split} examples "
               "(top@role: most frequent decoded token)",
               [f"S[{i}] {h}" for i, h in enumerate(d["hook_names"])], cols, rows)
+        for name, why in (d.get("undecodable") or {}).items():
+            typer.echo(f"  {name}: {why}")
         docs.append({"step": s, **d})
     if json_out:
         _write_json(json_out, {"run": str(run.path), "analysis": "logit_lens", "checkpoints": docs})

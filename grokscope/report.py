@@ -87,6 +87,31 @@ def early_step(series: SeriesResult) -> int | None:
     return min(candidates, key=lambda s: (abs(s - sat), s))
 
 
+def r2_note(series: SeriesResult, early: int | None) -> str:
+    """The paper's r2 lens claim as it reads on this run, or "" (no decodable r2 target).
+
+    The paper (8 layers) finds the MRR of r2 at S[5, r2] rising during grokking; this
+    gives r2's MRR at every intermediate state S[1..L-1, r2] at the early step and at
+    the last, over the whole vocabulary and among relation tokens.
+    """
+    # the last relation read at its own position, ranked over the vocabulary and among relations
+    base = next((t for t in series.lens_targets if f"{t}/rel" in series.lens_targets), None)
+    names = [t for t in (base, f"{base}/rel") if base and t in series.lens_targets and t not in series.lens_undecodable]
+    if not names or early is None or early not in series.steps:
+        return ""
+    rel, role = base.split("/")[0].split("@")
+    i = series.steps.index(early)
+    L = series.n_layers
+    parts = []
+    for name in names:
+        mrr = series.lens_mrr(name)
+        fmt = lambda row: ", ".join(f"{v:.3f}" for v in row[1:L])  # noqa: E731
+        scope = "among relations" if name.endswith("/rel") else "over the whole vocabulary"
+        parts.append(f"{scope} {fmt(mrr[i])} at step {early} and {fmt(mrr[-1])} at step {series.steps[-1]}")
+    return (f" The paper (8 layers, two hops) finds the MRR of r2 at S[5, r2] rising during grokking; here, at "
+            f"S[1..{L - 1}, {role}], {rel}'s MRR is " + "; ".join(parts) + ".")
+
+
 def summary_dict(series: SeriesResult, run: Run, discovery: Any = None) -> dict[str, Any]:
     """The JSON summary of a report (see the module docstring); ``discovery`` adds the
     discovered circuits (:func:`grokscope.analysis.discovery_series.discovery_series`)."""
@@ -205,7 +230,8 @@ def _figures(series: SeriesResult) -> list[tuple[str, str, str, Any]]:
          "MRR of each target token decoded from the residual stream S[l, p] through the final norm and "
          "unembedding (rows: hook names). Hover shows the most frequent decoded token. A name ending in "
          "/rel ranks among the relation tokens only (the paper ranks over the whole vocabulary)."
-         + "".join(f" Not shown: {html.escape(t)}, {html.escape(why)}." for t, why in series.lens_undecodable.items()),
+         + "".join(f" Not shown: {html.escape(t)}, {html.escape(why)}." for t, why in series.lens_undecodable.items())
+         + r2_note(series, early),
          plots.lens_heatmap(series, last)),
         ("tracing", f"Causal tracing at step {last}" + (f" and its change since step {early}" if early is not None else ""),
          "Fraction of examples whose top-1 prediction changes when S[l, p] is copied from the "

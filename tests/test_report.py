@@ -297,3 +297,19 @@ def test_cli_runs_grokking_table(runs, monkeypatch, capsys):
         assert cells["final_step"] == str(final["step"])
         assert cells["final_test_inferred_iid"] == f"{final['acc']['test_inferred_iid']:.3f}"
         assert cells["status"] == "done: max_steps"
+
+
+def test_r2_note_reads_the_papers_claim_off_the_series_or_says_nothing():
+    from grokscope.analysis.series import SeriesResult
+    from grokscope.report import r2_note
+
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre", "blocks.2.hook_resid_post"]
+    ck = lambda step, v: {"step": step, "lens": {"r2@r2": [1.0, v, 2 * v, 0.01], "r2@r2/rel": [1.0, 0.5, 0.6, 0.2]}}  # noqa: E731
+    s = SeriesResult(run="r", run_name="r", task="composition", args={}, steps=[100, 900], hook_names=hooks,
+                     position_roles=["h", "r1", "r2"], perturbations=[], lens_targets={"r2@r2": 2, "r2@r2/rel": 2},
+                     checkpoints=[ck(100, 0.01), ck(900, 0.2)], metrics=[], grokking={})
+    note = r2_note(s, 100)
+    assert "S[1..2, r2]" in note and "0.010, 0.020 at step 100 and 0.200, 0.400 at step 900" in note
+    assert "among relations 0.500, 0.600" in note
+    s.lens_undecodable = {"r2@r2": "why", "r2@r2/rel": "why"}
+    assert r2_note(s, 100) == ""

@@ -52,6 +52,28 @@ def test_composition_grokked():
     assert s["max_ood"] <= 0.15  # composition does not generalise OOD (paper)
 
 
+def test_composition_r2_at_r2_rises_during_grokking():
+    """The paper's lens claim on r2 (values in the README): tied, so r2 is decodable; its
+    MRR at S[3, r2] rises from train saturation to the end, over the whole vocabulary and
+    among relations, yet stays far from the top of the vocabulary at 4 layers."""
+    from grokscope.analysis.series import checkpoint_lens
+
+    run = _run("composition-small")
+    assert run.config.model.tie_embeddings
+    s = summarize_metrics(run.metrics())
+    sat = max(x for x in run.steps() if x <= s["train_saturated_step"])  # the checkpoint at saturation
+    final = run.steps()[-1]
+
+    def mrr(step):
+        d = checkpoint_lens(run, step, n=300, cache=False)
+        assert d["undecodable"] == {}
+        return {k: d["targets"][k]["mrr"][3] for k in ("r2@r2", "r2@r2/rel")}
+
+    at_sat, at_end = mrr(sat), mrr(final)
+    assert at_end["r2@r2"] > 3 * at_sat["r2@r2"] and at_end["r2@r2"] < 0.5
+    assert at_end["r2@r2/rel"] > at_sat["r2@r2/rel"] + 0.1 and at_end["r2@r2/rel"] > 0.85
+
+
 @pytest.mark.slow
 def test_composition_circuit_forms_across_grokking():
     """The paper's picture on the shipped run, found automatically (values in the README)."""

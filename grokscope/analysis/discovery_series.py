@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
+from grokscope.analysis.cache import AnalysisCache
 from grokscope.analysis.circuit_discovery import DEFAULT_RECOVER, discover, hypothesis_coverage
 from grokscope.analysis.discovery import DEFAULT_IG_STEPS, Corruption, EdgeScores
 from grokscope.analysis.graph import ComponentGraph
-from grokscope.analysis.cache import AnalysisCache
 from grokscope.run import Run
 
 DEFAULT_SPLITS = ("train_inferred", "test_inferred_iid")
