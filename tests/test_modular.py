@@ -352,3 +352,29 @@ def test_shipped_heads_carry_the_key_frequencies_of_their_input(shipped_final):
         if looks is not None:  # a head that reads one input carries that input's key frequencies
             assert set(h[f"key_{looks}"]) == keys and h[f"key_share_{looks}"] > 0.9
     assert {("a" if h["attn"]["a"] > 0.9 else "b") for h in heads if max(h["attn"]["a"], h["attn"]["b"]) > 0.9} == {"a", "b"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pert", ["a", "b"])
+def test_discovery_finds_the_known_algorithm(shipped_final, pert):
+    """EAP-IG on a' (b'): embed(a) -> the values of the heads that attend to a -> the MLP at
+    ``=`` -> the logits, in a small circuit; the heads are those head_frequencies assigns."""
+    from grokscope.analysis.circuit_discovery import discover
+    from grokscope.analysis.discovery import Corruption
+    from grokscope.analysis.progress import head_frequencies
+    from grokscope.analysis.tracing import make_counterfactuals
+
+    model, ds, _ = shipped_final
+    model.eval()
+    cf = make_counterfactuals(ds, "train_inferred", n=100, seed=0, perturbations=[pert])[pert]
+    d = discover(model, Corruption.from_counterfactuals(cf), "eap-ig", measure_circuit_edges=0)
+    g = d.graph
+    assert d.circuit.recovered >= 0.9 and d.circuit.size <= 8
+    edges = [g.edge_nodes(e) for e in d.circuit_edges()]
+    pos = ds.splits["train"].roles[pert]
+    readers = {r.head for w, r in edges if w.kind == "embed" and w.position == pos and r.kind == "v_input"}
+    into_mlp = {w.head for w, r in edges if w.kind == "attn_head_out" and r.kind == "mlp_in"}
+    looks = {h["head"] for h in head_frequencies(model, ds) if h["attn"][pert] > 0.9}
+    assert readers and readers == into_mlp and readers <= looks
+    top_w, top_r = edges[0]
+    assert (top_w.kind, top_r.kind) == ("mlp_out", "logits")
