@@ -25,7 +25,9 @@ diagnosis, which the modular task declares); :func:`progress_series` over a run 
 one key-frequency set (the last checkpoint's) for every step, cached; :func:`locate_phases`
 places memorisation, circuit formation and cleanup; :func:`forecast` asks, for any run,
 which cheap measure (one that needs no held-out data) starts moving before test accuracy,
-with one onset definition (:func:`onset`) for all.
+with one onset definition (:func:`onset`) for all; :func:`report_data` is what the report
+shows. :func:`pair_activations`, :func:`neuron_frequencies` and :func:`head_frequencies`
+read attention and neurons as periodic functions of ``(a, b)``.
 
 Example:
     >>> b, freqs = fourier_basis(5)
