@@ -22,7 +22,7 @@ Example:
     >>> len(ds.splits["train"]), len(ds.splits["test_inferred_iid"])
     (24, 25)
     >>> ds.vocab.decode(ds.splits["train"].tokens[0])
-    '<0><1><=><1></a>'
+    '<0><0><=><0></a>'
 """
 
 from __future__ import annotations
