@@ -533,6 +533,42 @@ def circuit(
 
 
 @app.command()
+def progress(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    steps: str = typer.Option("all", "--steps", help="Checkpoints: all, or comma-separated steps N,M,..."),
+    examples: int = typer.Option(300, "--examples", help="Examples per checkpoint for the circuit measures."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the progress measures, phases and forecast as JSON."),
+) -> None:
+    """Progress measures (modular addition: key frequencies, restricted/excluded loss, phases)
+    and the grokking forecast: which cheap measure moves before test accuracy.
+
+    Example: grokscope progress checkpoints/modular-small --json progress.json
+    """
+    from grokscope.analysis.progress import report_data
+    from grokscope.analysis.series import analyse_series
+
+    _check_examples(examples)
+    run = _analysis_run(run_dir)
+    series = analyse_series(run, steps, n=examples, progress=False)
+    d = report_data(series)
+    if "progress" in d:
+        recs, ph = d["progress"]["records"], d["phases"]
+        typer.echo(f"{run.path}: key frequencies (last checkpoint) {d['progress']['key_freqs']}")
+        _grid("progress measures", [str(s) for s in d["progress"]["steps"]],
+              ["train loss", "test loss", "restricted", "excluded", "Gini emb", "weight norm"],
+              [[r["train_loss"], r["test_loss"], r["restricted_loss"], r["excluded_loss"], r["gini_embed"], r["weight_norm"]]
+               for r in recs])
+        _print_table([(k, "-" if v is None else v) for k, v in ph.items()], title="phases (steps)")
+    fc = d["forecast"]
+    typer.echo(f"forecast: reference step {fc['reference_step']} (train accuracy >= 0.99), test onset {fc['test_onset']}")
+    _grid("onsets (steps; lead > 0: the measure moved first)", list(fc["measures"]),
+          ["onset", "test onset", "lead", "grid", "moving at ref"],
+          [[m["onset"], m["test_onset"], m["lead"], m["resolution"], m["moving_at_reference"]] for m in fc["measures"].values()])
+    if json_out:
+        _write_json(json_out, {"run": str(run.path), "analysis": "progress", **d})
+
+
+@app.command()
 def discover(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     step: int | None = typer.Option(None, "--step", help="Checkpoint step (default: latest)."),

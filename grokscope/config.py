@@ -494,6 +494,33 @@ def _presets() -> dict[str, RunConfig]:
             _small_train(weight_decay=1.5, max_steps=40_000),
             name="comparison-small",
         ),
+        **_modular_presets(),
+    }
+
+
+def _modular_presets() -> dict[str, RunConfig]:
+    """Modular addition after Nanda et al. (ICLR 2023): p = 113, 30% of the pairs trained;
+    1 layer, d_model 128, 4 heads, d_mlp 512, ReLU, no LayerNorm; AdamW betas (0.9, 0.98).
+    Where it differs, so it groks within minutes on one CPU thread (docs/REPRODUCTION.md,
+    "Modular addition"): batches of 512 pairs drawn with replacement (Nanda: the full
+    batch of 3,831), lr 3e-3 (Nanda: 1e-3) and weight decay 0.3 (Nanda: 1.0; with these
+    batches wd 1.0 generalises while it memorises, no delay); GPT-2 init at std
+    0.8 / sqrt(d_model) (Nanda's HookedTransformer scale) with the output projections
+    scaled by 1/sqrt(2) (TransformerLens native); trainable biases (Nanda froze them);
+    the loss also covers ``</a>`` after the answer."""
+    from grokscope.tasks.modular import ModularConfig
+
+    return {
+        "modular-small": RunConfig(
+            ModularConfig(p=113, train_fraction=0.3, train_probe=1000),
+            ModelConfig(n_layers=1, d_model=128, n_heads=4, d_mlp=512, act_fn="relu",
+                        normalization_type=None, init_range=round(0.8 / math.sqrt(128), 4)),
+            TrainConfig(lr=3e-3, betas=(0.9, 0.98), weight_decay=0.3, warmup_steps=10, batch_size=512,
+                        grad_clip=0.0, max_steps=12_000, max_time_s=1800.0, eval_every=50, eval_size=None,
+                        dense_every=100, dense_until=12_000, log_per_decade=0,
+                        stop_iid_threshold=0.995, stop_patience=10),
+            name="modular-small",
+        ),
     }
 
 

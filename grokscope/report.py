@@ -170,6 +170,9 @@ def summary_dict(series: SeriesResult, run: Run, discovery: Any = None) -> dict[
     }
     if discovery is not None:
         doc["discovery"] = discovery_summary(discovery)
+    from grokscope.analysis.progress import report_data
+
+    doc.update(report_data(series))  # "forecast"; "progress" and "phases" for modular addition
     return _finite(json.loads(json.dumps(doc, default=str)))
 
 
@@ -262,6 +265,33 @@ def _figures(series: SeriesResult) -> list[tuple[str, str, str, Any]]:
             continue
         title, caption, draw = fig
         out.append(("ood" if i == 0 else f"diagnosis-{name}", f"{title} at step {last}", caption, draw(result)))
+    return out + _progress_figures(series)
+
+
+def _progress_figures(series: SeriesResult) -> list[tuple[str, str, str, Any]]:
+    """The phases and progress measures (tasks with the ``fourier`` diagnosis) and the grokking forecast."""
+    from grokscope import plots
+    from grokscope.analysis.progress import ONSET_FRACTION, report_data
+
+    data = report_data(series)
+    out: list[tuple[str, str, str, Any]] = []
+    if "progress" in data:
+        ph = data["phases"]
+        out.append(("progress", "Progress measures and phases",
+                    "Restricted loss keeps only the key frequencies of the logits over (a, b), excluded loss removes "
+                    "them (training pairs). Phases, located automatically: memorisation until train accuracy reaches "
+                    f"0.99 (step {ph['memorised']}), circuit formation until test accuracy's onset (step {ph['cleanup']}), "
+                    f"cleanup until test accuracy reaches 0.99 (step {ph['grokked']}); restricted loss's onset: step "
+                    f"{ph['restricted_onset']}.", plots.progress_figure(data)))
+    fc = data["forecast"]
+    lead = ", ".join(f"{k} by {fc['measures'][k]['lead']} steps" for k in fc["leading"])
+    out.append(("forecast", "Grokking forecast",
+                f"Onset of a series: the first step, from the step train accuracy reached 0.99 (step "
+                f"{fc['reference_step']}), where it has covered {ONSET_FRACTION:.0%} of its move to its final value; the "
+                "same rule for test accuracy, read on each measure's own steps. Positive: the measure moved first "
+                "(a series still moving right after the reference, such as the training loss, does not count). "
+                + (f"Leading: {lead}." if lead else "No cheap measure moves before test accuracy here."),
+                plots.forecast_figure(fc)))
     return out
 
 

@@ -33,7 +33,7 @@ TASKS = {
 }
 # figures per report: curves, lens, tracing, circuit, early circuit, two sliders, measures (+ OOD),
 # discovered circuit (one graph per split with counterfactuals, faithfulness, formation)
-N_FIGURES = {"composition": 13, "comparison": 13}  # comparison: OOD by value distance
+N_FIGURES = {"composition": 14, "comparison": 14}  # comparison: OOD by value distance; both: the grokking forecast
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,12 @@ registered under a name with :func:`register_diagnosis`; a task lists the names 
 apply to it, and the series, the report and the CLI run them without knowing the task.
 Built in: ``ood_lens`` (the paper's OOD diagnosis for composition-like chains: the bridge
 resolved low, the answer failing high) and ``value_gap`` (comparison: accuracy by the
-distance of the two values). A figure for a diagnosis is registered beside its plot
+distance of the two values); ``fourier`` (modular addition's progress measures) is
+registered in :mod:`grokscope.analysis.progress`. A figure for a diagnosis is registered beside its plot
 (:func:`grokscope.plots.register_diagnosis_figure`).
 
 Example:
-    >>> sorted(DIAGNOSES) >= ["ood_lens", "value_gap"]
+    >>> {"ood_lens", "value_gap", "fourier"} <= set(DIAGNOSES)
     True
 """
 
@@ -191,3 +192,7 @@ def value_gap_diagnosis(
                              for k, sgn in (("v1<v2", -1), ("v1=v2", 0), ("v1>v2", 1))},
         }
     return out
+
+
+# Diagnoses registered in their own modules (imported here so every registry user sees them).
+from grokscope.analysis import progress as _progress  # noqa: E402,F401  (registers "fourier")

@@ -2,7 +2,7 @@
 shared dataset contract and the paper's file format.
 
 Importing this package registers the built-in tasks: ``composition``, ``comparison``,
-``complex`` (the paper's) and ``khop``. A new task is one file that subclasses
+``complex`` (the paper's), ``khop`` and ``modular``. A new task is one file that subclasses
 :class:`Task` and calls :func:`register_task`.
 """
 
@@ -46,6 +46,7 @@ from grokscope.tasks.comparison import (  # noqa: E402
 __all__ += ["comparison", "complex_reasoning", "derivable_order", "generate_comparison", "generate_complex"]
 
 from grokscope.tasks.khop import KHopConfig, generate_khop  # noqa: E402
+from grokscope.tasks.modular import ModularConfig, generate_modular  # noqa: E402
 from grokscope.tasks.paper_format import load_paper_format, save_paper_format  # noqa: E402
 
-__all__ += ["KHopConfig", "generate_khop", "load_paper_format", "save_paper_format"]
+__all__ += ["KHopConfig", "ModularConfig", "generate_khop", "generate_modular", "load_paper_format", "save_paper_format"]

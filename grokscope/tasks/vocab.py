@@ -20,6 +20,9 @@ import numpy as np
 
 SPECIAL_TOKENS: tuple[str, ...] = ("<mask>", "<sep>", "<a>", "</a>", "<q>", "</q>")
 END = "</a>"
+EQUALS = "<=>"
+"""The ``=`` of modular addition: a special token outside :data:`SPECIAL_TOKENS` (so the
+paper's vocabularies, which list every special token, are unchanged)."""
 TOKEN_CLASSES: tuple[str, ...] = ("entity", "relation", "attribute", "value", "label", "special")
 
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -43,7 +46,7 @@ def parse_token(token: str) -> tuple[str, tuple[int, ...]]:
         m = pat.match(token)
         if m:
             return cls, tuple(int(g) for g in m.groups())
-    if token in SPECIAL_TOKENS:
+    if token in SPECIAL_TOKENS or token == EQUALS:
         return "special", ()
     raise ValueError(f"unknown token {token!r}: not an entity, relation, attribute, value, label or special token")
 
