@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    from grokscope.analysis.progress import report_data
+    from grokscope.analysis.forecast import report_data
     from grokscope.analysis.series import analyse_series
     from grokscope.run import Run
 

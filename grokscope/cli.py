@@ -544,7 +544,7 @@ def progress(
 
     Example: grokscope progress checkpoints/modular-small --json progress.json
     """
-    from grokscope.analysis.progress import report_data
+    from grokscope.analysis.forecast import report_data
     from grokscope.analysis.series import analyse_series
 
     _check_examples(examples)

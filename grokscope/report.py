@@ -170,7 +170,7 @@ def summary_dict(series: SeriesResult, run: Run, discovery: Any = None) -> dict[
     }
     if discovery is not None:
         doc["discovery"] = discovery_summary(discovery)
-    from grokscope.analysis.progress import report_data
+    from grokscope.analysis.forecast import report_data
 
     doc.update(report_data(series))  # "forecast"; "progress" and "phases" for modular addition
     return _finite(json.loads(json.dumps(doc, default=str)))
@@ -271,7 +271,7 @@ def _figures(series: SeriesResult) -> list[tuple[str, str, str, Any]]:
 def _progress_figures(series: SeriesResult) -> list[tuple[str, str, str, Any]]:
     """The phases and progress measures (tasks with the ``fourier`` diagnosis) and the grokking forecast."""
     from grokscope import plots
-    from grokscope.analysis.progress import ONSET_FRACTION, report_data
+    from grokscope.analysis.forecast import ONSET_FRACTION, report_data
 
     data = report_data(series)
     out: list[tuple[str, str, str, Any]] = []
