@@ -25,24 +25,21 @@ app = typer.Typer(
 
 _state: dict[str, bool] = {"debug": False}
 
-
-class UserError(Exception):
-    """An error the user can fix; printed as one line, exit code 2."""
+from grokscope.cli_common import (  # noqa: E402
+    UserError,
+    _analysis_run,
+    _analysis_steps,
+    _check_examples,
+    _check_split_arg,
+    _grid,
+    _print_table,
+    _write_json,
+)
 
 
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
     _state["debug"] = debug
-
-
-def _print_table(rows: list[tuple[str, Any]], title: str | None = None) -> None:
-    if title:
-        typer.echo(title)
-    width = max(len(str(k)) for k, _ in rows) if rows else 0
-    for k, v in rows:
-        if isinstance(v, float):
-            v = f"{v:.4g}"
-        typer.echo(f"  {str(k).ljust(width)}  {v}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -314,62 +311,6 @@ def import_hf_cmd(
     typer.echo(f"  task {run.data_info['task']}, d_vocab {run.data_info['d_vocab']}, n_ctx {run.data_info['n_ctx']}")
 
 
-def _analysis_run(run_dir: Path):
-    from grokscope.run import Run
-
-    return Run.open(run_dir)
-
-
-def _analysis_steps(run, step: int | None, all_steps: bool) -> list[int]:
-    """``--step N`` / ``--all`` / the latest checkpoint, as a list of steps."""
-    if step is not None and all_steps:
-        raise UserError("give either --step N or --all, not both")
-    if all_steps:
-        steps = run.steps()
-        if not steps:
-            raise UserError(f"{run.path}: holds no checkpoint yet")
-        return steps
-    if step is not None and step not in run.steps():
-        avail = ", ".join(map(str, run.steps())) or "none"
-        raise UserError(f"--step {step} is not a checkpoint of {run.path}; allowed values: {avail}")
-    return [run.resolve_step(step)]
-
-
-def _check_examples(examples: int) -> None:
-    if examples < 1:
-        raise UserError(f"--examples must be a positive number of examples (e.g. 300), got {examples}")
-
-
-def _check_split_arg(run, split: str) -> None:
-    allowed = ("train_inferred", "test_inferred_iid", "test_inferred_ood")
-    if split not in allowed:
-        raise UserError(f"--split {split!r} is not an inferred probe split; allowed values: {', '.join(allowed)}")
-
-
-def _grid(title: str, row_labels: list[str], col_labels: list[str], values: list[list[Any]]) -> None:
-    def fmt(v: Any) -> str:
-        if v is None or (isinstance(v, float) and v != v):
-            return "-"
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    cells = [[fmt(v) for v in row] for row in values]
-    typer.echo(title)
-    w0 = max([len(r) for r in row_labels] + [5])
-    widths = [max([len(c)] + [len(row[j]) for row in cells if j < len(row)]) for j, c in enumerate(col_labels)]
-    typer.echo("  " + " " * w0 + "  " + "  ".join(c.rjust(w) for c, w in zip(col_labels, widths)))
-    for label, row in zip(row_labels, cells):
-        typer.echo(f"  {label.ljust(w0)}  " + "  ".join(c.rjust(w) for c, w in zip(row, widths)))
-
-
-def _write_json(path: Path, doc: Any) -> None:
-    from grokscope.run import atomic_write_bytes
-
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
-    typer.echo(f"JSON written to {path}")
-
-
 @app.command()
 def report(
     run_dir: Path = typer.Argument(Path("checkpoints/composition-small"), help="Run directory (default checkpoints/composition-small)."),
@@ -532,113 +473,7 @@ def circuit(
         _write_json(json_out, {"run": str(run.path), "analysis": "circuit", "step": s, **d})
 
 
-@app.command()
-def progress(
-    run_dir: Path = typer.Argument(..., help="Run directory."),
-    steps: str = typer.Option("all", "--steps", help="Checkpoints: all, or comma-separated steps N,M,..."),
-    examples: int = typer.Option(300, "--examples", help="Examples per checkpoint for the circuit measures."),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the progress measures, phases and forecast as JSON."),
-) -> None:
-    """Progress measures (modular addition: key frequencies, restricted/excluded loss, phases)
-    and the grokking forecast: which cheap measure moves before test accuracy.
-
-    Example: grokscope progress checkpoints/modular-small --json progress.json
-    """
-    from grokscope.analysis.forecast import report_data
-    from grokscope.analysis.series import analyse_series
-
-    _check_examples(examples)
-    run = _analysis_run(run_dir)
-    series = analyse_series(run, steps, n=examples, progress=False)
-    d = report_data(series)
-    if "progress" in d:
-        recs, ph = d["progress"]["records"], d["phases"]
-        typer.echo(f"{run.path}: key frequencies (last checkpoint) {d['progress']['key_freqs']}")
-        _grid("progress measures", [str(s) for s in d["progress"]["steps"]],
-              ["train loss", "test loss", "restricted", "excluded", "Gini emb", "weight norm"],
-              [[r["train_loss"], r["test_loss"], r["restricted_loss"], r["excluded_loss"], r["gini_embed"], r["weight_norm"]]
-               for r in recs])
-        _print_table([(k, "-" if v is None else v) for k, v in ph.items()], title="phases (steps)")
-    fc = d["forecast"]
-    typer.echo(f"forecast: reference step {fc['reference_step']} (train accuracy >= 0.99), test onset {fc['test_onset']}")
-    _grid("onsets (steps; lead > 0: the measure moved first)", list(fc["measures"]),
-          ["onset", "test onset", "lead", "grid", "moving at ref"],
-          [[m["onset"], m["test_onset"], m["lead"], m["resolution"], m["moving_at_reference"]] for m in fc["measures"].values()])
-    if json_out:
-        _write_json(json_out, {"run": str(run.path), "analysis": "progress", **d})
-
-
-@app.command()
-def discover(
-    run_dir: Path = typer.Argument(..., help="Run directory."),
-    step: int | None = typer.Option(None, "--step", help="Checkpoint step (default: latest)."),
-    all_steps: bool = typer.Option(False, "--all", help="Every checkpoint (cached in RUN/.grokscope-cache)."),
-    split: str = typer.Option("train_inferred", "--split", help="train_inferred, test_inferred_iid or test_inferred_ood."),
-    perturb: str | None = typer.Option(None, "--perturb", help="The counterfactual to patch from (h, r1, r2 / e1, e2, attr; default the task's first), or 'mean' for mean ablation."),
-    method: str = typer.Option("eap-ig", "--method", help="Edge scores: eap, eap-ig or exact."),
-    ig_steps: int | None = typer.Option(None, "--ig-steps", help="EAP-IG path points (default: grokscope.analysis.discovery.DEFAULT_IG_STEPS)."),
-    metric: str = typer.Option("logit_diff", "--metric", help="logit_diff (answer vs the counterfactual's answer) or logprob."),
-    top: int | None = typer.Option(None, "--top", help="Keep the N best edges (default: the smallest circuit that reaches --recover)."),
-    recover: float = typer.Option(0.9, "--recover", help="Recovered fraction the circuit must reach, in (0, 1]."),
-    examples: int = typer.Option(300, "--examples", help="Examples of the split (paper: 300)."),
-    seed: int = typer.Option(0, "--seed", help="Seed that draws the examples and counterfactuals."),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write everything (examples' token ids, nodes with hook names, every edge's score, the circuit, the faithfulness curve) as JSON."),
-) -> None:
-    """Discover the circuit: score every edge (EAP-IG), keep the smallest faithful set.
-
-    Example: grokscope discover checkpoints/composition-small --perturb h --recover 0.9 --json circuit.json
-    """
-    from grokscope.analysis.discovery import DEFAULT_IG_STEPS, METHODS, METRICS
-    from grokscope.analysis.discovery_series import checkpoint_discovery, jaccard
-
-    _check_examples(examples)
-    if method not in METHODS:
-        raise UserError(f"--method {method!r} is unknown; allowed values: {', '.join(METHODS)}")
-    if metric not in METRICS:
-        raise UserError(f"--metric {metric!r} is unknown; allowed values: {', '.join(METRICS)}")
-    if not 0 < recover <= 1:
-        raise UserError(f"--recover must lie in (0, 1], got {recover}")
-    if top is not None and top < 1:
-        raise UserError(f"--top must be a positive number of edges, got {top}")
-    k = DEFAULT_IG_STEPS if ig_steps is None else ig_steps
-    if k < 1:
-        raise UserError(f"--ig-steps must be >= 1, got {k}")
-    run = _analysis_run(run_dir)
-    _check_split_arg(run, split)
-    ablation = "mean" if perturb == "mean" else "counterfactual"
-    pert = None if perturb in (None, "mean") else perturb
-    docs = []
-    for s in _analysis_steps(run, step, all_steps):
-        d = checkpoint_discovery(run, s, split=split, perturbation=pert, ablation=ablation, n=examples, seed=seed,
-                                 method=method, ig_steps=k, metric=metric, top=top, recover=recover)
-        if d.get("empty"):
-            raise UserError(f"no example of --split {split} has a valid {d['perturbation']} counterfactual; try another split")
-        docs.append(d)
-        c = d["circuit"]
-        typer.echo(f"{run.path} step {s}: {d['method']} on {len(d['examples']['clean'])} {split} examples, "
-                   f"{d['corruption']['ablation']} {d['perturbation']}, metric {d['metric']} "
-                   f"(clean {d['clean_metric']:.3f}, all edges patched {d['corrupt_metric']:.3f})")
-        typer.echo(f"  circuit: {c['size']} of {d['graph']['n_edges']} edges ({100 * c['fraction_of_edges']:.1f}%), "
-                   f"recovers {c['recovered']:.3f}; curve CPR {d['curve']['cpr']:.3f}, CMD {d['curve']['cmd']:.3f}")
-        nodes = d["nodes"]
-        rows = []
-        for e in c["edges"][:15]:
-            ed = d["edges"][e]
-            src, dst = nodes[ed["src"]], nodes[ed["dst"]]
-            rows.append([src["hook_name"], src["head"], dst["hook_name"], dst["head"], src["position"], ed["score"], ed["exact"]])
-        _grid("  strongest circuit edges", [str(i + 1) for i in range(len(rows))],
-              ["writer hook", "head", "reader hook", "head", "pos", "score", "exact"], rows)
-        sh = d["shares"]
-        typer.echo("  |attribution| by position: " + ", ".join(f"{k_} {v:.2f}" for k_, v in sh["position"].items())
-                   + "; by kind: " + ", ".join(f"{k_} {v:.2f}" for k_, v in sh["kind"].items()))
-    if len(docs) > 1:
-        _grid("formation (overlap: Jaccard with the last checkpoint's circuit)", [str(d["step"]) for d in docs],
-              ["edges", "recovered", "CPR", "overlap"],
-              [[d["circuit"]["size"], d["circuit"]["recovered"], d["curve"]["cpr"],
-                jaccard(d["circuit"]["edges"], docs[-1]["circuit"]["edges"])] for d in docs])
-    if json_out:
-        _write_json(json_out, {"run": str(run.path), "analysis": "discovery",
-                               "checkpoints": docs} if len(docs) > 1 else {"run": str(run.path), "analysis": "discovery", **docs[0]})
+# `grokscope progress` and `grokscope discover` live in grokscope/cli_discovery.py (registered at the end).
 
 
 def main() -> None:
@@ -665,6 +500,11 @@ def _fail(e: BaseException) -> None:
     typer.echo(f"error: {e}", err=True)
     sys.exit(2)
 
+
+from grokscope.cli_discovery import discover, progress  # noqa: E402
+
+app.command()(progress)
+app.command()(discover)
 
 if __name__ == "__main__":
     main()
