@@ -70,7 +70,7 @@ def shipped(args: argparse.Namespace) -> dict:
                 "spearman_abs": spearman(exact.scores.abs(), sc.scores.abs()),
                 "top50": top_overlap(exact, sc, 50),
             }
-            if name == f"eap-ig{DEFAULT_IG_STEPS}" or name == "eap":
+            if args.all_curves or name == f"eap-ig{DEFAULT_IG_STEPS}" or name == "eap":
                 curve = faithfulness_curve(model, acts, sc)
                 best = smallest_circuit(model, acts, sc, 0.9, curve=curve)
                 row["methods"][name].update(cpr=curve.cpr, cmd=curve.cmd, circuit_0_9=best.size, recovered=best.recovered)
@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--split", default="train_inferred")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--ig-steps", type=int, nargs="+", default=[1, 2, 3, 5, 10])
+    ap.add_argument("--all-curves", action="store_true", help="faithfulness curve and 0.9-circuit for every method")
     ap.add_argument("--paper-shape", action="store_true")
     ap.add_argument("--paper-n", type=int, default=100)
     ap.add_argument("--json", default=None)

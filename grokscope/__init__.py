@@ -54,6 +54,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "analyse_series": ("grokscope.analysis.series", "analyse_series"),
     "ood_diagnosis": ("grokscope.analysis.series", "ood_diagnosis"),
     "value_gap_diagnosis": ("grokscope.analysis.series", "value_gap_diagnosis"),
+    "Corruption": ("grokscope.analysis.discovery", "Corruption"),
+    "score_edges": ("grokscope.analysis.discovery", "score_edges"),
+    "discover": ("grokscope.analysis.circuit_discovery", "discover"),
+    "discovery_series": ("grokscope.analysis.discovery_series", "discovery_series"),
     # figures and reports
     "plots": ("grokscope.plots", ""),
     "write_report": ("grokscope.report", "write_report"),

@@ -118,9 +118,10 @@ def discover(
                    + "; by kind: " + ", ".join(f"{k_} {v:.2f}" for k_, v in sh["kind"].items()))
     if len(docs) > 1:
         _grid("formation (overlap: Jaccard with the last checkpoint's circuit)", [str(d["step"]) for d in docs],
-              ["edges", "recovered", "CPR", "overlap"],
-              [[d["circuit"]["size"], d["circuit"]["recovered"], d["curve"]["cpr"],
-                jaccard(d["circuit"]["edges"], docs[-1]["circuit"]["edges"])] for d in docs])
+              ["gap", "edges", "recovered", "CPR", "overlap"],
+              [[d["clean_metric"] - d["corrupt_metric"], d["circuit"]["size"], d["circuit"]["recovered"],
+                d["curve"]["cpr"], jaccard(d["circuit"]["edges"], docs[-1]["circuit"]["edges"])] for d in docs])
+        typer.echo("  gap: clean minus all-edges-patched metric; where it is near 0 the circuit is noise")
     if json_out:
         _write_json(json_out, {"run": str(run.path), "analysis": "discovery",
                                "checkpoints": docs} if len(docs) > 1 else {"run": str(run.path), "analysis": "discovery", **docs[0]})

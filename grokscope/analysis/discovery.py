@@ -53,7 +53,12 @@ METHODS = ("eap", "eap-ig", "exact")
 METRICS = ("logit_diff", "logprob")
 ABLATIONS = ("counterfactual", "mean")
 DEFAULT_IG_STEPS = 5
-"""EAP-IG path points; see ``benchmarks/discovery.py`` for the measurement behind it."""
+"""EAP-IG path points. Measured (``benchmarks/discovery.py --all-curves``, shipped
+composition run, 300 facts, h'/r1'/r2'): the faithfulness-curve area (CPR) of the
+EAP-IG ranking is 0.869/0.933/0.980 with 1 point, 0.937/0.951/0.984 with 2,
+0.941/0.952/0.985 with 3, 0.941/0.952/0.986 with 5 and 0.939/0.951/0.986 with 10
+(exact patching's own ranking: 0.950/0.960/0.989): it plateaus from 3 points; 5 also
+gives the smaller 0.9-circuit under r1' (117 edges vs 138) at 1.5x the time of 3."""
 GRAD_BATCH = 1024
 """Rows (path point x example) per forward + backward pass, at most."""
 GRAD_FLOAT_BUDGET = 1 << 26
