@@ -268,3 +268,15 @@ def test_one_sampler_gives_lens_and_counterfactuals_the_same_rows():
     for cf in make_counterfactuals(ds, n=60, seed=7).values():
         assert cf.n_requested == 60 and set(cf.example_index.tolist()) <= set(rows.tolist())
         assert np.array_equal(cf.clean.numpy(), ds.splits["train_inferred"].input_ids[cf.example_index.numpy()])
+
+
+def test_the_shared_chain_generator_still_makes_the_shipped_composition_data():
+    """Independent reference: the shipped run's data was made by the composition generator
+    before k-hop existed; its content hash is in the run's config.json."""
+    from grokscope.config import preset
+    from grokscope.run import Run
+
+    run = Run.open(Path(__file__).resolve().parents[1] / "checkpoints" / "composition-small")
+    ds = get_task("composition").generate(preset("composition-small").task)
+    assert ds.content_hash() == run.data_info["content_hash"]
+    assert get_task("khop").describe(generate_khop(KHopConfig(hops=3, phi=2.0, **SMALL))).hops == 3

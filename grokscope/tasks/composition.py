@@ -35,7 +35,6 @@ from grokscope.tasks.base import (
 )
 from grokscope.tasks.dataset import (
     ROLES_COMPOSITION_ATOMIC,
-    ROLES_COMPOSITION_INFERRED,
     CompositionKB,
     Split,
     TaskDataset,
@@ -112,70 +111,74 @@ def atomic_facts(cfg: Any, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
 
 def generate_composition(cfg: CompositionConfig) -> TaskDataset:
     """Generate the composition task from its frozen config (see :func:`composition`)."""
-    rng = np.random.default_rng([cfg.seed, 0xC0])
+    return generate_chains(cfg, 2, "composition")
+
+
+def chain_names(k: int) -> tuple[list[str], list[str]]:
+    """Relation roles r1..rk and bridge names (``bridge`` for 2 hops, else b1..b(k-1))."""
+    return [f"r{i}" for i in range(1, k + 1)], (["bridge"] if k == 2 else [f"b{i}" for i in range(1, k)])
+
+
+def generate_chains(cfg: Any, hops: int, task: str) -> TaskDataset:
+    """Chains of ``hops`` atomic facts on the composition knowledge base (composition: 2;
+    k-hop: k), generated from a frozen config (same config, same bytes).
+
+    Every chain ``(h, k1, ..., k_hops)`` (the slot of each hop) in C order; all hops ID:
+    test ID with probability ``test_fraction``, else a training candidate; all OOD: test
+    OOD; mixed: dropped; ``round(phi * #ID atomic)`` candidates sampled for training.
+    """
+    rng = np.random.default_rng([cfg.seed, 0xC0])  # the composition task's stream
     n_e, k = cfg.n_entities, cfg.out_degree
     rels, tails, ood_k, kb = atomic_facts(cfg, rng)
-    n_atomic = n_e * k
-    n_ood = int(ood_k.sum())
+    n_atomic, n_ood = n_e * k, int(ood_k.sum())
 
-    # Inferred candidates (h, k1, k2): r1 = rels[h, k1], b = tails[h, k1],
-    # r2 = rels[b, k2], t = tails[b, k2]. Shape (E, k, k), flattened.
-    h = np.broadcast_to(np.arange(n_e)[:, None, None], (n_e, k, k)).reshape(-1)
-    r1 = np.broadcast_to(rels[:, :, None], (n_e, k, k)).reshape(-1)
-    b = np.broadcast_to(tails[:, :, None], (n_e, k, k)).reshape(-1)
-    k2 = np.broadcast_to(np.arange(k)[None, None, :], (n_e, k, k)).reshape(-1)
-    r2 = rels[b, k2]
-    t = tails[b, k2]
-    ood1 = np.broadcast_to(ood_k[:, :, None], (n_e, k, k)).reshape(-1)
-    ood2 = ood_k[b, k2]
-
-    id_id = ~ood1 & ~ood2
-    ood_ood = ood1 & ood2
-    held_out = id_id & (rng.random(id_id.shape[0]) < cfg.test_fraction)
-    candidates = np.flatnonzero(id_id & ~held_out)
+    # Every chain (h, k1, ..., k_hops) in C order: h, then the slot of each hop.
+    grids = np.meshgrid(np.arange(n_e), *([np.arange(k)] * hops), indexing="ij")
+    h = grids[0].reshape(-1)
+    slots = [g.reshape(-1) for g in grids[1:]]
+    cur = h
+    rel_idx, nodes, oods = [], [], []
+    for s in slots:
+        rel_idx.append(rels[cur, s])
+        oods.append(ood_k[cur, s])
+        cur = tails[cur, s]
+        nodes.append(cur)
+    t = cur
+    all_id = ~np.logical_or.reduce(oods)
+    all_ood = np.logical_and.reduce(oods)
+    held_out = all_id & (rng.random(h.shape[0]) < cfg.test_fraction)
+    candidates = np.flatnonzero(all_id & ~held_out)
     test_iid = np.flatnonzero(held_out)
-    test_ood = np.flatnonzero(ood_ood)
+    test_ood = np.flatnonzero(all_ood)
 
     n_id_atomic = n_atomic - n_ood
     n_train_inf = int(round(cfg.phi * n_id_atomic))
     if n_train_inf > len(candidates):
         raise ValueError(
-            f"phi={cfg.phi} asks for {n_train_inf} training inferred facts but only "
-            f"{len(candidates)} ID-ID candidates exist; the maximum phi for this "
-            f"knowledge base is {len(candidates) / n_id_atomic:.4f}"
+            f"phi={cfg.phi} asks for {n_train_inf} training inferred facts but only {len(candidates)} "
+            f"all-ID chains exist; the maximum phi for this knowledge base is {len(candidates) / n_id_atomic:.4f}"
         )
     train_inf = np.sort(rng.choice(candidates, size=n_train_inf, replace=False))
 
     vocab = Vocab.composition(n_e, cfg.n_relations)
     ent, rel = vocab.entity_ids, vocab.relation_ids
+    rel_roles, bridges = chain_names(hops)
+    roles = {"h": 0, **{r: i + 1 for i, r in enumerate(rel_roles)}}
 
     def inferred(name: str, idx: np.ndarray) -> Split:
-        return make_split(
-            name,
-            np.stack([ent[h[idx]], rel[r1[idx]], rel[r2[idx]]], axis=1),
-            ent[t[idx]],
-            vocab,
-            atomic=False,
-            meta={
-                "h": ent[h[idx]], "r1": rel[r1[idx]], "r2": rel[r2[idx]],
-                "bridge": ent[b[idx]], "t": ent[t[idx]],
-            },
-            roles=ROLES_COMPOSITION_INFERRED,
-        )
+        meta = {"h": ent[h[idx]], **{r: rel[ri[idx]] for r, ri in zip(rel_roles, rel_idx)},
+                **{b: ent[nd[idx]] for b, nd in zip(bridges, nodes)}, "t": ent[t[idx]]}
+        inputs = np.stack([ent[h[idx]], *(rel[ri[idx]] for ri in rel_idx)], axis=1)
+        return make_split(name, inputs, ent[t[idx]], vocab, atomic=False, meta=meta, roles=roles)
 
     ah, ar, at, aood = kb.facts()
 
     def atomic(name: str, idx: np.ndarray) -> Split:
         none = np.full(len(idx), -1)
-        return make_split(
-            name,
-            np.stack([ent[ah[idx]], rel[ar[idx]]], axis=1),
-            ent[at[idx]],
-            vocab,
-            atomic=True,
-            meta={"h": ent[ah[idx]], "r1": rel[ar[idx]], "r2": none, "bridge": none, "t": ent[at[idx]]},
-            roles=ROLES_COMPOSITION_ATOMIC,
-        )
+        meta = {"h": ent[ah[idx]], "r1": rel[ar[idx]], **{r: none for r in rel_roles[1:]},
+                **{b: none for b in bridges}, "t": ent[at[idx]]}
+        return make_split(name, np.stack([ent[ah[idx]], rel[ar[idx]]], axis=1), ent[at[idx]], vocab,
+                          atomic=True, meta=meta, roles=ROLES_COMPOSITION_ATOMIC)
 
     def probe(idx: np.ndarray) -> np.ndarray:
         if len(idx) <= cfg.probe_size:
@@ -183,9 +186,7 @@ def generate_composition(cfg: CompositionConfig) -> TaskDataset:
         return np.sort(rng.choice(idx, size=cfg.probe_size, replace=False))
 
     all_atomic = np.arange(len(ah))
-    train = concat_splits(
-        "train", [atomic("train", all_atomic), inferred("train", train_inf)], pad_id=vocab[END]
-    )
+    train = concat_splits("train", [atomic("train", all_atomic), inferred("train", train_inf)], pad_id=vocab[END])
     splits = {
         "train": train,
         "id_atomic": atomic("id_atomic", probe(np.flatnonzero(~aood))),
@@ -199,9 +200,9 @@ def generate_composition(cfg: CompositionConfig) -> TaskDataset:
         "n_id_atomic": n_id_atomic,
         "n_ood_atomic": n_ood,
         "n_inferred_candidates": int(h.shape[0]),
-        "n_id_id": int(id_id.sum()),
-        "n_ood_ood": int(ood_ood.sum()),
-        "n_mixed_dropped": int((~id_id & ~ood_ood).sum()),
+        "n_id_id": int(all_id.sum()),
+        "n_ood_ood": int(all_ood.sum()),
+        "n_mixed_dropped": int((~all_id & ~all_ood).sum()),
         "n_test_inferred_iid": int(len(test_iid)),
         "n_test_inferred_ood": int(len(test_ood)),
         "n_train_candidates": int(len(candidates)),
@@ -210,10 +211,8 @@ def generate_composition(cfg: CompositionConfig) -> TaskDataset:
         "phi": n_train_inf / n_id_atomic,
         "max_phi": len(candidates) / n_id_atomic,
     }
-    return TaskDataset(
-        task="composition", vocab=vocab, kb=kb, splits=splits, counts=counts,
-        config=dataclasses.asdict(cfg),
-    )
+    return TaskDataset(task=task, vocab=vocab, kb=kb, splits=splits, counts=counts, config=dataclasses.asdict(cfg))
+
 
 
 # --------------------------------------------------------------------------- the registered task

@@ -25,25 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
-from grokscope.tasks.base import (
-    CircuitHypothesis,
-    CounterfactualDraw,
-    LensTarget,
-    Stage,
-    Task,
-    register_task,
-)
-from grokscope.tasks.composition import atomic_facts, chain_counterfactuals, chain_lens_targets
-from grokscope.tasks.dataset import (
-    ROLES_COMPOSITION_ATOMIC,
-    Split,
-    TaskDataset,
-    concat_splits,
-    make_split,
-)
-from grokscope.tasks.vocab import END, Vocab
+from grokscope.tasks.base import CircuitHypothesis, Stage, register_task
+from grokscope.tasks.composition import CompositionTask, chain_names, generate_chains
+from grokscope.tasks.dataset import TaskDataset
+from grokscope.tasks.vocab import Vocab
 
 MAX_HOPS = 4
 MAX_CHAINS = 20_000_000
@@ -97,103 +82,14 @@ class KHopConfig:
                f"chains (limit {MAX_CHAINS:,}); use fewer entities, a smaller out_degree or fewer hops")
 
 
-def _names(k: int) -> tuple[list[str], list[str]]:
-    """Relation roles r1..rk and bridge names (``bridge`` for 2 hops, else b1..b(k-1))."""
-    return [f"r{i}" for i in range(1, k + 1)], (["bridge"] if k == 2 else [f"b{i}" for i in range(1, k)])
-
-
 def generate_khop(cfg: KHopConfig) -> TaskDataset:
     """Generate k-hop composition from its frozen config (same config, same bytes)."""
-    rng = np.random.default_rng([cfg.seed, 0xC0])  # the composition task's stream
-    n_e, k, hops = cfg.n_entities, cfg.out_degree, cfg.hops
-    rels, tails, ood_k, kb = atomic_facts(cfg, rng)
-    n_atomic, n_ood = n_e * k, int(ood_k.sum())
-
-    # Every chain (h, k1, ..., k_hops) in C order: h, then the slot of each hop.
-    grids = np.meshgrid(np.arange(n_e), *([np.arange(k)] * hops), indexing="ij")
-    h = grids[0].reshape(-1)
-    slots = [g.reshape(-1) for g in grids[1:]]
-    cur = h
-    rel_idx, nodes, oods = [], [], []
-    for s in slots:
-        rel_idx.append(rels[cur, s])
-        oods.append(ood_k[cur, s])
-        cur = tails[cur, s]
-        nodes.append(cur)
-    t = cur
-    all_id = ~np.logical_or.reduce(oods)
-    all_ood = np.logical_and.reduce(oods)
-    held_out = all_id & (rng.random(h.shape[0]) < cfg.test_fraction)
-    candidates = np.flatnonzero(all_id & ~held_out)
-    test_iid = np.flatnonzero(held_out)
-    test_ood = np.flatnonzero(all_ood)
-
-    n_id_atomic = n_atomic - n_ood
-    n_train_inf = int(round(cfg.phi * n_id_atomic))
-    if n_train_inf > len(candidates):
-        raise ValueError(
-            f"phi={cfg.phi} asks for {n_train_inf} training inferred facts but only {len(candidates)} "
-            f"all-ID chains exist; the maximum phi for this knowledge base is {len(candidates) / n_id_atomic:.4f}"
-        )
-    train_inf = np.sort(rng.choice(candidates, size=n_train_inf, replace=False))
-
-    vocab = Vocab.composition(n_e, cfg.n_relations)
-    ent, rel = vocab.entity_ids, vocab.relation_ids
-    rel_roles, bridges = _names(hops)
-    roles = {"h": 0, **{r: i + 1 for i, r in enumerate(rel_roles)}}
-
-    def inferred(name: str, idx: np.ndarray) -> Split:
-        meta = {"h": ent[h[idx]], **{r: rel[ri[idx]] for r, ri in zip(rel_roles, rel_idx)},
-                **{b: ent[nd[idx]] for b, nd in zip(bridges, nodes)}, "t": ent[t[idx]]}
-        inputs = np.stack([ent[h[idx]], *(rel[ri[idx]] for ri in rel_idx)], axis=1)
-        return make_split(name, inputs, ent[t[idx]], vocab, atomic=False, meta=meta, roles=roles)
-
-    ah, ar, at, aood = kb.facts()
-
-    def atomic(name: str, idx: np.ndarray) -> Split:
-        none = np.full(len(idx), -1)
-        meta = {"h": ent[ah[idx]], "r1": rel[ar[idx]], **{r: none for r in rel_roles[1:]},
-                **{b: none for b in bridges}, "t": ent[at[idx]]}
-        return make_split(name, np.stack([ent[ah[idx]], rel[ar[idx]]], axis=1), ent[at[idx]], vocab,
-                          atomic=True, meta=meta, roles=ROLES_COMPOSITION_ATOMIC)
-
-    def probe(idx: np.ndarray) -> np.ndarray:
-        if len(idx) <= cfg.probe_size:
-            return idx
-        return np.sort(rng.choice(idx, size=cfg.probe_size, replace=False))
-
-    all_atomic = np.arange(len(ah))
-    train = concat_splits("train", [atomic("train", all_atomic), inferred("train", train_inf)], pad_id=vocab[END])
-    splits = {
-        "train": train,
-        "id_atomic": atomic("id_atomic", probe(np.flatnonzero(~aood))),
-        "ood_atomic": atomic("ood_atomic", probe(np.flatnonzero(aood))),
-        "train_inferred": inferred("train_inferred", probe(train_inf)),
-        "test_inferred_iid": inferred("test_inferred_iid", probe(test_iid)),
-        "test_inferred_ood": inferred("test_inferred_ood", probe(test_ood)),
-    }
-    counts = {
-        "n_atomic": n_atomic,
-        "n_id_atomic": n_id_atomic,
-        "n_ood_atomic": n_ood,
-        "n_inferred_candidates": int(h.shape[0]),
-        "n_id_id": int(all_id.sum()),
-        "n_ood_ood": int(all_ood.sum()),
-        "n_mixed_dropped": int((~all_id & ~all_ood).sum()),
-        "n_test_inferred_iid": int(len(test_iid)),
-        "n_test_inferred_ood": int(len(test_ood)),
-        "n_train_candidates": int(len(candidates)),
-        "n_train_inferred": n_train_inf,
-        "n_train": len(train),
-        "phi": n_train_inf / n_id_atomic,
-        "max_phi": len(candidates) / n_id_atomic,
-    }
-    return TaskDataset(task="khop", vocab=vocab, kb=kb, splits=splits, counts=counts, config=dataclasses.asdict(cfg))
+    return generate_chains(cfg, cfg.hops, "khop")
 
 
 def _hypothesis(k: int) -> CircuitHypothesis:
     """Each bridge b_i resolved at r_i, in order (the staged circuit, k hops)."""
-    rel_roles, bridges = _names(k)
+    rel_roles, bridges = chain_names(k)
     stages = [Stage(f"{bridges[0]}@r1", "r1", bridges[0], sources=(("h", "h"), ("r1", "r1")), perturbation="h")]
     for i in range(1, k - 1):
         stages.append(Stage(f"{bridges[i]}@r{i + 1}", f"r{i + 1}", bridges[i], sources=((f"r{i + 1}", f"r{i + 1}"),),
@@ -205,14 +101,13 @@ def _hypothesis(k: int) -> CircuitHypothesis:
                              share=(("h", "r1"),))
 
 
-class KHopTask(Task):
+class KHopTask(CompositionTask):
     """k-hop composition ``<h><r1>...<rk>`` -> ``<t>``; analysis reads k from the split."""
 
     name = "khop"
     config_cls = KHopConfig
     inferred_roles = ("h", "r1", "r2", "r3")  # the default (3 hops); see :meth:`roles_for`
     perturbations = ("h", "r1", "r2", "r3")
-    diagnoses = ()
     cli_params = {
         "hops": "--hops", "n_entities": "--entities", "n_relations": "--relations",
         "out_degree": "--out-degree", "ood_fraction": "--ood-fraction", "phi": "--phi",
@@ -222,7 +117,7 @@ class KHopTask(Task):
     def for_hops(self, k: int) -> KHopTask:
         """This task specialised to k hops (its roles, perturbations and hypothesis)."""
         spec = KHopTask()
-        rel_roles, _ = _names(k)
+        rel_roles, _ = chain_names(k)
         spec.inferred_roles = ("h", *rel_roles)  # type: ignore[misc]
         spec.perturbations = ("h", *rel_roles)  # type: ignore[misc]
         spec.hypothesis = _hypothesis(k)  # type: ignore[misc]
@@ -234,6 +129,11 @@ class KHopTask(Task):
     def generate(self, cfg: KHopConfig) -> TaskDataset:
         return generate_khop(cfg)
 
+    def describe(self, dataset: TaskDataset) -> KHopConfig:
+        base = super().describe(dataset)
+        k = sum(1 for r in dataset.splits[self.default_split].roles if r.startswith("r"))
+        return KHopConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.name != "task"}, hops=k)
+
     def load(self, vocab: Vocab, parsed: dict[str, Any], directory: Path) -> TaskDataset:
         from grokscope.tasks.paper_format import load_composition_items
 
@@ -241,15 +141,6 @@ class KHopTask(Task):
         if len(lengths) != 1:
             raise ValueError(f"{directory}: k-hop queries of several lengths {sorted(lengths)}; expected one k")
         return load_composition_items(vocab, parsed, directory, hops=lengths.pop() - 1, task=self.name)
-
-    def counterfactuals(
-        self, dataset: TaskDataset, split: Split, rows: np.ndarray, perturbation: str,
-        rng: np.random.Generator, *, id_only: bool = True,
-    ) -> CounterfactualDraw:
-        return chain_counterfactuals(dataset, split, rows, perturbation, rng, id_only=id_only)
-
-    def lens_targets(self, split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
-        return chain_lens_targets(split, vocab, within_class=within_class)
 
 
 register_task(KHopTask())
