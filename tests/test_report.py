@@ -86,6 +86,9 @@ def test_report_writes_both_files(reports, runs, task):
     # the run table names the settings that decide whether a run groks
     assert f"init_range={run.config.model.init_range}" in html
     assert f"weight_decay={run.config.train.weight_decay}" in html
+    if task == "composition":  # an untied run: no r2 column, and the caption says why
+        assert not run.config.model.tie_embeddings and set(s["lens"]["undecodable"]) == {"r2@r2", "r2@r2/rel"}
+        assert "Not shown: r2@r2, not decodable: its tokens are never answers" in html
 
 
 @pytest.mark.parametrize("task", ["composition", "comparison"])
@@ -157,6 +160,7 @@ def test_cli_lens_trace_circuit_tables_and_json(runs, tmp_path, monkeypatch, cap
                            "--json", str(tmp_path / "lens.json"))
     assert code == 0, err
     assert "S[0] blocks.0.hook_resid_pre" in out and "bridge@r1 (pos 1)" in out
+    assert "r2@r2: not decodable" in out  # the micro run is untied
     d = _strict((tmp_path / "lens.json").read_text())
     assert [c["step"] for c in d["checkpoints"]] == run.steps()
     c = d["checkpoints"][-1]

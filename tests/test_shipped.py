@@ -52,6 +52,14 @@ def test_composition_grokked():
     assert s["max_ood"] <= 0.15  # composition does not generalise OOD (paper)
 
 
+def test_shipped_composition_is_its_preset():
+    """`grokscope train --preset composition-small` is the shipped run's recipe."""
+    from grokscope.config import preset
+
+    cfg = _run("composition-small").config
+    assert cfg.to_dict() == preset("composition-small").to_dict()
+
+
 def test_composition_r2_at_r2_rises_during_grokking():
     """The paper's lens claim on r2 (values in the README): tied, so r2 is decodable; its
     MRR at S[3, r2] rises from train saturation to the end, over the whole vocabulary and
