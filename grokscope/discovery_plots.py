@@ -47,6 +47,10 @@ def _label(node: Mapping[str, Any], roles: Mapping[int, str]) -> str:
     return f"head {node['layer']}.{node['head']}@{pos}"
 
 
+_WIDTH_LEVELS = 8
+"""Edge widths are drawn in this many levels of ``|score|`` (one trace per level and sign)."""
+
+
 def discovered_graph(doc: Mapping[str, Any], *, max_edges: int = 150, title: str | None = None) -> go.Figure:
     """The circuit on positions x layers: heads and MLPs as nodes, edge width by ``|score|``.
 
@@ -70,6 +74,7 @@ def discovered_graph(doc: Mapping[str, Any], *, max_edges: int = 150, title: str
     kv_reads: dict[tuple[int, int], set[int]] = {}
     writes: dict[tuple[int, int], set[int]] = {}
     mx, my, mtext = [], [], []
+    segments: dict[tuple[bool, int], tuple[list[Any], list[Any]]] = {}
     for e in circuit:
         ed = doc["edges"][e]
         a, b = nodes[ed["src"]], nodes[ed["dst"]]
@@ -86,15 +91,24 @@ def discovered_graph(doc: Mapping[str, Any], *, max_edges: int = 150, title: str
             used[(nd["kind"], nd["position"], nd.get("layer"), nd.get("head"))] = nd
         (x0, y0), (x1, y1) = _xy(a, H, L), _xy(comp, H, L)
         s = ed["score"]
-        fig.add_trace(go.Scatter(
-            x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="skip", showlegend=False,
-            line={"width": 0.5 + 8 * abs(s) / biggest, "color": "rgba(31,119,180,0.6)" if s >= 0 else "rgba(214,39,40,0.6)"},
-        ))
+        # one trace per (sign, width level), segments split by None: a few traces, not one per edge
+        level = min(_WIDTH_LEVELS - 1, int(_WIDTH_LEVELS * abs(s) / biggest))
+        seg = segments.setdefault((s >= 0, level), ([], []))
+        seg[0].extend([x0, x1, None])
+        seg[1].extend([y0, y1, None])
         mx.append((x0 + x1) / 2)
         my.append((y0 + y1) / 2)
         exact = "" if ed.get("exact") is None else f", exact {ed['exact']:.3f}"
         mtext.append(f"{a['hook_name']} -> {b['hook_name']}<br>{_label(a, roles)} -> {b['kind']} of "
                      f"{_label(comp, roles)}<br>score {s:.3f}{exact}")
+    for (positive, level), (xs, ys) in sorted(segments.items()):
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+            line={"width": 0.5 + 8 * (level + 0.5) / _WIDTH_LEVELS,
+                  "color": "rgba(31,119,180,0.6)" if positive else "rgba(214,39,40,0.6)"},
+        ))
+    dx: list[Any] = []
+    dy: list[Any] = []
     for (layer, head), reads in kv_reads.items():
         for p_out in writes.get((layer, head), set()):
             for p_in in reads:
@@ -102,8 +116,11 @@ def discovered_graph(doc: Mapping[str, Any], *, max_edges: int = 150, title: str
                     src = {"kind": "attn_head_out", "position": p_in, "layer": layer, "head": head}
                     dst = {"kind": "attn_head_out", "position": p_out, "layer": layer, "head": head}
                     (x0, y0), (x1, y1) = _xy(src, H, L), _xy(dst, H, L)
-                    fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="skip",
-                                             showlegend=False, line={"width": 1.5, "dash": "dot", "color": "#555"}))
+                    dx.extend([x0, x1, None])
+                    dy.extend([y0, y1, None])
+    if dx:
+        fig.add_trace(go.Scatter(x=dx, y=dy, mode="lines", hoverinfo="skip", showlegend=False,
+                                 line={"width": 1.5, "dash": "dot", "color": "#555"}))
     fig.add_trace(go.Scatter(x=mx, y=my, mode="markers", marker={"size": 6, "color": "rgba(0,0,0,0.2)"},
                              text=mtext, hovertemplate="%{text}<extra></extra>", showlegend=False))
     for kind in ("embed", "attn_head_out", "mlp_out", "logits"):
