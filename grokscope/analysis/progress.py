@@ -366,13 +366,16 @@ def progress_series(
             excluded loss follow one circuit over training, as Nanda et al.).
 
     Raises:
-        ValueError: the run is not modular addition.
+        ValueError: the run's task does not declare the ``fourier`` diagnosis (modular addition does).
     """
     from grokscope.analysis.cache import cached, context
 
     run_, cache_ = context(run, cache)
-    if run_.config.task.task != "modular":
-        raise ValueError(f"{run_.path}: progress measures need a modular-addition run, this one is {run_.config.task.task}")
+    from grokscope.tasks.base import get_task
+
+    if "fourier" not in get_task(run_.config.task).diagnoses:  # the tasks whose answers are residues
+        raise ValueError(f"{run_.path}: progress measures need a task that declares the 'fourier' diagnosis "
+                         f"(modular addition); this run's task is {run_.config.task.task}")
     chosen = sorted(steps) if steps is not None else run_.steps()
     if not chosen:
         raise ValueError(f"{run_.path}: holds no checkpoint")
