@@ -392,7 +392,8 @@ def render_html(series: SeriesResult, run: Run, discovery: Any = None) -> str:
         '<p class="note">Mechanistic analysis after Wang et al. (2024), "Grokked Transformers are Implicit '
         'Reasoners". Places are named by TransformerLens hook names; S[l] is <code>blocks.l.hook_resid_pre</code> '
         "(S[L]: the last block's <code>hook_resid_post</code>).</p>",
-        "<nav>" + "".join(f'<a href="#{a}">{html.escape(h)}</a>' for a, h, _, _ in figs) + "</nav>",
+        "<nav>" + "".join(f'<a href="#{a}">{html.escape(h)}</a>' for a, h, _, _ in figs)
+        + ('<a href="#discovered">Discovered circuit</a>' if discovery is not None else "") + "</nav>",
         "<h2 id=\"run\">Run</h2>",
         _table(("setting", "value"), config_rows, left=2),
         "<h2 id=\"grokking\">Grokking</h2>",

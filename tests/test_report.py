@@ -104,6 +104,12 @@ def test_html_embeds_plotlyjs_once_and_needs_no_network(reports, task):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", rest, re.I)
     assert len(re.findall(r'<div id="fig-[^"]+" class="plotly-graph-div"', rest)) == N_FIGURES[task]
     assert "blocks.0.hook_resid_pre" in rest
+    # every section is reachable from the navigation, the discovered circuit included
+    nav = re.search(r"<nav>(.*?)</nav>", rest, re.S).group(1)
+    for anchor in re.findall(r'<h2 id="([^"]+)"', rest):
+        if anchor not in ("run", "grokking", "checkpoints", "lens-table", "notes"):
+            assert f'href="#{anchor}"' in nav or anchor.startswith("fig"), anchor
+    assert 'href="#discovered"' in nav
 
 
 def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
