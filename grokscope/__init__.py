@@ -24,17 +24,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, tuple[str, str]] = {
-    # tasks
-    "composition": ("grokscope.tasks", "composition"),
-    "comparison": ("grokscope.tasks", "comparison"),
-    "complex_reasoning": ("grokscope.tasks", "complex_reasoning"),
-    "load_paper_format": ("grokscope.tasks", "load_paper_format"),
-    "save_paper_format": ("grokscope.tasks", "save_paper_format"),
-    "TaskDataset": ("grokscope.tasks", "TaskDataset"),
-    "Task": ("grokscope.tasks", "Task"),
-    "get_task": ("grokscope.tasks", "get_task"),
-    "register_task": ("grokscope.tasks", "register_task"),
-    "task_names": ("grokscope.tasks", "task_names"),
+    # tasks: every public name of grokscope.tasks (its __all__: each registered task's
+    # generator, the protocol, the paper format) is served by __getattr__ below
     # config, model, runs, training
     "RunConfig": ("grokscope.config", "RunConfig"),
     "preset": ("grokscope.config", "preset"),
@@ -52,8 +43,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "trace": ("grokscope.analysis.tracing", "trace"),
     "find_circuit": ("grokscope.analysis.circuits", "find_circuit"),
     "analyse_series": ("grokscope.analysis.series", "analyse_series"),
-    "ood_diagnosis": ("grokscope.analysis.series", "ood_diagnosis"),
-    "value_gap_diagnosis": ("grokscope.analysis.series", "value_gap_diagnosis"),
+    "ood_diagnosis": ("grokscope.analysis.diagnoses", "ood_diagnosis"),
+    "value_gap_diagnosis": ("grokscope.analysis.diagnoses", "value_gap_diagnosis"),
     "Corruption": ("grokscope.analysis.discovery", "Corruption"),
     "score_edges": ("grokscope.analysis.discovery", "score_edges"),
     "discover": ("grokscope.analysis.circuit_discovery", "discover"),
@@ -68,7 +59,11 @@ __all__ = ["__version__", *_EXPORTS]
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'grokscope' has no attribute {name!r}")
+        tasks = importlib.import_module("grokscope.tasks")
+        if name not in tasks.__all__:
+            raise AttributeError(f"module 'grokscope' has no attribute {name!r}")
+        globals()[name] = getattr(tasks, name)
+        return globals()[name]
     module, attr = _EXPORTS[name]
     obj: Any = importlib.import_module(module)
     for part in filter(None, attr.split(".")):
@@ -78,4 +73,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted({*__all__, *importlib.import_module("grokscope.tasks").__all__})

@@ -412,9 +412,9 @@ def trace_cmd(
     if site not in SITE_KINDS:
         raise UserError(f"--site {site!r} is unknown; allowed values: {', '.join(SITE_KINDS)}")
     run = _analysis_run(run_dir)
-    _check_split_arg(run, split)
+    dataset = _check_split_arg(run, split)
     family = run.config.task.task
-    allowed = perturbations_of(run.dataset())
+    allowed = perturbations_of(dataset)
     perts = list(allowed) if perturb is None else [p.strip() for p in perturb.split(",") if p.strip()]
     bad = [p for p in perts if p not in allowed]
     if bad or not perts:

@@ -49,8 +49,9 @@ def _check_examples(examples: int) -> None:
         raise UserError(f"--examples must be a positive number of examples (e.g. 300), got {examples}")
 
 
-def _check_split_arg(run, split: str) -> None:
-    """``split`` must be a probe split with the layout of the run's task's analysis."""
+def _check_split_arg(run, split: str):
+    """``split`` must be a probe split with the layout of the run's task's analysis;
+    returns the run's dataset (read once)."""
     from grokscope.tasks import task_of
 
     ds = run.dataset()
@@ -59,6 +60,7 @@ def _check_split_arg(run, split: str) -> None:
     if split not in allowed:
         raise UserError(f"--split {split!r} is not an inferred probe split of this {ds.task} run; "
                         f"allowed values: {', '.join(allowed)}")
+    return ds
 
 
 def _grid(title: str, row_labels: list[str], col_labels: list[str], values: list[list[Any]]) -> None:

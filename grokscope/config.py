@@ -36,6 +36,19 @@ def _check_comparison_kb(cfg: Any) -> None:
     _check_fraction("ood_fraction", cfg.ood_fraction)
 
 
+def check_chain_kb(cfg: Any) -> None:
+    """The checks shared by every task on the composition knowledge base (composition, k-hop)."""
+    _check(cfg.n_entities >= 2, f"n_entities must be >= 2, got {cfg.n_entities}")
+    _check(cfg.n_relations >= 1, f"n_relations must be >= 1, got {cfg.n_relations}")
+    _check(1 <= cfg.out_degree <= cfg.n_relations,
+           f"out_degree must be in [1, n_relations={cfg.n_relations}], got {cfg.out_degree}")
+    _check_fraction("ood_fraction", cfg.ood_fraction)
+    _check_fraction("test_fraction", cfg.test_fraction, open_low=False)
+    _check(cfg.phi >= 0 and math.isfinite(cfg.phi), f"phi must be >= 0, got {cfg.phi!r}")
+    _check(cfg.probe_size >= 1, f"probe_size must be >= 1, got {cfg.probe_size}")
+    _check(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
+
+
 def _check_fraction(name: str, value: float, *, open_low: bool = True) -> None:
     low_ok = value > 0 if open_low else value >= 0
     _check(low_ok and value < 1, f"{name} must be in ({'0' if open_low else '[0'}, 1), got {value!r}")
@@ -71,17 +84,7 @@ class CompositionConfig:
 
     def __post_init__(self) -> None:
         _check(self.task == "composition", f"task must be 'composition', got {self.task!r}")
-        _check(self.n_entities >= 2, f"n_entities must be >= 2, got {self.n_entities}")
-        _check(self.n_relations >= 1, f"n_relations must be >= 1, got {self.n_relations}")
-        _check(
-            1 <= self.out_degree <= self.n_relations,
-            f"out_degree must be in [1, n_relations={self.n_relations}], got {self.out_degree}",
-        )
-        _check_fraction("ood_fraction", self.ood_fraction)
-        _check_fraction("test_fraction", self.test_fraction, open_low=False)
-        _check(self.phi >= 0 and math.isfinite(self.phi), f"phi must be >= 0, got {self.phi!r}")
-        _check(self.probe_size >= 1, f"probe_size must be >= 1, got {self.probe_size}")
-        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        check_chain_kb(self)
 
     @property
     def n_atomic(self) -> int:
@@ -445,18 +448,8 @@ def _small_train(**kw: Any) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def _khop3_small() -> RunConfig:
-    """3-hop composition on composition-small's knowledge base (docs/sweeps/khop3.md)."""
-    from grokscope.tasks.khop import KHopConfig  # a registered task's config: imported lazily
-
-    return RunConfig(
-        KHopConfig(n_entities=50, n_relations=20, out_degree=20, hops=3, phi=7.2, test_fraction=0.01, probe_size=1000),
-        ModelConfig(n_layers=6, d_model=64, n_heads=4, d_mlp=512, tie_embeddings=True),
-        _small_train(weight_decay=0.1), name="khop3-small",
-    )
-
-
 def _presets() -> dict[str, RunConfig]:
+    from grokscope.tasks.khop import KHopConfig  # registered tasks' configs: imported lazily
     tiny_model = ModelConfig(n_layers=4, d_model=64, n_heads=4, d_mlp=256)
     # The paper's GPT-2: lm_head tied to the embedding, dropout 0.1 while training.
     paper_model = ModelConfig(tie_embeddings=True, dropout=0.1)
@@ -485,7 +478,13 @@ def _presets() -> dict[str, RunConfig]:
             # what 1,800 s of a shared 2-core machine trains.
             _small_train(weight_decay=0.1, max_time_s=3000.0), name="composition-small",
         ),
-        "khop3-small": _khop3_small(),
+        # 3-hop composition on composition-small's knowledge base (docs/sweeps/cpu-khop3.md)
+        "khop3-small": RunConfig(
+            KHopConfig(n_entities=50, n_relations=20, out_degree=20, hops=3, phi=7.2, test_fraction=0.01,
+                       probe_size=1000),
+            ModelConfig(n_layers=6, d_model=64, n_heads=4, d_mlp=512, tie_embeddings=True),
+            _small_train(weight_decay=0.1), name="khop3-small",
+        ),
         "comparison-small": RunConfig(
             # A large initialisation scale (init_range 1.0, the "Omnigrok" lever) with
             # weight decay 1.5 makes comparison memorise first and generalise later; at

@@ -179,8 +179,9 @@ def checkpoint_trace(
     run, cache_ = context(run, cache)
     if site not in SITE_KINDS:
         raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITE_KINDS)}")
-    dataset = _ck.dataset if _ck is not None else run.dataset()
-    allowed = task_of(dataset).perturbations
+    # the dataset names the perturbations; a miss reuses it (one read of RUN/data)
+    _ck = _ck or Checkpoint(run, step, run.dataset(), device)
+    allowed = task_of(_ck.dataset).perturbations
     perts = list(perturbations) if perturbations is not None else list(allowed)
     bad = [p for p in perts if p not in allowed]
     if bad or not perts:

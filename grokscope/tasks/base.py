@@ -207,8 +207,6 @@ class Task:
     cli_params: ClassVar[dict[str, str]] = {}
     default_split: ClassVar[str] = "train_inferred"
     """The split analysis samples by default (a homogeneous one with ``inferred_roles``)."""
-    test_split: ClassVar[str] = "test_inferred_iid"
-    """The held-out split whose accuracy defines grokking."""
 
     def generate(self, cfg: Any) -> TaskDataset:
         """Generate the dataset of a config (same config, same bytes)."""

@@ -20,11 +20,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from grokscope.config import check_chain_kb
 from grokscope.tasks.base import CircuitHypothesis, Stage, register_task
 from grokscope.tasks.composition import CompositionTask, chain_names, generate_chains
 from grokscope.tasks.dataset import TaskDataset
@@ -67,15 +67,7 @@ class KHopConfig:
     def __post_init__(self) -> None:
         _check(self.task == "khop", f"task must be 'khop', got {self.task!r}")
         _check(2 <= self.hops <= MAX_HOPS, f"hops must be in [2, {MAX_HOPS}], got {self.hops}")
-        _check(self.n_entities >= 2, f"n_entities must be >= 2, got {self.n_entities}")
-        _check(self.n_relations >= 1, f"n_relations must be >= 1, got {self.n_relations}")
-        _check(1 <= self.out_degree <= self.n_relations,
-               f"out_degree must be in [1, n_relations={self.n_relations}], got {self.out_degree}")
-        _check(0 < self.ood_fraction < 1, f"ood_fraction must be in (0, 1), got {self.ood_fraction}")
-        _check(0 <= self.test_fraction < 1, f"test_fraction must be in [0, 1), got {self.test_fraction}")
-        _check(self.phi >= 0 and math.isfinite(self.phi), f"phi must be >= 0, got {self.phi!r}")
-        _check(self.probe_size >= 1, f"probe_size must be >= 1, got {self.probe_size}")
-        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        check_chain_kb(self)
         n_chains = self.n_entities * self.out_degree**self.hops
         _check(n_chains <= MAX_CHAINS,
                f"{self.n_entities} entities x out_degree {self.out_degree}^{self.hops} = {n_chains:,} candidate "
