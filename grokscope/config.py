@@ -292,12 +292,12 @@ class TrainConfig:
             Ignored on CPU.
         threads: torch intra-op threads on CPU (None: OMP_NUM_THREADS, else 1).
         grad_filter: ``None`` (the paper's recipe) or ``"ema"``: Grokfast's filter (Lee et
-            al. 2024), ``g <- g + grad_filter_lambda * ema(g)`` with
-            ``ema <- alpha * ema + (1 - alpha) * g`` (starting at the first gradient),
-            applied to the raw gradient before clipping; its state is saved with the
-            optimizer's, so resume stays exact.
-        grad_filter_alpha: the EMA's decay (Grokfast's default 0.98).
-        grad_filter_lambda: the amplification of the slow component (Grokfast's default 2).
+            al. 2024), ``g <- g + lambda * ema(g)``, ``ema <- alpha * ema + (1 - alpha) * g``
+            (from the first gradient it sees), before clipping; its state is saved with
+            the optimizer's, so resume stays exact.
+        grad_filter_alpha, grad_filter_lambda: Grokfast's alpha (0.98) and lambda (2).
+        grad_filter_start: the first step the filter sees (0: from the start); before it
+            training is the plain recipe's, step for step.
     """
 
     lr: float = 1e-4
@@ -322,6 +322,7 @@ class TrainConfig:
     grad_filter: str | None = None
     grad_filter_alpha: float = 0.98
     grad_filter_lambda: float = 2.0
+    grad_filter_start: int = 0
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -351,6 +352,7 @@ class TrainConfig:
         _check(self.grad_filter in (None, "ema"), f"grad_filter must be None or 'ema', got {self.grad_filter!r}")
         _check(0 <= self.grad_filter_alpha < 1, f"grad_filter_alpha must be in [0, 1), got {self.grad_filter_alpha}")
         _check(self.grad_filter_lambda >= 0, f"grad_filter_lambda must be >= 0, got {self.grad_filter_lambda}")
+        _check(self.grad_filter_start >= 0, f"grad_filter_start must be >= 0, got {self.grad_filter_start}")
 
 
 # --------------------------------------------------------------------------- run

@@ -360,7 +360,8 @@ def render_html(series: SeriesResult, run: Run, discovery: Any = None) -> str:
                             if k in ("n_layers", "d_model", "n_heads", "d_mlp", "init_range", "share_layers", "tie_embeddings", "dropout"))),
         ("task settings", ", ".join(f"{k}={v}" for k, v in cfg.to_dict()["task"].items() if k != "task")),
         ("training", ", ".join(f"{k}={cfg.to_dict()['train'][k]}" for k in ("lr", "weight_decay", "batch_size", "atomic_fraction", "max_steps"))
-         + (f", grad_filter={cfg.train.grad_filter} (alpha {cfg.train.grad_filter_alpha}, lambda {cfg.train.grad_filter_lambda})"
+         + (f", grad_filter={cfg.train.grad_filter} (alpha {cfg.train.grad_filter_alpha}, lambda {cfg.train.grad_filter_lambda}"
+            + (f", from step {cfg.train.grad_filter_start}" if cfg.train.grad_filter_start else "") + ")"
             if cfg.train.grad_filter else "")),
         ("checkpoints analysed", ", ".join(map(str, series.steps))),
         ("examples", f"{series.args['n']} of {series.args['split']} (seed {series.args['seed']}), lens threshold "

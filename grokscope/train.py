@@ -513,7 +513,7 @@ def train(run: Run, *, quiet: bool = False, dataset: TaskDataset | None = None, 
                 loss_value = float(loss.detach())
             if scaler:
                 scaler.unscale_(opt)
-            if grad_filter is not None and (scaler is None or _grads_finite(named)):
+            if grad_filter is not None and step >= tc.grad_filter_start and (scaler is None or _grads_finite(named)):
                 grad_filter.apply(named)  # an fp16 step the scaler skips must not poison the average
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)

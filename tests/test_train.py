@@ -102,10 +102,26 @@ def test_batches_are_pure_functions_of_step():
     assert ds.splits["train"].atomic[a].sum() == 10  # 25% of 40 from atomic facts
 
 
+def test_grad_filter_start_leaves_earlier_steps_plain(tmp_path):
+    """Before ``grad_filter_start`` a filtered run is the plain run, bit for bit; after, it is not."""
+    plain = train_new(_micro(), tmp_path / "plain", quiet=True)
+    late = train_new(_micro(grad_filter="ema", grad_filter_start=20), tmp_path / "late", quiet=True)
+    early = train_new(_micro(grad_filter="ema"), tmp_path / "early", quiet=True)
+    same = lambda a, b, step: all(  # noqa: E731
+        torch.equal(x, y) for x, y in zip(a.load_model(step).state_dict().values(), b.load_model(step).state_dict().values())
+    )
+    assert same(plain, late, 20)
+    assert not same(plain, early, 10)
+    assert not same(plain, late, 40)
+    with pytest.raises(ValueError, match="grad_filter_start must be"):
+        _micro(grad_filter_start=-1)
+
+
 @pytest.mark.parametrize(
     "extra",
-    [{}, {"train.grad_filter": "ema", "model.dropout": "0.1"}],
-    ids=["plain", "filter+dropout"],
+    [{}, {"train.grad_filter": "ema", "model.dropout": "0.1"},
+     {"train.grad_filter": "ema", "train.grad_filter_start": "25"}],
+    ids=["plain", "filter+dropout", "filter-from-step-25"],
 )
 def test_resume_equals_uninterrupted(tmp_path, extra):
     cfg = _micro().override(extra)
