@@ -73,6 +73,21 @@ FIGURES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
          "filter lambda 0.5 seed 1": "ttg/comp-filter-l0.5-s1",
          "filter lambda 2 seed 0": "ttg/comp-filter-s0",
          "dropout 0.1 seed 0": "ttg/comp-dropout-s0"}, ID),
+    "ttg-modular": (
+        "time to grok, modular-small: plain vs Grokfast filter (alpha 0.98), from the start or from step 1,000",
+        {"plain seed 0 (shipped)": "checkpoints/modular-small",
+         "plain seed 1": "ttg/mod-plain-s1",
+         "filter lambda 0.5 seed 0": "ttg/mod-filter-l0.5-s0",
+         "filter lambda 0.5 seed 1": "ttg/mod-filter-l0.5-s1",
+         "filter lambda 2 seed 0": "ttg/mod-filter-s0",
+         "filter lambda 2 from step 1,000, seed 0": "ttg/mod-filter-l2-from1000-s0",
+         "filter lambda 5 from step 1,000, seed 0": "ttg/mod-filter-l5-from1000-s0"}, ID),
+    "ttg-comparison": (
+        "time to grok, comparison-small tied: plain vs Grokfast filter (alpha 0.98, lambda 0.5)",
+        {"plain seed 0": "ttg/cmp-tied-s0",
+         "plain seed 1": "ttg/cmp-tied-s1",
+         "filter seed 0": "ttg/cmp-tied-filter-l0.5-s0",
+         "filter seed 1": "ttg/cmp-tied-filter-l0.5-s1"}, ID),
 }
 
 
