@@ -92,15 +92,15 @@ def report(pairs: list[tuple[str, str]], train_threshold: float) -> str:
             wall_ratio = a["wall"] / b["wall"] if a["wall"] and b["wall"] else float("nan")
             bound = "" if a["reached"] else " (at least: the plain run had not reached 0.95 when it stopped)"
             ratios.append(f"{name}: speed-up {step_ratio:.2f}x in steps, {wall_ratio:.2f}x in wall time{bound}; {gaps}")
-        if a["reached"] and a["gap_kept"] and a["sat_step"]:
-            ratios.append(f"  (a change that keeps the gap without memorising faster saves at most "
-                          f"{a['step'] / a['sat_step']:.2f}x on {a['run']}: its 0.95 step over its saturation step)")
         elif a["reached"] and b["step"] >= a["step"]:
             ratios.append(f"{name}: speed-up < 1: the filtered run had not reached 0.95 by step {b['step']}, "
                           f"the plain run did at step {a['step']} (at most {a['step'] / b['step']:.2f}x); {gaps}")
         else:
             ratios.append(f"{name}: not measured: the filtered run stopped at step {b['step']} below 0.95, "
                           f"before the plain run's {'step ' + str(a['step']) if a['reached'] else 'end'}; {gaps}")
+        if a["reached"] and a["gap_kept"] and a["sat_step"]:
+            ratios.append(f"  (a change that keeps the gap without memorising faster saves at most "
+                          f"{a['step'] / a['sat_step']:.2f}x on {a['run']}: its 0.95 step over its saturation step)")
     return "\n".join(rows + [""] + ratios)
 
 
