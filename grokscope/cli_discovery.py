@@ -68,10 +68,13 @@ def discover(
     examples: int = typer.Option(300, "--examples", help="Examples of the split (paper: 300)."),
     seed: int = typer.Option(0, "--seed", help="Seed that draws the examples and counterfactuals."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write everything (examples' token ids, nodes with hook names, every edge's score, the circuit, the faithfulness curve) as JSON."),
+    compare: Path | None = typer.Option(None, "--compare", help="Another run of the same shape (e.g. another seed, or trained with a gradient filter): discover its circuit the same way and print the overlap."),
+    compare_step: int | None = typer.Option(None, "--compare-step", help="The other run's checkpoint (default: its latest)."),
 ) -> None:
     """Discover the circuit: score every edge (EAP-IG), keep the smallest faithful set.
 
     Example: grokscope discover checkpoints/composition-small --perturb h --recover 0.9 --json circuit.json
+    Example: grokscope discover runs/plain --compare runs/filtered
     """
     from grokscope.analysis.discovery import DEFAULT_IG_STEPS, METHODS, METRICS
     from grokscope.analysis.discovery_series import checkpoint_discovery, jaccard
@@ -116,6 +119,9 @@ def discover(
         sh = d["shares"]
         typer.echo("  |attribution| by position: " + ", ".join(f"{k_} {v:.2f}" for k_, v in sh["position"].items())
                    + "; by kind: " + ", ".join(f"{k_} {v:.2f}" for k_, v in sh["kind"].items()))
+    if compare is not None:
+        _compare(run, docs[-1], compare, compare_step, split=split, perturbation=pert, ablation=ablation, n=examples,
+                 seed=seed, method=method, ig_steps=k, metric=metric, top=top, recover=recover)
     if len(docs) > 1:
         _grid("formation (overlap: Jaccard with the last checkpoint's circuit)", [str(d["step"]) for d in docs],
               ["gap", "edges", "recovered", "CPR", "overlap"],
@@ -125,3 +131,25 @@ def discover(
     if json_out:
         _write_json(json_out, {"run": str(run.path), "analysis": "discovery",
                                "checkpoints": docs} if len(docs) > 1 else {"run": str(run.path), "analysis": "discovery", **docs[0]})
+
+
+def _compare(run, doc: dict, other_dir: Path, other_step: int | None, **kw) -> None:
+    """Print how the circuit of ``doc`` overlaps the one discovered the same way in another run."""
+    from grokscope.analysis.discovery_series import checkpoint_discovery, jaccard
+
+    other = _analysis_run(other_dir)
+    if other.config.task.task != run.config.task.task:
+        raise UserError(f"--compare {other_dir}: a {other.config.task.task} run; {run.path} is a {run.config.task.task} run")
+    step = _analysis_steps(other, other_step, False)[0]
+    o = checkpoint_discovery(other, step, **kw)
+    shape = lambda d: {k: d["graph"][k] for k in ("n_layers", "n_heads", "n_pos")}  # noqa: E731
+    if o.get("empty") or shape(o) != shape(doc):
+        raise UserError(f"--compare {other_dir}: its component graph {shape(o)} differs from {shape(doc)}; "
+                        "circuits can only be compared between models of the same shape on the same task")
+    a, b = set(doc["circuit"]["edges"]), set(o["circuit"]["edges"])
+    typer.echo(f"compared with {other.path} step {step}: {len(b)} edges, recovers {o['circuit']['recovered']:.3f}, "
+               f"CPR {o['curve']['cpr']:.3f}")
+    typer.echo(f"  overlap: Jaccard {jaccard(a, b):.2f}; {len(a & b)} edges in both, {len(a - b)} only in the first, "
+               f"{len(b - a)} only in the second")
+    typer.echo("  |attribution| by position, first / second: " + ", ".join(
+        f"{p} {doc['shares']['position'][p]:.2f} / {o['shares']['position'].get(p, 0.0):.2f}" for p in doc["shares"]["position"]))

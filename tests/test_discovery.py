@@ -354,3 +354,34 @@ def test_cli_discover_json_can_be_recomputed(tmp_path, monkeypatch, capsys):
     assert doc["circuit"]["recovered"] >= 0.9
     code, _, err = _cli(monkeypatch, capsys, "discover", str(run.path), "--method", "acdc")
     assert code == 2 and "--method" in err and "eap-ig" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_discover_compare_matches_the_two_circuits(tmp_path, monkeypatch, capsys):
+    """``--compare`` reports the overlap of the circuits each run's own ``--json`` holds."""
+    import json
+    import re
+
+    from grokscope.config import preset
+    from grokscope.train import train_new
+
+    cfg = preset("composition-tiny").override(MICRO)
+    a = train_new(cfg, tmp_path / "a", quiet=True)
+    b = train_new(cfg.override({"seed": "1"}), tmp_path / "b", quiet=True)
+    docs = []
+    for run in (a, b):
+        code, _, err = _cli(monkeypatch, capsys, "discover", str(run.path), "--examples", "12", "--json", str(tmp_path / "d.json"))
+        assert code == 0, err
+        docs.append(set(json.loads((tmp_path / "d.json").read_text())["circuit"]["edges"]))
+    code, text, err = _cli(monkeypatch, capsys, "discover", str(a.path), "--examples", "12", "--compare", str(b.path))
+    assert code == 0, err
+    m = re.search(r"Jaccard ([0-9.]+); (\d+) edges in both, (\d+) only in the first, (\d+) only in the second", text)
+    assert m, text
+    sa, sb = docs
+    assert float(m[1]) == pytest.approx(len(sa & sb) / len(sa | sb), abs=0.0051)  # printed to 2 decimals
+    assert [int(m[i]) for i in (2, 3, 4)] == [len(sa & sb), len(sa - sb), len(sb - sa)]
+    assert sa != sb  # two seeds: the comparison is not trivially the identity
+    code, text, err = _cli(monkeypatch, capsys, "discover", str(a.path), "--examples", "12", "--compare", str(a.path))
+    assert code == 0 and "Jaccard 1.00" in text and "0 only in the first, 0 only in the second" in text
+    wide = train_new(cfg.override({"model.n_heads": "4"}), tmp_path / "wide", quiet=True)
+    code, _, err = _cli(monkeypatch, capsys, "discover", str(a.path), "--examples", "12", "--compare", str(wide.path))
+    assert code == 2 and "same shape" in err
