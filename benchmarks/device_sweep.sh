@@ -12,7 +12,7 @@ sweep --preset composition-small --out "$out/composition" --jobs 12 \
   $common task.n_entities=50 task.test_fraction=0.05 > "$out/composition.log" 2>&1 &
 sweep --preset comparison-small --out "$out/comparison" --jobs 2 \
   --grid train.weight_decay=0.1,0.3 \
-  $common task.n_entities=50 task.n_attributes=10 task.n_values=10 task.phi=18 model.d_mlp=512 model.init_range=0.02 > "$out/comparison.log" 2>&1 &
+  $common task.n_entities=50 task.n_attributes=10 task.n_values=10 task.phi=18 model.d_mlp=512 model.init_range=0.02 model.tie_embeddings=false > "$out/comparison.log" 2>&1 &
 wait
 python3 benchmarks/pick_best.py "$out/composition" 14 > "$out/pick-composition.txt"
 python3 benchmarks/pick_best.py "$out/comparison" 14 --ood > "$out/pick-comparison.txt"

@@ -27,7 +27,7 @@ FIGURES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
         {"composition-small": "checkpoints/composition-small"}, ID_OOD),
     "claim1b-comparison-grokking": (
         "(1) comparison groks with init_range 1.0 (50 entities, 4 x 64, this CPU)",
-        {"phi 6.3, wd 1.5 (shipped)": "checkpoints/comparison-small",
+        {"phi 6.3, wd 1.5 (shipped, tied)": "checkpoints/comparison-small",
          "phi 6.3, wd 1.5, seed 1": "s3cpu/cmp-50e-d64-phi6.3-init1.0-wd1.5-seed1",
          "phi 5.4, wd 1.5": "s3cpu/cmp-50e-d64-phi5.4-init1.0-wd1.5",
          "phi 7.2, wd 1.0": "s3cpu/cmp-50e-d64-phi7.2-init1.0"}, ID),
