@@ -66,13 +66,16 @@ FIGURES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
         {"wd 0.1": "gpu/sw3/composition/phi=7.2_weight_decay=0.1_d_mlp=512",
          "wd 0.3": "gpu/sw3/composition/phi=7.2_weight_decay=0.3_d_mlp=512"}, ID),
     "ttg-composition": (
-        "time to grok, composition-small tied: plain vs Grokfast filter (alpha 0.98) vs dropout",
+        "time to grok, composition-small tied: plain vs Grokfast filter (alpha 0.98) vs dropout vs lr 3e-3",
         {"plain seed 0 (shipped)": "checkpoints/composition-small",
          "plain seed 1": "ttg/comp-plain-s1",
          "filter lambda 0.5 seed 0": "ttg/comp-filter-l0.5-s0",
          "filter lambda 0.5 seed 1": "ttg/comp-filter-l0.5-s1",
          "filter lambda 2 seed 0": "ttg/comp-filter-s0",
-         "dropout 0.1 seed 0": "ttg/comp-dropout-s0"}, ID),
+         "dropout 0.1 seed 0": "ttg/comp-dropout-s0",
+         "filter lambda 2 from step 6,500, seed 0": "ttg/comp-filter-l2-from6500-s0",
+         "filter lambda 2 from step 5,000, seed 1": "ttg/comp-filter-l2-from5000-s1",
+         "lr 3e-3 seed 0": "ttg/comp-lr3e-3-s0"}, ID),
     "ttg-modular": (
         "time to grok, modular-small: plain vs Grokfast filter (alpha 0.98), from the start or from step 1,000",
         {"plain seed 0 (shipped)": "checkpoints/modular-small",
@@ -81,13 +84,15 @@ FIGURES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
          "filter lambda 0.5 seed 1": "ttg/mod-filter-l0.5-s1",
          "filter lambda 2 seed 0": "ttg/mod-filter-s0",
          "filter lambda 2 from step 1,000, seed 0": "ttg/mod-filter-l2-from1000-s0",
-         "filter lambda 5 from step 1,000, seed 0": "ttg/mod-filter-l5-from1000-s0"}, ID),
+         "filter lambda 5 from step 1,000, seed 0": "ttg/mod-filter-l5-from1000-s0",
+         "filter lambda 2 from step 1,200, seed 1": "ttg/mod-filter-l2-from1200-s1"}, ID),
     "ttg-comparison": (
-        "time to grok, comparison-small tied: plain vs Grokfast filter (alpha 0.98, lambda 0.5)",
+        "time to grok, comparison-small tied: plain vs Grokfast filter (alpha 0.98)",
         {"plain seed 0": "ttg/cmp-tied-s0",
          "plain seed 1": "ttg/cmp-tied-s1",
          "filter seed 0": "ttg/cmp-tied-filter-l0.5-s0",
-         "filter seed 1": "ttg/cmp-tied-filter-l0.5-s1"}, ID),
+         "filter seed 1": "ttg/cmp-tied-filter-l0.5-s1",
+         "filter lambda 2 from step 1,000, seed 0": "ttg/cmp-tied-filter-l2-from1000-s0"}, ID),
 }
 
 
@@ -124,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skip {name}: missing {', '.join(missing)}", file=sys.stderr)
             continue
         fig = plots.compare_runs(found, splits, title=title)
-        fig.update_layout(width=1200 if len(splits) == 3 else 900, height=420, title_font_size=14)
+        fig.update_layout(width=1200 if len(splits) == 3 else 900, height=420 if len(found) <= 7 else 520, title_font_size=14,
+                          legend=dict(font_size=11, tracegroupgap=0))
         fig.write_image(args.out / f"{name}.png", scale=1)
         print(args.out / f"{name}.png")
     return 0
