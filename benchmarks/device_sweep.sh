@@ -9,7 +9,7 @@ common="train.device=cuda train.autocast=off train.max_time_s=$t train.max_steps
 sweep() { python3 -m grokscope.cli sweep "$@"; }
 sweep --preset composition-small --out "$out/composition" --jobs 12 \
   --grid task.phi=5.4,7.2,9 --grid train.weight_decay=0.1,0.3 --grid model.d_mlp=256,512 \
-  $common task.n_entities=50 task.test_fraction=0.05 > "$out/composition.log" 2>&1 &
+  $common task.n_entities=50 task.test_fraction=0.05 model.tie_embeddings=false > "$out/composition.log" 2>&1 &
 sweep --preset comparison-small --out "$out/comparison" --jobs 2 \
   --grid train.weight_decay=0.1,0.3 \
   $common task.n_entities=50 task.n_attributes=10 task.n_values=10 task.phi=18 model.d_mlp=512 model.init_range=0.02 model.tie_embeddings=false > "$out/comparison.log" 2>&1 &
