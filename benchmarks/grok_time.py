@@ -72,7 +72,7 @@ def report(pairs: list[tuple[str, str]], train_threshold: float) -> str:
         f"| run | filter | dropout | seed | train >= {train_threshold:.2f} at | test ID then | test ID >= 0.95 at | wall s | gap kept | final ID | max OOD |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    ratios, shown = [], set()
+    ratios, shown, bounded = [], set(), set()
     for plain, filtered in pairs:
         a, b = grok_stats(plain, train_threshold), grok_stats(filtered, train_threshold)
         for path, r in ((plain, a), (filtered, b)):
@@ -98,7 +98,8 @@ def report(pairs: list[tuple[str, str]], train_threshold: float) -> str:
         else:
             ratios.append(f"{name}: not measured: the filtered run stopped at step {b['step']} below 0.95, "
                           f"before the plain run's {'step ' + str(a['step']) if a['reached'] else 'end'}; {gaps}")
-        if a["reached"] and a["gap_kept"] and a["sat_step"]:
+        if a["reached"] and a["gap_kept"] and a["sat_step"] and plain not in bounded:
+            bounded.add(plain)
             ratios.append(f"  (a change that keeps the gap without memorising faster saves at most "
                           f"{a['step'] / a['sat_step']:.2f}x on {a['run']}: its 0.95 step over its saturation step)")
     return "\n".join(rows + [""] + ratios)

@@ -68,7 +68,7 @@ def discover(
     examples: int = typer.Option(300, "--examples", help="Examples of the split (paper: 300)."),
     seed: int = typer.Option(0, "--seed", help="Seed that draws the examples and counterfactuals."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write everything (examples' token ids, nodes with hook names, every edge's score, the circuit, the faithfulness curve) as JSON."),
-    compare: Path | None = typer.Option(None, "--compare", help="Another run of the same shape (e.g. another seed, or trained with a gradient filter): discover its circuit the same way and print the overlap."),
+    compare: Path | None = typer.Option(None, "--compare", help="Another run of the same shape (e.g. another seed, or trained with a gradient filter): discover its circuit the same way and print its overlap with this run's (with --all: the last checkpoint's)."),
     compare_step: int | None = typer.Option(None, "--compare-step", help="The other run's checkpoint (default: its latest)."),
 ) -> None:
     """Discover the circuit: score every edge (EAP-IG), keep the smallest faithful set.
@@ -142,9 +142,10 @@ def _compare(run, doc: dict, other_dir: Path, other_step: int | None, **kw) -> N
         raise UserError(f"--compare {other_dir}: a {other.config.task.task} run; {run.path} is a {run.config.task.task} run")
     step = _analysis_steps(other, other_step, False)[0]
     o = checkpoint_discovery(other, step, **kw)
-    shape = lambda d: {k: d["graph"][k] for k in ("n_layers", "n_heads", "n_pos")}  # noqa: E731
-    if o.get("empty") or shape(o) != shape(doc):
-        raise UserError(f"--compare {other_dir}: its component graph {shape(o)} differs from {shape(doc)}; "
+    if o.get("empty"):
+        raise UserError(f"--compare {other_dir}: no example of its split has a valid {o['perturbation']} counterfactual")
+    if o["graph"] != doc["graph"]:
+        raise UserError(f"--compare {other_dir}: its component graph {o['graph']} differs from {doc['graph']}; "
                         "circuits can only be compared between models of the same shape on the same task")
     a, b = set(doc["circuit"]["edges"]), set(o["circuit"]["edges"])
     typer.echo(f"compared with {other.path} step {step}: {len(b)} edges, recovers {o['circuit']['recovered']:.3f}, "
