@@ -31,7 +31,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from grokscope.analysis.discovery import (  # noqa: E402
+from grokscope.discovery.faithfulness import faithfulness_curve, smallest_circuit  # noqa: E402
+from grokscope.discovery.scores import (  # noqa: E402
     DEFAULT_IG_STEPS,
     Corruption,
     prepare,
@@ -39,9 +40,8 @@ from grokscope.analysis.discovery import (  # noqa: E402
     spearman,
     top_overlap,
 )
-from grokscope.analysis.faithfulness import faithfulness_curve, smallest_circuit  # noqa: E402
-from grokscope.analysis.tracing import make_counterfactuals  # noqa: E402
-from grokscope.run import Run  # noqa: E402
+from grokscope.patching.tracing import make_counterfactuals  # noqa: E402
+from grokscope.runs.run import Run  # noqa: E402
 
 
 def shipped(args: argparse.Namespace) -> dict:
@@ -91,8 +91,8 @@ def shipped(args: argparse.Namespace) -> dict:
 
 
 def paper_shape(args: argparse.Namespace) -> dict:
-    from grokscope.config import ModelConfig
-    from grokscope.model import build_model
+    from grokscope.runs.config import ModelConfig
+    from grokscope.runs.model import build_model
 
     cfg = ModelConfig(n_layers=8, d_model=768, n_heads=12, d_mlp=3072)
     res = {}

@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from grokscope.run import Run  # noqa: E402
-from grokscope.sweep import summarize_metrics  # noqa: E402
+from grokscope.runs.run import Run  # noqa: E402
+from grokscope.training.sweep import summarize_metrics  # noqa: E402
 
 TEST_THRESHOLD = 0.95
 
@@ -111,10 +111,10 @@ def step_cost(preset_name: str, steps: int) -> str:
 
     import torch
 
-    from grokscope.config import preset
-    from grokscope.run import Run as _Run
+    from grokscope.runs.presets import preset
+    from grokscope.runs.run import Run as _Run
     from grokscope.tasks import get_task
-    from grokscope.train import train
+    from grokscope.training.train import train
 
     torch.set_num_threads(1)
     base = preset(preset_name).override({

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from grokscope.run import Run, thin_run
-from grokscope.sweep import summarize_metrics
+from grokscope.runs.run import Run, thin_run
+from grokscope.training.sweep import summarize_metrics
 
 
 def main() -> None:

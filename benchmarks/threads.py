@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python benchmarks/threads.py [--batch 256] [--steps 40]
 Run it on an idle machine (and once with another process busy) to choose
-grokscope.train.DEFAULT_THREADS.
+grokscope.training.train.DEFAULT_THREADS.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from grokscope.config import preset
-from grokscope.model import build_model
-from grokscope.train import target_loss
+from grokscope.runs.model import build_model
+from grokscope.runs.presets import preset
+from grokscope.training.train import target_loss
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Traces every perturbation x residual state S[l, p] (l = 0..L, every input positi
 ``--n`` examples (the paper: 300 training inferred examples) three ways and checks
 they give the same numbers:
 
-* ``batched``: :func:`grokscope.analysis.tracing.trace` (all (site, example) pairs
+* ``batched``: :func:`grokscope.patching.tracing.trace` (all (site, example) pairs
   stacked into large batches, one hook per hook name);
 * ``loop``: one site per forward pass with plain ``model.run_with_hooks`` (the
   examples of one site batched), the usual way;
@@ -28,9 +28,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from grokscope.analysis.lens import resid_hook_names  # noqa: E402
-from grokscope.analysis.tracing import make_counterfactuals, site_hook_names, trace  # noqa: E402
-from grokscope.run import Run  # noqa: E402
+from grokscope.lens.logit_lens import resid_hook_names  # noqa: E402
+from grokscope.patching.tracing import make_counterfactuals, site_hook_names, trace  # noqa: E402
+from grokscope.runs.run import Run  # noqa: E402
 
 
 def loop_trace(model, cf, names, n_heads=None):

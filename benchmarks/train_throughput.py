@@ -16,9 +16,10 @@ import time
 
 import torch
 
-from grokscope.config import ModelConfig, preset
-from grokscope.model import build_model, decay_param_groups
-from grokscope.train import target_loss
+from grokscope.runs.config import ModelConfig
+from grokscope.runs.model import build_model, decay_param_groups
+from grokscope.runs.presets import preset
+from grokscope.training.train import target_loss
 
 SHAPES = {
     "small": preset("composition-small").model,

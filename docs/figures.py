@@ -97,7 +97,7 @@ FIGURES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
 
 
 def _metrics(path: Path) -> list[dict]:
-    from grokscope.run import Run
+    from grokscope.runs.run import Run
 
     return Run.open(path).metrics()
 

@@ -6,7 +6,7 @@ Usage (from the repository root; analyses are cached inside each run):
 
 Without RUN it takes the shipped runs (checkpoints/*). For each run: the evaluation
 records, the weight norm and the task's circuit measures at every checkpoint (and for
-modular addition the progress measures), onsets by :func:`grokscope.analysis.progress.onset`
+modular addition the progress measures), onsets by :func:`grokscope.progress.fourier.onset`
 and the lead of each measure over test accuracy. Prints one markdown table.
 """
 
@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    from grokscope.analysis.forecast import report_data
-    from grokscope.analysis.series import analyse_series
-    from grokscope.run import Run
+    from grokscope.progress.forecast import report_data
+    from grokscope.runs.run import Run
+    from grokscope.series.engine import analyse_series
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="*", type=Path)

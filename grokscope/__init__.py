@@ -1,11 +1,14 @@
 """grokscope: mechanistic interpretability of grokked implicit reasoners.
 
-Generates the tasks of "Grokked Transformers are Implicit Reasoners" (Wang et al., 2024),
-trains TransformerLens models on them from scratch, and analyses their checkpoints with
-the logit lens and causal tracing, across the whole checkpoint series.
+Generates grokking tasks (the paper's composition / comparison / complex reasoning,
+k-hop, modular addition), trains TransformerLens 4.x models on them from scratch, and
+analyses their checkpoints (logit lens, causal tracing, circuit discovery, progress
+measures) across the whole checkpoint series.
 
-The public API is importable from the top level; submodules load on first use, so
-``import grokscope`` stays fast (TransformerLens is imported only when a model is built).
+Every public name is here (``dir(grokscope)`` lists them, tab completion shows them);
+submodules load on first use, so ``import grokscope`` stays fast (TransformerLens is
+imported only when a model is built). Figures: ``grokscope.plots``. The layers, one
+folder each, are described in docs/ARCHITECTURE.md.
 
 Example:
     >>> import grokscope as gs
@@ -21,37 +24,96 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from grokscope import _compat
+
+__version__ = "0.2.0"
 
 _EXPORTS: dict[str, tuple[str, str]] = {
-    # tasks: every public name of grokscope.tasks (its __all__: each registered task's
-    # generator, the protocol, the paper format) is served by __getattr__ below
-    # config, model, runs, training
-    "RunConfig": ("grokscope.config", "RunConfig"),
-    "preset": ("grokscope.config", "preset"),
-    "build_model": ("grokscope.model", "build_model"),
-    "Run": ("grokscope.run", "Run"),
-    "load_run": ("grokscope.run", "Run.open"),
-    "train": ("grokscope.train", "train"),
-    "train_new": ("grokscope.train", "train_new"),
-    "evaluate": ("grokscope.train", "evaluate"),
-    # analysis
-    "logit_lens": ("grokscope.analysis.lens", "logit_lens"),
-    "lens_split": ("grokscope.analysis.lens", "lens_split"),
-    "direct_logit_attribution": ("grokscope.analysis.attribution", "direct_logit_attribution"),
-    "make_counterfactuals": ("grokscope.analysis.tracing", "make_counterfactuals"),
-    "trace": ("grokscope.analysis.tracing", "trace"),
-    "find_circuit": ("grokscope.analysis.circuits", "find_circuit"),
-    "analyse_series": ("grokscope.analysis.series", "analyse_series"),
-    "ood_diagnosis": ("grokscope.analysis.diagnoses", "ood_diagnosis"),
-    "value_gap_diagnosis": ("grokscope.analysis.diagnoses", "value_gap_diagnosis"),
-    "Corruption": ("grokscope.analysis.discovery", "Corruption"),
-    "score_edges": ("grokscope.analysis.discovery", "score_edges"),
-    "discover": ("grokscope.analysis.circuit_discovery", "discover"),
-    "discovery_series": ("grokscope.analysis.discovery_series", "discovery_series"),
+    # tasks: the protocol, the dataset contract, the built-in tasks and their configs
+    **{name: ("grokscope.tasks", name) for name in (
+        "Task", "register_task", "get_task", "task_names", "task_of", "CircuitHypothesis", "Stage",
+        "LensTarget", "CounterfactualDraw", "TaskDataset", "Split", "Vocab", "SPLITS", "PROBE_SPLITS",
+        "CompositionKB", "ComparisonKB", "load_paper_format", "save_paper_format",
+        "CompositionConfig", "composition", "generate_composition",
+        "ComparisonConfig", "comparison", "generate_comparison",
+        "ComplexConfig", "complex_reasoning", "derivable_order", "generate_complex",
+        "KHopConfig", "generate_khop", "ModularConfig", "generate_modular",
+    )},
+    # the run layer
+    "RunConfig": ("grokscope.runs.config", "RunConfig"),
+    "ModelConfig": ("grokscope.runs.config", "ModelConfig"),
+    "TrainConfig": ("grokscope.runs.config", "TrainConfig"),
+    "preset": ("grokscope.runs.presets", "preset"),
+    "build_model": ("grokscope.runs.model", "build_model"),
+    "Run": ("grokscope.runs.run", "Run"),
+    "RunError": ("grokscope.runs.run", "RunError"),
+    "load_run": ("grokscope.runs.run", "Run.open"),
+    "summarize_metrics": ("grokscope.runs.grokking", "summarize_metrics"),
+    "import_hf": ("grokscope.runs.hf_import", "import_hf"),
+    "train": ("grokscope.training.train", "train"),
+    "train_new": ("grokscope.training.train", "train_new"),
+    "evaluate": ("grokscope.training.train", "evaluate"),
+    "eval_subsets": ("grokscope.training.train", "eval_subsets"),
+    "run_sweep": ("grokscope.training.sweep", "run_sweep"),
+    # lens
+    "LensResult": ("grokscope.lens.logit_lens", "LensResult"),
+    "logit_lens": ("grokscope.lens.logit_lens", "logit_lens"),
+    "lens_split": ("grokscope.lens.logit_lens", "lens_split"),
+    "DLAResult": ("grokscope.lens.attribution", "DLAResult"),
+    "direct_logit_attribution": ("grokscope.lens.attribution", "direct_logit_attribution"),
+    "checkpoint_lens": ("grokscope.lens.checkpoint", "checkpoint_lens"),
+    # patching
+    "Counterfactuals": ("grokscope.patching.counterfactuals", "Counterfactuals"),
+    "make_counterfactuals": ("grokscope.patching.counterfactuals", "make_counterfactuals"),
+    "Site": ("grokscope.patching.engine", "Site"),
+    "run_patches": ("grokscope.patching.engine", "run_patches"),
+    "TraceResult": ("grokscope.patching.tracing", "TraceResult"),
+    "trace": ("grokscope.patching.tracing", "trace"),
+    "LocatedCircuit": ("grokscope.patching.hypothesis", "LocatedCircuit"),
+    "find_circuit": ("grokscope.patching.hypothesis", "find_circuit"),
+    "checkpoint_trace": ("grokscope.patching.checkpoint", "checkpoint_trace"),
+    "checkpoint_circuit": ("grokscope.patching.checkpoint", "checkpoint_circuit"),
+    # discovery
+    "ComponentGraph": ("grokscope.discovery.graph", "ComponentGraph"),
+    "Corruption": ("grokscope.discovery.scores", "Corruption"),
+    "EdgeScores": ("grokscope.discovery.scores", "EdgeScores"),
+    "prepare": ("grokscope.discovery.scores", "prepare"),
+    "score_edges": ("grokscope.discovery.scores", "score_edges"),
+    "spearman": ("grokscope.discovery.scores", "spearman"),
+    "top_overlap": ("grokscope.discovery.scores", "top_overlap"),
+    "EdgeCircuit": ("grokscope.discovery.faithfulness", "EdgeCircuit"),
+    "FaithfulnessCurve": ("grokscope.discovery.faithfulness", "FaithfulnessCurve"),
+    "faithfulness_curve": ("grokscope.discovery.faithfulness", "faithfulness_curve"),
+    "smallest_circuit": ("grokscope.discovery.faithfulness", "smallest_circuit"),
+    "Discovery": ("grokscope.discovery.circuit", "Discovery"),
+    "discover": ("grokscope.discovery.circuit", "discover"),
+    "describe_edges": ("grokscope.discovery.circuit", "describe_edges"),
+    "DiscoverySeries": ("grokscope.discovery.series", "DiscoverySeries"),
+    "discovery_series": ("grokscope.discovery.series", "discovery_series"),
+    # the series engine
+    "AnalysisCache": ("grokscope.series.cache", "AnalysisCache"),
+    "analyse_series": ("grokscope.series.engine", "analyse_series"),
+    "register_step_analysis": ("grokscope.series.engine", "register_step_analysis"),
+    "StepOutput": ("grokscope.series.engine", "StepOutput"),
+    "parse_steps": ("grokscope.series.engine", "parse_steps"),
+    "CheckpointRecord": ("grokscope.series.records", "CheckpointRecord"),
+    "SeriesResult": ("grokscope.series.records", "SeriesResult"),
+    # progress measures and diagnoses
+    "circuit_measures": ("grokscope.progress.measures", "circuit_measures"),
+    "register_diagnosis": ("grokscope.progress.diagnoses", "register_diagnosis"),
+    "ood_diagnosis": ("grokscope.progress.diagnoses", "ood_diagnosis"),
+    "value_gap_diagnosis": ("grokscope.progress.diagnoses", "value_gap_diagnosis"),
+    "fourier_progress": ("grokscope.progress.fourier", "fourier_progress"),
+    "progress_series": ("grokscope.progress.fourier", "progress_series"),
+    "ProgressSeries": ("grokscope.progress.fourier", "ProgressSeries"),
+    "pair_activations": ("grokscope.progress.fourier", "pair_activations"),
+    "neuron_frequencies": ("grokscope.progress.fourier", "neuron_frequencies"),
+    "forecast": ("grokscope.progress.forecast", "forecast"),
+    "locate_phases": ("grokscope.progress.forecast", "locate_phases"),
+    "cheap_measures": ("grokscope.progress.forecast", "cheap_measures"),
     # figures and reports
     "plots": ("grokscope.plots", ""),
-    "write_report": ("grokscope.report", "write_report"),
+    "write_report": ("grokscope.report.build", "write_report"),
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -59,11 +121,7 @@ __all__ = ["__version__", *_EXPORTS]
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
-        tasks = importlib.import_module("grokscope.tasks")
-        if name not in tasks.__all__:
-            raise AttributeError(f"module 'grokscope' has no attribute {name!r}")
-        globals()[name] = getattr(tasks, name)
-        return globals()[name]
+        raise AttributeError(f"module 'grokscope' has no attribute {name!r}")
     module, attr = _EXPORTS[name]
     obj: Any = importlib.import_module(module)
     for part in filter(None, attr.split(".")):
@@ -73,4 +131,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*__all__, *importlib.import_module("grokscope.tasks").__all__})
+    return sorted({*__all__, *globals()} - {"annotations", "importlib", "Any"})
+
+
+_compat.install()

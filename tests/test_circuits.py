@@ -1,4 +1,4 @@
-"""Tests for grokscope.analysis.circuits: circuits assembled from hand-made lens and
+"""Tests for grokscope.patching.hypothesis: circuits assembled from hand-made lens and
 tracing results (known answers), and the end-to-end finder on a tiny model."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from grokscope.analysis.circuits import build_circuit, find_circuit, first_layer
-from grokscope.analysis.lens import LensResult, lens_split, resid_hook_names
-from grokscope.analysis.tracing import Counterfactuals, TraceResult, make_counterfactuals, trace
-from grokscope.config import ModelConfig
-from grokscope.model import build_model
+from grokscope.lens.logit_lens import LensResult, lens_split, resid_hook_names
+from grokscope.patching.hypothesis import build_circuit, find_circuit, first_layer
+from grokscope.patching.tracing import Counterfactuals, TraceResult, make_counterfactuals, trace
+from grokscope.runs.config import ModelConfig
+from grokscope.runs.model import build_model
 from grokscope.tasks import composition
 
 L = 4  # layers; states S[0..4]

@@ -18,12 +18,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grokscope.analysis.discovery import Corruption, prepare, score_edges, spearman
-from grokscope.analysis.edge_patching import patch_edge_sets
-from grokscope.analysis.faithfulness import faithfulness_curve, recovered, select
-from grokscope.analysis.graph import ComponentGraph, GraphNode, prune
-from grokscope.config import ModelConfig
-from grokscope.model import build_model
+from grokscope.discovery.edges import patch_edge_sets
+from grokscope.discovery.faithfulness import faithfulness_curve, recovered, select
+from grokscope.discovery.graph import ComponentGraph, GraphNode, prune
+from grokscope.discovery.scores import Corruption, prepare, score_edges, spearman
+from grokscope.runs.config import ModelConfig
+from grokscope.runs.model import build_model
 
 N, POS, VOCAB = 6, 4, 20
 
@@ -228,7 +228,7 @@ def _hand_built():
 
 @pytest.mark.parametrize("method", ["eap", "eap-ig", "exact"])
 def test_hand_built_model_circuit_is_found_and_nothing_else(method):
-    from grokscope.analysis.circuit_discovery import discover
+    from grokscope.discovery.circuit import discover
 
     model, c = _hand_built()
     g = ComponentGraph.of(model, 3)
@@ -329,8 +329,8 @@ def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 def test_cli_discover_json_can_be_recomputed(tmp_path, monkeypatch, capsys):
     import json
 
-    from grokscope.config import preset
-    from grokscope.train import train_new
+    from grokscope.runs.presets import preset
+    from grokscope.training.train import train_new
 
     run = train_new(preset("composition-tiny").override(MICRO), tmp_path / "run", quiet=True)
     out = tmp_path / "d.json"
@@ -361,8 +361,8 @@ def test_cli_discover_compare_matches_the_two_circuits(tmp_path, monkeypatch, ca
     import json
     import re
 
-    from grokscope.config import preset
-    from grokscope.train import train_new
+    from grokscope.runs.presets import preset
+    from grokscope.training.train import train_new
 
     cfg = preset("composition-tiny").override(MICRO)
     a = train_new(cfg, tmp_path / "a", quiet=True)

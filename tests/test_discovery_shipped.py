@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from grokscope.run import Run
-from grokscope.sweep import summarize_metrics
+from grokscope.runs.run import Run
+from grokscope.training.sweep import summarize_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 N = 100
@@ -31,9 +31,9 @@ def _run() -> Run:
 
 
 def _discover(run: Run, step: int, split: str = "train_inferred"):
-    from grokscope.analysis.circuit_discovery import discover
-    from grokscope.analysis.discovery import Corruption
-    from grokscope.analysis.tracing import make_counterfactuals
+    from grokscope.discovery.circuit import discover
+    from grokscope.discovery.scores import Corruption
+    from grokscope.patching.tracing import make_counterfactuals
 
     model = run.load_model(step)
     model.eval()

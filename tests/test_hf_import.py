@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grokscope.hf_import import (
+from grokscope.runs.hf_import import (
     IMPORT_FILE,
     HFImportError,
     checkpoint_step,
@@ -27,7 +27,7 @@ from grokscope.hf_import import (
     model_config_from_hf,
     read_token_ids,
 )
-from grokscope.run import Run, RunError
+from grokscope.runs.run import Run, RunError
 from grokscope.tasks import composition, save_paper_format
 
 transformers = pytest.importorskip("transformers")

@@ -1,4 +1,4 @@
-"""Tests for grokscope.analysis.lens: logit lens against the model's own logits and
+"""Tests for grokscope.lens.logit_lens: logit lens against the model's own logits and
 plain argsort ranks, the paper's targets from metadata, and DLA sums."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from grokscope.analysis.lens import (
+from grokscope.lens.attribution import direct_logit_attribution
+from grokscope.lens.logit_lens import (
     LensResult,
     LensTarget,
     decode_resid,
-    direct_logit_attribution,
     lens_split,
     lens_targets,
     logit_lens,
@@ -21,8 +21,8 @@ from grokscope.analysis.lens import (
     residual_stack,
     token_ranks,
 )
-from grokscope.config import ModelConfig
-from grokscope.model import build_model
+from grokscope.runs.config import ModelConfig
+from grokscope.runs.model import build_model
 from grokscope.tasks import comparison, composition
 from grokscope.tasks.vocab import parse_token
 

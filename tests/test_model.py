@@ -1,4 +1,4 @@
-"""Tests for grokscope.model: HF GPT-2 reference, init, seeding, sharing, tying, save/load."""
+"""Tests for grokscope.runs.model: HF GPT-2 reference, init, seeding, sharing, tying, save/load."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from grokscope.config import ModelConfig
-from grokscope.model import (
+from grokscope.runs.config import ModelConfig
+from grokscope.runs.model import (
     bridge_config,
     bridge_config_dict,
     build_model,
@@ -113,7 +113,7 @@ def test_dropout_hooks_match_hf_gpt2_dropout_placement(monkeypatch) -> None:
     tokens = _tokens()
     masks: list[torch.Tensor] = []
     record = lambda t, hook: masks.append((t != 0).float()) or t  # noqa: E731  (runs after the drop hook)
-    from grokscope.model import dropout_hook_names
+    from grokscope.runs.model import dropout_hook_names
 
     gen = torch.Generator().manual_seed(0)
     with dropout(model, p, gen), model.hooks(fwd_hooks=[(n, record) for n in dropout_hook_names(SMALL.n_layers)]):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from grokscope.tasks import get_task, load_paper_format, save_paper_format
-from grokscope.tasks.modular import ModularConfig, generate_modular
+from grokscope.tasks.builtin.modular import ModularConfig, generate_modular
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "checkpoints" / "modular-small"
@@ -130,13 +130,13 @@ import math  # noqa: E402
 
 import torch  # noqa: E402
 
-from grokscope.analysis.progress import (  # noqa: E402
+from grokscope.progress.forecast import onset  # noqa: E402
+from grokscope.progress.fourier import (  # noqa: E402
     excluded_logits,
     fourier_basis,
     frequency_power,
     gini,
     key_frequencies,
-    onset,
     pair_loss,
     restricted_logits,
 )
@@ -204,8 +204,8 @@ def test_onset_is_one_rule_both_directions():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from grokscope.config import preset
-    from grokscope.train import train_new
+    from grokscope.runs.presets import preset
+    from grokscope.training.train import train_new
 
     cfg = preset("modular-small").override({
         "task.p": "11", "task.train_fraction": "0.5", "task.train_probe": "none", "model.d_model": "16",
@@ -218,10 +218,11 @@ def tiny_run(tmp_path_factory):
 def test_tiny_run_through_series_report_and_cli(tiny_run, tmp_path):
     from typer.testing import CliRunner
 
-    from grokscope.analysis.progress import progress_series, report_data
-    from grokscope.analysis.series import analyse_series
     from grokscope.cli import app
+    from grokscope.progress.forecast import report_data
+    from grokscope.progress.fourier import progress_series
     from grokscope.report import write_report
+    from grokscope.series.engine import analyse_series
 
     series = analyse_series(tiny_run, n=20, progress=False)
     assert series.steps == [0, 20, 40]
@@ -256,7 +257,7 @@ def test_cli_data_modular(tmp_path):
 
 
 def test_neuron_frequency_of_a_hand_made_neuron():
-    from grokscope.analysis.progress import neuron_frequencies
+    from grokscope.progress.fourier import neuron_frequencies
 
     p = 23
     a, b = torch.meshgrid(torch.arange(p, dtype=torch.float64), torch.arange(p, dtype=torch.float64), indexing="ij")
@@ -273,7 +274,7 @@ def test_neuron_frequency_of_a_hand_made_neuron():
 
 @pytest.fixture(scope="module")
 def shipped():
-    from grokscope.run import Run
+    from grokscope.runs.run import Run
 
     if not SHIPPED.is_dir():
         pytest.fail(f"{SHIPPED} is missing: the modular run ships with the repository")
@@ -283,14 +284,14 @@ def shipped():
 @pytest.fixture(scope="module")
 def shipped_final(shipped):
     """The last checkpoint's model, the dataset and its progress measures."""
-    from grokscope.analysis.progress import fourier_progress
+    from grokscope.progress.fourier import fourier_progress
 
     ds, model = shipped.dataset(), shipped.load_model()
     return model, ds, fourier_progress(model, ds)
 
 
 def test_shipped_data_is_the_presets_split(shipped):
-    from grokscope.config import preset
+    from grokscope.runs.presets import preset
 
     cfg = preset("modular-small")
     assert shipped.config == cfg  # `grokscope train --preset modular-small` made it
@@ -298,8 +299,8 @@ def test_shipped_data_is_the_presets_split(shipped):
 
 
 def test_shipped_run_groks_and_its_accuracies_hold_on_every_pair(shipped, shipped_final):
-    from grokscope.analysis.grokking import summarize_metrics
-    from grokscope.analysis.progress import fourier_progress
+    from grokscope.progress.fourier import fourier_progress
+    from grokscope.runs.grokking import summarize_metrics
 
     metrics = shipped.metrics()
     g = summarize_metrics(metrics)
@@ -327,7 +328,7 @@ def test_shipped_run_groks_and_its_accuracies_hold_on_every_pair(shipped, shippe
 
 
 def test_forecast_counts_a_lead_only_from_a_pause():
-    from grokscope.analysis.progress import forecast
+    from grokscope.progress.forecast import forecast
 
     steps = list(range(0, 1100, 100))
     train = [0.1, 0.5, 0.99, 1, 1, 1, 1, 1, 1, 1, 1]
@@ -342,7 +343,7 @@ def test_forecast_counts_a_lead_only_from_a_pause():
 
 
 def test_shipped_heads_carry_the_key_frequencies_of_their_input(shipped_final):
-    from grokscope.analysis.progress import head_frequencies
+    from grokscope.progress.fourier import head_frequencies
 
     model, ds, final = shipped_final
     keys = set(final["key_freqs"])
@@ -359,10 +360,10 @@ def test_shipped_heads_carry_the_key_frequencies_of_their_input(shipped_final):
 def test_discovery_finds_the_known_algorithm(shipped_final, pert):
     """EAP-IG on a' (b'): embed(a) -> the values of the heads that attend to a -> the MLP at
     ``=`` -> the logits, in a small circuit; the heads are those head_frequencies assigns."""
-    from grokscope.analysis.circuit_discovery import discover
-    from grokscope.analysis.discovery import Corruption
-    from grokscope.analysis.progress import head_frequencies
-    from grokscope.analysis.tracing import make_counterfactuals
+    from grokscope.discovery.circuit import discover
+    from grokscope.discovery.scores import Corruption
+    from grokscope.patching.tracing import make_counterfactuals
+    from grokscope.progress.fourier import head_frequencies
 
     model, ds, _ = shipped_final
     model.eval()

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from grokscope import plots
-from grokscope.analysis.lens import lens_split
-from grokscope.analysis.series import analyse_series, checkpoint_lens, checkpoint_trace
-from grokscope.config import preset
-from grokscope.run import Run
+from grokscope.lens.checkpoint import checkpoint_lens
+from grokscope.lens.logit_lens import lens_split
+from grokscope.patching.checkpoint import checkpoint_trace
+from grokscope.runs.presets import preset
+from grokscope.runs.run import Run
+from grokscope.series.engine import analyse_series
 
 N = 20
 MICRO = {
@@ -26,7 +28,7 @@ MICRO = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Run:
-    from grokscope.train import train_new
+    from grokscope.training.train import train_new
 
     torch.set_num_threads(1)
     return train_new(preset("composition-tiny").override(MICRO), tmp_path_factory.mktemp("plots") / "r", quiet=True)

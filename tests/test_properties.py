@@ -22,15 +22,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grokscope.analysis.lens import (
+from grokscope.lens.attribution import direct_logit_attribution
+from grokscope.lens.logit_lens import (
     LensTarget,
-    direct_logit_attribution,
     logit_lens,
     resid_hook_names,
 )
-from grokscope.analysis.tracing import Counterfactuals, Site, run_patches, trace
-from grokscope.config import ModelConfig
-from grokscope.model import build_model
+from grokscope.patching.tracing import Counterfactuals, Site, run_patches, trace
+from grokscope.runs.config import ModelConfig
+from grokscope.runs.model import build_model
 from grokscope.tasks import (
     SPLITS,
     comparison,

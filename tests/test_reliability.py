@@ -27,9 +27,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from grokscope.config import preset
-from grokscope.run import CHECKPOINTS_DIR, CONFIG_FILE, MODEL_FILE, Run, RunError, step_dir_name
-from grokscope.train import train, train_new
+from grokscope.runs.presets import preset
+from grokscope.runs.run import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    MODEL_FILE,
+    Run,
+    RunError,
+    step_dir_name,
+)
+from grokscope.training.train import train, train_new
 
 GROKSCOPE = Path(sys.executable).parent / "grokscope"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -222,7 +229,7 @@ def _failing_replace(monkeypatch, err: int, from_step: int) -> None:
 
 
 def _failing_metrics(monkeypatch, err: int, allowed: int) -> None:
-    """``open`` in grokscope.train raises OSError(err) after ``allowed`` metrics appends."""
+    """``open`` in grokscope.training.train raises OSError(err) after ``allowed`` metrics appends."""
     import builtins
 
     calls = {"n": 0}
@@ -234,7 +241,7 @@ def _failing_metrics(monkeypatch, err: int, allowed: int) -> None:
                 raise OSError(err, os.strerror(err), str(file))
         return builtins.open(file, mode, *a, **kw)
 
-    monkeypatch.setattr("grokscope.train.open", fake, raising=False)
+    monkeypatch.setattr("grokscope.training.train.open", fake, raising=False)
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from grokscope.config import preset
 from grokscope.report import REPORT_FILE, SUMMARY_FILE, write_report
-from grokscope.run import Run
+from grokscope.runs.presets import preset
+from grokscope.runs.run import Run
 
 N = 20
 MICRO = {
@@ -38,7 +38,7 @@ N_FIGURES = {"composition": 14, "comparison": 14}  # comparison: OOD by value di
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Run]:
-    from grokscope.train import train_new
+    from grokscope.training.train import train_new
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("report-runs")
@@ -314,8 +314,8 @@ def test_cli_runs_grokking_table(runs, monkeypatch, capsys):
 
 
 def test_r2_note_reads_the_papers_claim_off_the_series_or_says_nothing():
-    from grokscope.analysis.series import SeriesResult
     from grokscope.report import r2_note
+    from grokscope.series.records import SeriesResult
 
     hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre", "blocks.2.hook_resid_post"]
     ck = lambda step, v: {"step": step, "lens": {"r2@r2": [1.0, v, 2 * v, 0.01], "r2@r2/rel": [1.0, 0.5, 0.6, 0.2]}}  # noqa: E731

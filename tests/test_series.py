@@ -1,4 +1,4 @@
-"""Tests for grokscope.analysis.series: measures across checkpoints and the disk cache.
+"""Tests for grokscope.series.engine: measures across checkpoints and the disk cache.
 
 A micro composition run (3 layers, three checkpoints) trains once for the module; every
 series is compared against the analysis functions called directly on the same
@@ -13,23 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from grokscope.analysis import cache as cache_mod
-from grokscope.analysis.lens import lens_split
-from grokscope.analysis.series import (
-    CACHE_DIR_NAME,
-    AnalysisCache,
-    SeriesResult,
-    analyse_series,
-    checkpoint_lens,
-    checkpoint_trace,
-    ood_diagnosis,
-    parse_steps,
-    value_gap_diagnosis,
-    weight_norm,
-)
-from grokscope.analysis.tracing import make_counterfactuals, trace
-from grokscope.config import preset
-from grokscope.run import Run
+from grokscope.lens.checkpoint import checkpoint_lens
+from grokscope.lens.logit_lens import lens_split
+from grokscope.patching.checkpoint import checkpoint_trace
+from grokscope.patching.tracing import make_counterfactuals, trace
+from grokscope.progress.diagnoses import ood_diagnosis, value_gap_diagnosis
+from grokscope.runs.presets import preset
+from grokscope.runs.run import Run
+from grokscope.series import cache as cache_mod
+from grokscope.series.cache import CACHE_DIR_NAME, AnalysisCache
+from grokscope.series.engine import analyse_series, parse_steps, weight_norm
+from grokscope.series.records import SeriesResult
 
 N = 24  # examples per analysis: small and fast
 
@@ -45,7 +39,7 @@ COMPARISON = {"task.n_entities": "20", "task.n_attributes": "3", "task.n_values"
 
 def micro_run(path, task: str = "composition") -> Run:
     """Train a micro run (about two seconds): checkpoints at steps 0, 20 and 40."""
-    from grokscope.train import train_new
+    from grokscope.training.train import train_new
 
     ov = COMPOSITION if task == "composition" else COMPARISON
     return train_new(preset(f"{task}-tiny").override({**MICRO, **ov}), path, quiet=True)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from grokscope.run import Run
-from grokscope.sweep import summarize_metrics
-from grokscope.train import eval_subsets, evaluate
+from grokscope.runs.run import Run
+from grokscope.training.sweep import summarize_metrics
+from grokscope.training.train import eval_subsets, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ("composition-small", "comparison-small")
@@ -54,7 +54,7 @@ def test_composition_grokked():
 
 def test_shipped_composition_is_its_preset():
     """`grokscope train --preset composition-small` is the shipped run's recipe."""
-    from grokscope.config import preset
+    from grokscope.runs.presets import preset
 
     cfg = _run("composition-small").config
     assert cfg.to_dict() == preset("composition-small").to_dict()
@@ -64,7 +64,7 @@ def test_composition_r2_at_r2_rises_during_grokking():
     """The paper's lens claim on r2 (values in the README): tied, so r2 is decodable; its
     MRR at S[3, r2] rises from train saturation to the end, over the whole vocabulary and
     among relations, yet stays far from the top of the vocabulary at 4 layers."""
-    from grokscope.analysis.series import checkpoint_lens
+    from grokscope.lens.checkpoint import checkpoint_lens
 
     run = _run("composition-small")
     assert run.config.model.tie_embeddings
@@ -87,7 +87,7 @@ def test_composition_circuit_forms_across_grokking():
     """The paper's picture on the shipped run, found automatically (values in the README)."""
     import numpy as np
 
-    from grokscope.analysis.series import analyse_series
+    from grokscope.series.engine import analyse_series
 
     s = analyse_series(_run("composition-small"), n=300, progress=False)
     final = s.to_dict()["checkpoints"][-1]
@@ -112,7 +112,7 @@ def test_comparison_grokked():
 
 def test_shipped_comparison_is_its_preset():
     """`grokscope train --preset comparison-small` is the shipped run's recipe (tied, 1,500 s)."""
-    from grokscope.config import preset
+    from grokscope.runs.presets import preset
 
     cfg = _run("comparison-small").config
     assert cfg.model.tie_embeddings
@@ -129,7 +129,7 @@ def test_comparison_generalizes_ood_and_errs_on_close_values():
     evaluations)."""
     import numpy as np
 
-    from grokscope.analysis.series import value_gap_diagnosis
+    from grokscope.progress.diagnoses import value_gap_diagnosis
 
     run = _run("comparison-small")
     s = summarize_metrics(run.metrics())
@@ -153,7 +153,7 @@ def test_comparison_parallel_circuit_forms_during_grokking():
     run shipped before 0.06), less than either entity position reads (0.44, 0.42)."""
     import numpy as np
 
-    from grokscope.analysis.series import checkpoint_trace
+    from grokscope.patching.checkpoint import checkpoint_trace
 
     run = _run("comparison-small")
     s = summarize_metrics(run.metrics())

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from grokscope.config import CompositionConfig, ModelConfig, RunConfig, TrainConfig
+from grokscope.runs.config import ModelConfig, RunConfig, TrainConfig
 from grokscope.tasks import (
     CircuitHypothesis,
+    CompositionConfig,
     CounterfactualDraw,
     LensTarget,
     Stage,
@@ -24,8 +25,8 @@ from grokscope.tasks import (
     register_task,
 )
 from grokscope.tasks.base import pick_per_row
+from grokscope.tasks.builtin.khop import KHopConfig, generate_khop
 from grokscope.tasks.dataset import Split, TaskDataset, make_split
-from grokscope.tasks.khop import KHopConfig, generate_khop
 from grokscope.tasks.vocab import Vocab
 
 # --------------------------------------------------------------------------- a toy task, in a few lines
@@ -84,7 +85,7 @@ register_task(CopyTask())
 
 @pytest.fixture(scope="module")
 def copy_run(tmp_path_factory):
-    from grokscope.train import train_new
+    from grokscope.training.train import train_new
 
     torch.set_num_threads(1)
     cfg = RunConfig(
@@ -98,9 +99,9 @@ def copy_run(tmp_path_factory):
 
 
 def test_a_task_registered_in_one_file_runs_through_every_analysis(copy_run, tmp_path):
-    from grokscope.analysis.circuits import find_circuit
-    from grokscope.analysis.lens import lens_split
-    from grokscope.analysis.tracing import make_counterfactuals, trace
+    from grokscope.lens.logit_lens import lens_split
+    from grokscope.patching.hypothesis import find_circuit
+    from grokscope.patching.tracing import make_counterfactuals, trace
     from grokscope.report import write_report
 
     run = copy_run
@@ -186,7 +187,7 @@ def test_three_hop_facts_follow_the_chain_and_no_test_fact_is_trained():
 
 
 def test_khop_counterfactuals_change_the_answer_through_the_chain():
-    from grokscope.analysis.tracing import make_counterfactuals
+    from grokscope.patching.tracing import make_counterfactuals
 
     ds = generate_khop(KHopConfig(hops=3, phi=4.0, seed=1, **SMALL))
     cfs = make_counterfactuals(ds, n=100, seed=0)
@@ -234,9 +235,11 @@ def test_khop_lens_targets_and_hypothesis_follow_k():
 
 
 def test_complex_reasoning_is_its_own_task_and_gets_its_diagnosis(tmp_path):
-    from grokscope.analysis.series import analyse_series, value_gap_diagnosis
-    from grokscope.config import ComplexConfig, preset
-    from grokscope.train import train_new
+    from grokscope.progress.diagnoses import value_gap_diagnosis
+    from grokscope.runs.presets import preset
+    from grokscope.series.engine import analyse_series
+    from grokscope.tasks import ComplexConfig
+    from grokscope.training.train import train_new
 
     base = preset("comparison-tiny")
     cfg = dataclasses.replace(
@@ -257,8 +260,8 @@ def test_complex_reasoning_is_its_own_task_and_gets_its_diagnosis(tmp_path):
 
 
 def test_one_sampler_gives_lens_and_counterfactuals_the_same_rows():
-    from grokscope.analysis.sampling import sample_rows
-    from grokscope.analysis.tracing import make_counterfactuals
+    from grokscope.patching.tracing import make_counterfactuals
+    from grokscope.series.sampling import sample_rows
 
     ds = get_task("composition").generate(CompositionConfig(phi=5.0, seed=3, **SMALL))
     n_rows = len(ds.splits["train_inferred"])
@@ -273,8 +276,8 @@ def test_one_sampler_gives_lens_and_counterfactuals_the_same_rows():
 def test_the_shared_chain_generator_still_makes_the_shipped_composition_data():
     """Independent reference: the shipped run's data was made by the composition generator
     before k-hop existed; its content hash is in the run's config.json."""
-    from grokscope.config import preset
-    from grokscope.run import Run
+    from grokscope.runs.presets import preset
+    from grokscope.runs.run import Run
 
     run = Run.open(Path(__file__).resolve().parents[1] / "checkpoints" / "composition-small")
     ds = get_task("composition").generate(preset("composition-small").task)

@@ -260,7 +260,7 @@ def test_bad_parameters(call, match):
 
 
 def test_unknown_task_config():
-    from grokscope.config import task_config_from_dict
+    from grokscope.runs.config import task_config_from_dict
 
     with pytest.raises(ValueError, match="unknown task"):
         task_config_from_dict({"task": "sorting"})

@@ -1,4 +1,4 @@
-"""Tests for grokscope.analysis.tracing: KB counterfactuals (recomputed from the KB),
+"""Tests for grokscope.patching.tracing: KB counterfactuals (recomputed from the KB),
 patching invariants, batched tracing against a one-patch-per-forward reference written
 here with plain ``model.run_with_hooks``, and a hand-built model with a known circuit."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from grokscope.analysis.tracing import (
+from grokscope.patching.tracing import (
     Counterfactuals,
     Site,
     TraceReadout,
@@ -19,8 +19,8 @@ from grokscope.analysis.tracing import (
     site_hook_names,
     trace,
 )
-from grokscope.config import ModelConfig
-from grokscope.model import build_model
+from grokscope.runs.config import ModelConfig
+from grokscope.runs.model import build_model
 from grokscope.tasks import comparison, composition
 from grokscope.tasks.vocab import parse_token
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from grokscope.config import TrainConfig, preset
-from grokscope.run import Run, RunError
-from grokscope.train import (
+from grokscope.runs.config import TrainConfig
+from grokscope.runs.presets import preset
+from grokscope.runs.run import Run, RunError
+from grokscope.training.train import (
     GradFilter,
     TrainData,
     checkpoint_steps,
@@ -74,7 +75,7 @@ def test_grad_filter_matches_closed_form_ema():
 
 def test_configs_without_the_new_keys_still_load(tmp_path):
     """Runs written before dropout and the gradient filter existed open with both off."""
-    from grokscope.config import RunConfig
+    from grokscope.runs.config import RunConfig
 
     doc = preset("composition-small").override({"train.grad_filter": "ema", "model.dropout": "0.1"}).to_dict()
     for key in ("grad_filter", "grad_filter_alpha", "grad_filter_lambda"):
@@ -140,7 +141,7 @@ def test_resume_equals_uninterrupted(tmp_path, extra):
     with_opt = [s for s in full.steps() if (full.checkpoint_path(s) / "optimizer.safetensors").exists()]
     assert with_opt == [40]
     if extra:  # the filter's moving average travels with the optimizer state
-        from grokscope.run import read_safetensors
+        from grokscope.runs.run import read_safetensors
 
         opt = read_safetensors(full.checkpoint_path(40) / "optimizer.safetensors")
         assert any(k.endswith("::grad_ema") for k in opt)
@@ -158,7 +159,7 @@ def test_run_directory_is_self_describing(tmp_path):
     meta = run.checkpoint_meta(20)
     assert meta["step"] == 20 and "test_inferred_iid" in meta["metrics"]["acc"]
     # Recorded accuracies are re-evaluated exactly from the checkpoint.
-    from grokscope.train import eval_subsets
+    from grokscope.training.train import eval_subsets
 
     res = evaluate(run.load_model(40), eval_subsets(run.dataset(), 50, run.config.seed))
     assert res["acc"] == run.metrics()[-1]["acc"]

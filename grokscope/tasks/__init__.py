@@ -1,9 +1,11 @@
-"""Tasks: the protocol and registry (:mod:`grokscope.tasks.base`), one file per task, the
-shared dataset contract and the paper's file format.
+"""Tasks: the protocol and registry (:mod:`grokscope.tasks.base`), the shared dataset
+contract (:mod:`.dataset`), vocabularies (:mod:`.vocab`), the paper's file format
+(:mod:`.paper_format`), and the built-in tasks (:mod:`.builtin`, one file per task, each
+with its own config class).
 
-Importing this package registers the built-in tasks: ``composition``, ``comparison``,
-``complex`` (the paper's), ``khop`` and ``modular``. A new task is one file that subclasses
-:class:`Task` and calls :func:`register_task`.
+Importing this package registers the built-in tasks. A new task is one file that
+subclasses :class:`Task` and calls :func:`register_task`; its config class travels with
+it (``Task.config_cls``), so nothing above ``tasks/`` needs to import it.
 """
 
 from grokscope.tasks.base import (
@@ -17,7 +19,8 @@ from grokscope.tasks.base import (
     task_names,
     task_of,
 )
-from grokscope.tasks.composition import composition, generate_composition
+from grokscope.tasks.builtin import *  # noqa: F403  (registers the built-in tasks)
+from grokscope.tasks.builtin import __all__ as _builtin_all
 from grokscope.tasks.dataset import (
     PROBE_SPLITS,
     SPLITS,
@@ -26,27 +29,13 @@ from grokscope.tasks.dataset import (
     Split,
     TaskDataset,
 )
+from grokscope.tasks.paper_format import load_paper_format, save_paper_format
 from grokscope.tasks.vocab import Vocab
 
 __all__ = [
     "PROBE_SPLITS", "SPLITS", "ComparisonKB", "CompositionKB", "Split", "TaskDataset", "Vocab",
-    "composition", "generate_composition",
     "CircuitHypothesis", "CounterfactualDraw", "LensTarget", "Stage", "Task",
     "get_task", "register_task", "task_names", "task_of",
+    "load_paper_format", "save_paper_format",
+    *_builtin_all,
 ]
-
-from grokscope.tasks.comparison import (  # noqa: E402
-    comparison,
-    complex_reasoning,
-    derivable_order,
-    generate_comparison,
-    generate_complex,
-)
-
-__all__ += ["comparison", "complex_reasoning", "derivable_order", "generate_comparison", "generate_complex"]
-
-from grokscope.tasks.khop import KHopConfig, generate_khop  # noqa: E402
-from grokscope.tasks.modular import ModularConfig, generate_modular  # noqa: E402
-from grokscope.tasks.paper_format import load_paper_format, save_paper_format  # noqa: E402
-
-__all__ += ["KHopConfig", "ModularConfig", "generate_khop", "generate_modular", "load_paper_format", "save_paper_format"]

@@ -12,9 +12,9 @@ task-specific parts from the registered task and never tests a task's name:
 - ``perturbations`` and :meth:`Task.counterfactuals` (vectorized over examples);
 - :meth:`Task.lens_targets` (which token to decode at which position);
 - ``hypothesis``: the paper's circuit as data (:class:`CircuitHypothesis`), evaluated by
-  :mod:`grokscope.analysis.circuits` and read by the series' measures;
+  :mod:`grokscope.patching.hypothesis` and read by the series' measures;
 - ``diagnoses``: names of the diagnoses that apply (implemented in
-  :mod:`grokscope.analysis.diagnoses`, keyed by name);
+  :mod:`grokscope.progress.diagnoses`, keyed by name);
 - ``cli_params``: config field -> ``grokscope data`` flag.
 
 Example:
@@ -34,8 +34,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from grokscope.config import register_task_config
-
 if TYPE_CHECKING:
     from grokscope.tasks.dataset import Split, TaskDataset
     from grokscope.tasks.vocab import Vocab
@@ -48,6 +46,27 @@ PAPER_PROBE_SPLITS: tuple[str, ...] = (
     "test_inferred_ood",
 )
 """The paper's probe splits (the ``type`` field of its test.json)."""
+
+
+# --------------------------------------------------------------------------- config checks shared by tasks
+
+
+def check(cond: bool, msg: str) -> None:
+    """Raise ``ValueError(msg)`` unless ``cond`` (a task config's ``__post_init__`` check)."""
+    if not cond:
+        raise ValueError(msg)
+
+
+def check_fraction(name: str, value: float, *, open_low: bool = True) -> None:
+    """``value`` must lie in ``(0, 1)`` (``[0, 1)`` with ``open_low=False``)."""
+    low_ok = value > 0 if open_low else value >= 0
+    check(low_ok and value < 1, f"{name} must be in ({'0' if open_low else '[0'}, 1), got {value!r}")
+
+
+def check_seed_probe(cfg: Any) -> None:
+    """``probe_size >= 1`` and ``seed >= 0``, the checks every paper-style task shares."""
+    check(cfg.probe_size >= 1, f"probe_size must be >= 1, got {cfg.probe_size}")
+    check(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
 
 
 # --------------------------------------------------------------------------- data a task hands to analysis
@@ -66,7 +85,7 @@ class LensTarget:
         never_answer: the target's tokens are never an answer in training (composition's
             relations). An untied unembedding then never learns to rank them up (their rows
             only ever get the softmax's push-down), so the lens cannot decode them there;
-            :func:`grokscope.analysis.lens.logit_lens` still ranks them but lists them in
+            :func:`grokscope.lens.logit_lens.logit_lens` still ranks them but lists them in
             ``LensResult.undecodable`` with the reason, and plots leave them out.
     """
 
@@ -276,7 +295,6 @@ def register_task(task: Task) -> Task:
     if old is not None and type(old).__qualname__ != type(task).__qualname__:
         raise ValueError(f"task {task.name!r} is already registered by {type(old).__name__}")
     _REGISTRY[task.name] = task
-    register_task_config(task.name, task.config_cls)
     return task
 
 
@@ -300,3 +318,31 @@ def task_of(dataset: Any) -> Task:
 def task_names() -> tuple[str, ...]:
     """Names of every registered task, in registration order."""
     return tuple(_REGISTRY)
+
+
+DEFAULT_TASK = "composition"
+"""The task of a :class:`grokscope.RunConfig` built without one."""
+
+
+def task_config_class(name: str) -> type:
+    """The frozen config class a registered task declares (``Task.config_cls``).
+
+    Raises:
+        ValueError: no task of that name (the message lists the registered ones).
+    """
+    return get_task(name).config_cls
+
+
+def task_config_classes() -> tuple[type, ...]:
+    """Every registered task's config class (what a run config's ``task`` may be)."""
+    return tuple(t.config_cls for t in _REGISTRY.values())
+
+
+def default_task_config() -> Any:
+    """The default config of :data:`DEFAULT_TASK`."""
+    return task_config_class(DEFAULT_TASK)()
+
+
+def registered_tasks() -> tuple[Task, ...]:
+    """Every registered task instance, in registration order."""
+    return tuple(_REGISTRY.values())

@@ -269,9 +269,9 @@ class TaskDataset:
     @property
     def probe_splits(self) -> tuple[str, ...]:
         """The probe splits of this dataset's task (the paper's five unless it declares others)."""
-        from grokscope.tasks.base import _REGISTRY
+        from grokscope.tasks.base import registered_tasks
 
-        spec = _REGISTRY.get(self.task)
+        spec = next((t for t in registered_tasks() if t.name == self.task), None)
         return spec.probe_splits if spec is not None else PROBE_SPLITS
 
     @property

@@ -1,0 +1,77 @@
+"""The ``grokscope`` command line: thin, lazily importing, with clear errors.
+
+Every command imports the library only when it runs, so ``grokscope --help`` is
+instant. Errors a user can fix (bad path, bad argument, corrupt file) print one line
+and exit with code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="grokscope: tasks, training and circuit analysis for grokked implicit reasoners.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state: dict[str, bool] = {"debug": False}
+
+from grokscope.cli.common import UserError  # noqa: E402
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+
+
+def main() -> None:
+    """Console entry point: run the app, turning user errors into one line + exit 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        _fail(e)
+    except (ValueError, FileNotFoundError, PermissionError, OSError) as e:
+        _fail(e)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as e:  # usage errors (click exceptions) arrive here with standalone_mode=False
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+def _fail(e: BaseException) -> None:
+    if _state["debug"] or os.environ.get("GROKSCOPE_DEBUG"):
+        raise e
+    typer.echo(f"error: {e}", err=True)
+    sys.exit(2)
+
+
+from grokscope.cli.analysis import circuit, lens, report, trace_cmd  # noqa: E402
+from grokscope.cli.discovery import discover, progress  # noqa: E402
+from grokscope.cli.runs import data, eval_cmd, import_hf_cmd, runs, sweep, train  # noqa: E402
+
+app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(data)
+app.command(context_settings={"allow_extra_args": False})(train)
+app.command("eval")(eval_cmd)
+app.command()(runs)
+app.command()(sweep)
+app.command("import-hf")(import_hf_cmd)
+app.command()(report)
+app.command()(lens)
+app.command("trace")(trace_cmd)
+app.command()(circuit)
+app.command()(progress)
+app.command()(discover)
+
+if __name__ == "__main__":
+    main()

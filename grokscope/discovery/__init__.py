@@ -1,0 +1,33 @@
+"""Edge-level circuit discovery on any TransformerBridge model; names no task.
+
+- :mod:`.graph`: the component graph (:class:`ComponentGraph`: writers, readers, edges);
+- :mod:`.edges`: edges patched and differentiated through hooks (exact, batched);
+- :mod:`.scores`: :class:`Corruption`, :func:`score_edges` (EAP, EAP-IG, exact);
+- :mod:`.faithfulness`: circuit selection, :func:`faithfulness_curve`, :class:`EdgeCircuit`;
+- :mod:`.circuit`: :func:`discover` -> :class:`Discovery` (graph, scores, smallest faithful circuit);
+- :mod:`.series`: :func:`discovery_series` (the circuit at every checkpoint, cached).
+"""
+
+from grokscope.discovery.circuit import Discovery, describe_edges, discover
+from grokscope.discovery.faithfulness import (
+    EdgeCircuit,
+    FaithfulnessCurve,
+    circuit_of_size,
+    faithfulness_curve,
+    smallest_circuit,
+)
+from grokscope.discovery.graph import ComponentGraph, GraphNode
+from grokscope.discovery.scores import (
+    Corruption,
+    EdgeScores,
+    prepare,
+    score_edges,
+    spearman,
+    top_overlap,
+)
+from grokscope.discovery.series import DiscoverySeries, checkpoint_discovery, discovery_series
+
+__all__ = ["ComponentGraph", "GraphNode", "Corruption", "EdgeScores", "prepare", "score_edges", "spearman",
+           "top_overlap", "EdgeCircuit", "FaithfulnessCurve", "circuit_of_size", "faithfulness_curve",
+           "smallest_circuit", "Discovery", "discover", "describe_edges", "DiscoverySeries",
+           "checkpoint_discovery", "discovery_series"]

@@ -1,0 +1,269 @@
+"""Discover a checkpoint's circuit: score every edge, select, measure, explain.
+
+:func:`discover` scores every edge of the component graph on a corruption (EAP-IG by
+default), selects the smallest circuit that recovers a target fraction of the metric
+(or a fixed number of edges), measures it exactly, measures the exact effect of each
+of its edges, and traces the faithfulness curve. :class:`Discovery` holds it all;
+``to_dict`` is the JSON the CLI writes (every number can be recomputed from it: the
+examples' token ids and answers, the nodes with hook names, every edge's score).
+
+:func:`attribution_shares` splits ``|score|`` by input position and by writer kind;
+:func:`hypothesis_coverage` says how much of a circuit's ``|score|`` lies on the
+residual-stream paths of a hypothesis (today's ``find_circuit``).
+
+Example:
+    >>> cf = make_counterfactuals(ds, "train_inferred", n=300)["h"]      # doctest: +SKIP
+    >>> d = discover(model, Corruption.from_counterfactuals(cf))         # doctest: +SKIP
+    >>> d.circuit.size, d.circuit.recovered                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from grokscope.discovery.edges import patch_single_edges
+from grokscope.discovery.faithfulness import (
+    EdgeCircuit,
+    FaithfulnessCurve,
+    circuit_of_size,
+    faithfulness_curve,
+    smallest_circuit,
+)
+from grokscope.discovery.graph import ComponentGraph
+from grokscope.discovery.scores import (
+    DEFAULT_IG_STEPS,
+    Activations,
+    Corruption,
+    EdgeScores,
+    prepare,
+    score_edges,
+)
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+DEFAULT_RECOVER = 0.9
+JSON_SCHEMA = 1
+
+
+@dataclass
+class Discovery:
+    """A discovered circuit and the evidence for it.
+
+    Attributes:
+        corruption: the examples and their corruption.
+        scores: every edge's score.
+        circuit: the selected circuit, measured.
+        curve: the faithfulness curve of the ranking.
+        exact: ``[edge]`` exact single-edge effects where measured (NaN elsewhere).
+        clean_metric, corrupt_metric: mean metric of the clean run and with every edge patched.
+        metric: the metric's name.
+        step: the checkpoint step, when known.
+    """
+
+    corruption: Corruption
+    scores: EdgeScores
+    circuit: EdgeCircuit
+    curve: FaithfulnessCurve
+    exact: torch.Tensor
+    clean_metric: float
+    corrupt_metric: float
+    metric: str = "logit_diff"
+    step: int | None = None
+
+    @property
+    def graph(self) -> ComponentGraph:
+        return self.scores.graph
+
+    def circuit_edges(self) -> list[int]:
+        """The circuit's edge numbers, by decreasing ``|score|``."""
+        return [int(e) for e in self.scores.order() if self.circuit.keep[e]]
+
+    def shares(self, circuit_only: bool = False) -> dict[str, dict[str, float]]:
+        """:func:`attribution_shares` of all edges (or of the circuit's)."""
+        return attribution_shares(self.scores, self.circuit.keep if circuit_only else None, self.corruption.roles)
+
+    def to_dict(self) -> dict[str, Any]:
+        g = self.graph
+        P, W, R = g.n_pos, g.n_writers, g.n_readers
+        writer_ids = {(p, w): p * W + w for p in range(P) for w in range(W)}
+        nodes: list[dict[str, Any]] = []
+        ws = self.scores.writer_scores()
+        for p in range(P):
+            for w in range(W):
+                nodes.append({"id": writer_ids[(p, w)], **g.writer_node(p, w).to_dict(), "score": float(ws[p, w])})
+        reader_score = torch.zeros(P, R)
+        pe, re_, _ = g.edge_index.unbind(1)
+        reader_score.index_put_((pe, re_), self.scores.scores.float(), accumulate=True)
+        reader_ids: dict[tuple[int, int], int] = {}
+        for p in range(P):
+            for r in range(R):
+                if r == g.logits_reader and p != g.read_pos:
+                    continue
+                reader_ids[(p, r)] = len(nodes)
+                nodes.append({"id": len(nodes), **g.reader_node(p, r).to_dict(), "score": float(reader_score[p, r])})
+        edges = []
+        for e, (p, r, w) in enumerate(g.edge_index.tolist()):
+            x = float(self.exact[e])
+            edges.append({"src": writer_ids[(p, w)], "dst": reader_ids[(p, r)], "score": float(self.scores.scores[e]),
+                          "exact": None if x != x else x, "in_circuit": bool(self.circuit.keep[e])})
+        c = self.corruption
+        return {
+            "schema_version": JSON_SCHEMA,
+            "step": self.step,
+            "method": self.scores.method,
+            "ig_steps": self.scores.ig_steps,
+            "metric": self.metric,
+            "corruption": {"ablation": c.ablation, "name": c.name, "roles": dict(c.roles)},
+            "graph": g.to_dict(),
+            "examples": {"clean": c.clean.tolist(), "corrupt": None if c.corrupt is None else c.corrupt.tolist(),
+                         "answer": c.answer.tolist(), "cf_answer": c.cf_answer.tolist()},
+            "clean_metric": self.clean_metric,
+            "corrupt_metric": self.corrupt_metric,
+            "nodes": nodes,
+            "edges": edges,
+            "circuit": {"edges": self.circuit_edges(), "size": self.circuit.size, "budget": self.circuit.budget,
+                        "threshold": self.circuit.threshold, "selection": self.circuit.selection,
+                        "recovered": self.circuit.recovered, "fraction_of_edges": self.circuit.size / g.n_edges},
+            "curve": self.curve.to_dict(),
+            "shares": self.shares(),
+            "circuit_shares": self.shares(circuit_only=True),
+            "seconds": self.scores.seconds,
+        }
+
+
+def discover(
+    model: TransformerBridge,
+    corruption: Corruption,
+    method: str = "eap-ig",
+    *,
+    metric: str = "logit_diff",
+    ig_steps: int = DEFAULT_IG_STEPS,
+    top: int | None = None,
+    recover: float = DEFAULT_RECOVER,
+    selection: str = "top",
+    measure_circuit_edges: int = 200,
+    step: int | None = None,
+) -> Discovery:
+    """Score, select and measure a circuit.
+
+    Args:
+        model: the model (eval mode).
+        corruption: clean inputs and their corruption.
+        method: ``eap``, ``eap-ig`` or ``exact``.
+        metric: ``logit_diff`` or ``logprob``.
+        ig_steps: EAP-IG path points.
+        top: a fixed budget of edges (None: the smallest circuit recovering ``recover``).
+        recover: the recovered fraction to reach when ``top`` is None.
+        selection: ``top`` or ``greedy``.
+        measure_circuit_edges: also patch alone (exact effect) up to this many of the
+            circuit's strongest edges (0: none).
+        step: checkpoint step to record.
+
+    Returns:
+        A :class:`Discovery`.
+    """
+    acts: Activations = prepare(model, corruption, metric)
+    scores = score_edges(model, corruption, method, metric=metric, ig_steps=ig_steps, acts=acts)
+    curve = faithfulness_curve(model, acts, scores, selection=selection)
+    if top is not None:
+        circuit = circuit_of_size(model, acts, scores, top, selection)
+    else:
+        circuit = smallest_circuit(model, acts, scores, recover, selection=selection, curve=curve)
+    exact = torch.full((acts.graph.n_edges,), float("nan"))
+    if method == "exact":
+        exact = scores.scores.clone()
+    elif measure_circuit_edges > 0 and bool(circuit.keep.any()):
+        ids = [int(e) for e in scores.order() if circuit.keep[e]][:measure_circuit_edges]
+        per = patch_single_edges(model, acts.graph, corruption.clean, acts.corrupt_writers, acts.clean_writers,
+                                 acts.metric, acts.clean_metric, edges=ids)
+        exact[ids] = (acts.clean_metric.float().cpu()[None, :] - per).mean(1)
+    return Discovery(corruption, scores, circuit, curve, exact, float(acts.clean_metric.double().mean()),
+                     float(acts.corrupt_metric.double().mean()), metric, step)
+
+
+def attribution_shares(
+    scores: EdgeScores, keep: torch.Tensor | None = None, roles: Mapping[str, int] | None = None
+) -> dict[str, dict[str, float]]:
+    """Share of ``|score|`` by input position (named by role) and by writer kind.
+
+    Args:
+        scores: edge scores.
+        keep: restrict to these edges (a circuit), or None for all.
+        roles: role -> position, to name positions (else ``"0"``, ``"1"``...).
+
+    Returns:
+        ``{"position": {role: share}, "kind": {"embed"|"attn_head_out"|"mlp_out": share}}``.
+    """
+    g = scores.graph
+    a = scores.scores.abs().double()
+    if keep is not None:
+        a = a * keep.double()
+    total = float(a.sum()) or 1.0
+    p, _, w = g.edge_index.unbind(1)
+    by_pos = {v: k for k, v in (roles or {}).items()}
+    pos = {by_pos.get(q, str(q)): float(a[p == q].sum()) / total for q in range(g.n_pos)}
+    kinds = torch.tensor([("embed", "attn_head_out", "mlp_out").index(k) for k in g.writer_kind])[w]
+    kind = {k: float(a[kinds == i].sum()) / total for i, k in enumerate(("embed", "attn_head_out", "mlp_out"))}
+    return {"position": pos, "kind": kind}
+
+
+def _edge_span(g: ComponentGraph, e: int) -> tuple[int, int, int]:
+    """``(position, first, last)``: the residual states ``S[first..last, position]`` an edge travels."""
+    p, r, w = (int(x) for x in g.edge_index[e])
+    first = int(g.writer_layer[w]) + 1
+    if r == g.logits_reader:
+        last = g.n_layers
+    else:
+        last = r // (3 * g.n_heads + 1)
+    return p, first, max(first, last)
+
+
+def hypothesis_coverage(scores: EdgeScores, keep: torch.Tensor, hypothesis: Mapping[str, Any]) -> float:
+    """Share of a circuit's ``|score|`` that lies on a residual-path hypothesis.
+
+    The hypothesis is a ``find_circuit`` dict: nodes are residual states ``S[l, p]``
+    (``layer``, ``position``) and edges join them. A hypothesis edge ``S[l1, p1] ->
+    S[l2, p2]`` covers the states ``S[l1..l2, p1]`` and ``S[l1..l2, p2]`` (information
+    stays at a position, or moves between the two by attention somewhere in that
+    layer range). A circuit edge from a writer of layer ``lw`` to a reader of layer
+    ``lr`` at position ``p`` travels ``S[lw+1..lr, p]``; it is covered when every one
+    of those states is.
+
+    Returns:
+        Covered ``|score|`` / the circuit's ``|score|`` (NaN for an empty circuit).
+    """
+    g = scores.graph
+    nodes = {nd["name"]: (int(nd["layer"]), int(nd["position"])) for nd in hypothesis.get("nodes", [])}
+    covered: set[tuple[int, int]] = set()
+    for ed in hypothesis.get("edges", []):
+        if ed["src"] not in nodes or ed["dst"] not in nodes:
+            continue
+        (l1, p1), (l2, p2) = nodes[ed["src"]], nodes[ed["dst"]]
+        lo, hi = min(l1, l2), max(l1, l2)
+        for layer in range(lo, hi + 1):
+            covered.add((layer, p1))
+            covered.add((layer, p2))
+    total, inside = 0.0, 0.0
+    for e in torch.nonzero(keep).flatten().tolist():
+        s = abs(float(scores.scores[e]))
+        total += s
+        p, first, last = _edge_span(g, e)
+        if all((layer, p) in covered for layer in range(first, last + 1)):
+            inside += s
+    return inside / total if total > 0 else float("nan")
+
+
+def describe_edges(d: Discovery, k: int = 15) -> list[str]:
+    """The circuit's ``k`` strongest edges as readable lines (label, score, exact effect)."""
+    lines = []
+    for e in d.circuit_edges()[:k]:
+        w, r = d.graph.edge_nodes(e)
+        x = float(d.exact[e])
+        lines.append(f"{w.label:>9s} -> {r.label:<10s} score {float(d.scores.scores[e]):8.3f}"
+                     + ("" if x != x else f"  exact {x:8.3f}"))
+    return lines

@@ -1,0 +1,478 @@
+"""Edges of the component graph, patched and differentiated through hooks on the real model.
+
+Two things happen here, both inside ``model.hooks(...)`` on the model's own forward pass:
+
+* **Reader gradients** (:func:`reader_gradients`): a zero tensor ``eps`` is added to
+  every reader's input, and one backward pass gives ``d metric / d eps`` for every
+  reader at once (EAP's gradient; EAP-IG asks for it at several points of the
+  corrupt -> clean path by overriding ``hook_embed``).
+* **Patched runs** (:func:`patched_metric`): each row of a batch is a clean input
+  with a set of edges patched: at the reader of edge ``u -> v`` the writer's live
+  contribution is replaced by its corrupt one (``input_v += corrupt_u - live_u``). The
+  live writer values are read in the same forward pass (``hook_embed``, ``hook_z``
+  times ``W_O`` per head, ``hook_mlp_out``), so a set of many edges is exact too.
+
+Where the readers are. An MLP's input is ``blocks.{l}.ln2.hook_in`` (what
+TransformerLens's ``hook_mlp_in`` captures; on these blocks changing it changes only
+the MLP's input, not the residual stream) and the logits reader is
+``blocks.{L-1}.hook_resid_post`` (read only by the final norm). A head's own query,
+key or value input has no hook on a native ``AttentionBridge``
+(``set_use_split_qkv_input`` raises), so it is made the way TransformerLens's
+split-QKV fork makes it for the attention classes it supports: the residual entering
+the block (``hook_resid_pre``) is copied per head, the patch or ``eps`` added to the
+copy, the copy normalised by the block's own ``ln1`` module and projected by the
+head's rows of the block's own ``q``/``k``/``v`` weights, and the result written at
+``attn.hook_q``/``hook_k``/``hook_v`` for that head. Unpatched heads keep the model's
+value. Nothing else of the forward pass is recomputed.
+
+Example:
+    >>> g = ComponentGraph.of(model, n_pos=3)                             # doctest: +SKIP
+    >>> acts = writer_activations(model, g, tokens)     # [example pos writer d_model]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+
+from grokscope.discovery.graph import ComponentGraph
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+RowMetric = Callable[[Float[torch.Tensor, "row d_vocab"], Int[torch.Tensor, " row"]], Float[torch.Tensor, " row"]]
+"""Maps the logits at the prediction position and each row's example index to a metric per row."""
+
+FLOAT_BUDGET = 1 << 25
+"""Floats one batch may hold in its largest intermediate (~128 MB in float32)."""
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_model(model: TransformerBridge, graph: ComponentGraph) -> None:
+    if not hasattr(model, "blocks") or len(model.blocks) != graph.n_layers:
+        raise ValueError(f"model has {len(getattr(model, 'blocks', []))} blocks, the graph {graph.n_layers}")
+    if model.training:
+        raise ValueError("put the model in eval mode (model.eval()) before patching: dropout would differ per run")
+
+
+def writer_hook_names(graph: ComponentGraph) -> list[str]:
+    """The hooks whose values make up every writer's contribution."""
+    names = ["hook_embed"]
+    for layer in range(graph.n_layers):
+        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
+    return names
+
+
+def _head_writes(model: TransformerBridge, layer: int, z: Float[torch.Tensor, "batch pos head_index d_head"]) -> Float[torch.Tensor, "batch pos head_index d_model"]:
+    return torch.einsum("bphe,hed->bphd", z, model.blocks[layer].attn.W_O.to(z.dtype))
+
+
+def writer_activations(
+    model: TransformerBridge,
+    graph: ComponentGraph,
+    tokens: Int[torch.Tensor, "example pos"],
+    batch_size: int = 1024,
+    *,
+    with_logits: bool = False,
+) -> Any:
+    """Every writer's contribution to the residual stream, per example and position.
+
+    Args:
+        model: the model.
+        graph: its graph (``graph.n_pos`` must equal the input length).
+        tokens: ``[example, pos]`` inputs.
+        batch_size: examples per forward pass.
+        with_logits: also return the logits at the prediction position.
+
+    Returns:
+        ``[example, pos, writer, d_model]`` on the model's device (writer order: see
+        :mod:`grokscope.discovery.graph`); with ``with_logits``, a pair with
+        ``[example, d_vocab]``.
+    """
+    _check_model(model, graph)
+    if tokens.ndim != 2 or tokens.shape[1] != graph.n_pos:
+        raise ValueError(f"tokens must be [example, {graph.n_pos}], got {tuple(tokens.shape)}")
+    device = _device(model)
+    H = graph.n_heads
+    out, logits_out = [], []
+    with torch.no_grad():
+        for lo in range(0, len(tokens), batch_size):
+            logits, cache = model.run_with_cache(tokens[lo : lo + batch_size].to(device), names_filter=writer_hook_names(graph))
+            logits_out.append(logits[:, graph.read_pos])
+            parts = [cache["hook_embed"][:, :, None]]
+            for layer in range(graph.n_layers):
+                parts.append(_head_writes(model, layer, cache[f"blocks.{layer}.attn.hook_z"]))
+                parts.append(cache[f"blocks.{layer}.hook_mlp_out"][:, :, None])
+            acts = torch.cat(parts, dim=2)
+            assert acts.shape[2] == 1 + graph.n_layers * (H + 1)
+            out.append(acts)
+            del cache
+    acts = torch.cat(out) if out else torch.empty(0, graph.n_pos, graph.n_writers, model.cfg.d_model, device=device)
+    if with_logits:
+        return acts, (torch.cat(logits_out) if logits_out else torch.empty(0, model.cfg.d_vocab, device=device))
+    return acts
+
+
+class _Fork:
+    """Per-head query/key/value inputs: the block's own ``ln1`` and projection weights."""
+
+    def __init__(self, model: TransformerBridge, graph: ComponentGraph) -> None:
+        self.ln: list[torch.nn.Module] = []
+        self.w: list[list[torch.Tensor]] = []
+        self.b: list[list[torch.Tensor | None]] = []
+        H = graph.n_heads
+        for layer in range(graph.n_layers):
+            block = model.blocks[layer]
+            ln = getattr(block.ln1, "original_component", None)
+            if ln is None:
+                raise NotImplementedError(f"blocks.{layer}.ln1 has no module to apply per head")
+            self.ln.append(ln)
+            ws, bs = [], []
+            for name in ("q", "k", "v"):
+                lin = getattr(block.attn, name).original_component
+                if not isinstance(lin, torch.nn.Linear):
+                    raise NotImplementedError(f"blocks.{layer}.attn.{name} is {type(lin).__name__}, not nn.Linear")
+                ws.append(lin.weight.reshape(H, -1, lin.weight.shape[-1]).transpose(1, 2))  # [head, d_model, d_head]
+                bs.append(None if lin.bias is None else lin.bias.reshape(H, -1))
+            self.w.append(ws)
+            self.b.append(bs)
+
+    def project(self, layer: int, which: int, x: Float[torch.Tensor, "... head_index d_model"]) -> Float[torch.Tensor, "... head_index d_head"]:
+        """Head ``h``'s query/key/value (``which`` 0/1/2) of the residual copy ``x[..., h, :]``."""
+        normed = self.ln[layer](x)
+        out = torch.einsum("...hd,hde->...he", normed, self.w[layer][which].to(normed.dtype))
+        b = self.b[layer][which]
+        return out if b is None else out + b.to(out.dtype)
+
+
+def _reader_layout(graph: ComponentGraph) -> tuple[Int[torch.Tensor, " reader"], Int[torch.Tensor, " reader"]]:
+    """Hook group (``4 * layer + {q:0, k:1, v:2, mlp:3}``, logits ``4L``) and head of each reader."""
+    H = graph.n_heads
+    group = torch.empty(graph.n_readers, dtype=torch.long)
+    head = torch.zeros(graph.n_readers, dtype=torch.long)
+    for r in range(graph.n_readers - 1):
+        layer, rest = divmod(r, 3 * H + 1)
+        group[r] = 4 * layer + (3 if rest == 3 * H else rest // H)
+        head[r] = 0 if rest == 3 * H else rest % H
+    group[-1] = 4 * graph.n_layers
+    return group, head
+
+
+def _reader_hook_name(graph: ComponentGraph, group: int) -> str:
+    layer, j = divmod(group, 4)
+    if layer == graph.n_layers:
+        return f"blocks.{graph.n_layers - 1}.hook_resid_post"
+    return f"blocks.{layer}.ln2.hook_in" if j == 3 else f"blocks.{layer}.attn.{'qkv'[j]}.hook_out"
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def reader_gradients(
+    model: TransformerBridge,
+    graph: ComponentGraph,
+    tokens: Int[torch.Tensor, "row pos"],
+    metric: RowMetric,
+    example: Int[torch.Tensor, " row"],
+    embed: Float[torch.Tensor, "row pos d_model"] | None = None,
+) -> tuple[Float[torch.Tensor, " row"], Float[torch.Tensor, "row pos reader d_model"]]:
+    """``d metric / d input`` of every reader, per row, from one forward and one backward.
+
+    Args:
+        model: the model (eval mode).
+        graph: its graph.
+        tokens: ``[row, pos]`` inputs.
+        metric: the per-row metric (rows are independent, so the gradient of the sum is
+            every row's own gradient).
+        example: ``[row]`` example index of each row (passed to ``metric``).
+        embed: ``[row, pos, d_model]`` token embeddings to use instead of the tokens'
+            (``hook_embed`` is overridden): the points of an integrated-gradient path.
+
+    Returns:
+        ``(metric per row, gradients [row, pos, reader, d_model])``.
+    """
+    _check_model(model, graph)
+    device = _device(model)
+    tokens = tokens.to(device)
+    rows, P, H, L = tokens.shape[0], graph.n_pos, graph.n_heads, graph.n_layers
+    d = int(model.cfg.d_model)
+    dtype = next(model.parameters()).dtype
+    fork = _Fork(model, graph)
+    resid: dict[int, torch.Tensor] = {}
+    eps_qkv = [[torch.zeros(rows, P, H, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3)] for _ in range(L)]
+    eps_mlp = [torch.zeros(rows, P, d, device=device, dtype=dtype, requires_grad=True) for _ in range(L)]
+    eps_log = torch.zeros(rows, P, d, device=device, dtype=dtype, requires_grad=True)
+
+    def capture(layer: int) -> Any:
+        def hook(t: torch.Tensor, hook: Any) -> None:
+            resid[layer] = t
+
+        return hook
+
+    def qkv(layer: int, which: int) -> Any:
+        def hook(t: torch.Tensor, hook: Any) -> torch.Tensor:
+            x = resid[layer][:, :, None, :] + eps_qkv[layer][which]
+            return fork.project(layer, which, x).to(t.dtype)
+
+        return hook
+
+    def add(eps: torch.Tensor) -> Any:
+        return lambda t, hook: t + eps
+
+    hooks: list[tuple[str, Any]] = []
+    if embed is not None:
+        hooks.append(("hook_embed", lambda t, hook: embed.to(device=t.device, dtype=t.dtype)))
+    for layer in range(L):
+        hooks.append((f"blocks.{layer}.hook_resid_pre", capture(layer)))
+        for j in range(3):
+            hooks.append((f"blocks.{layer}.attn.{'qkv'[j]}.hook_out", qkv(layer, j)))
+        hooks.append((f"blocks.{layer}.ln2.hook_in", add(eps_mlp[layer])))
+    hooks.append((f"blocks.{L - 1}.hook_resid_post", add(eps_log)))
+    with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+        logits = model(tokens)
+        values = metric(logits[:, graph.read_pos], example.to(device))
+        flat = [e for per in eps_qkv for e in per] + eps_mlp + [eps_log]
+        grads = torch.autograd.grad(values.sum(), flat, allow_unused=True)
+    out = torch.zeros(rows, P, graph.n_readers, d, device=device, dtype=dtype)
+    for layer in range(L):
+        for j in range(3):
+            g = grads[3 * layer + j]
+            if g is not None:
+                lo = graph.qkv_reader(layer, j, 0)
+                out[:, :, lo : lo + H] = g
+        g = grads[3 * L + layer]
+        if g is not None:
+            out[:, :, graph.mlp_reader(layer)] = g
+    if grads[-1] is not None:
+        out[:, graph.read_pos, graph.logits_reader] = grads[-1][:, graph.read_pos]
+    return values.detach(), out
+
+
+# --------------------------------------------------------------------------- patched runs
+
+
+def patched_metric(
+    model: TransformerBridge,
+    graph: ComponentGraph,
+    tokens: Int[torch.Tensor, "row pos"],
+    example: Int[torch.Tensor, " row"],
+    corrupt: Float[torch.Tensor, "example pos writer d_model"],
+    pair_row: Int[torch.Tensor, " pair"],
+    pair_edge: Int[torch.Tensor, " pair"],
+    metric: RowMetric,
+    *,
+    complement: bool = False,
+) -> Float[torch.Tensor, " row"]:
+    """The metric of each row with its edges patched, in one forward pass.
+
+    Args:
+        model: the model (eval mode).
+        graph: its graph.
+        tokens: ``[row, pos]`` the (clean) inputs.
+        example: ``[row]`` example index of each row (into ``corrupt`` and ``metric``).
+        corrupt: ``[example, pos, writer, d_model]`` the replacement writer values
+            (another input's writers, or their means expanded over examples).
+        pair_row, pair_edge: the (row, edge) pairs; each names one edge of one row.
+        metric: the per-row metric.
+        complement: False: the pairs are the patched edges (every other edge is
+            clean). True: the pairs are the edges kept; every other edge is patched.
+
+    Returns:
+        ``[row]`` the metric of each patched run.
+    """
+    _check_model(model, graph)
+    device = _device(model)
+    tokens, example = tokens.to(device), example.to(device)
+    pair_row, pair_edge = pair_row.to(device), pair_edge.to(device)
+    rows, P, H, L, W = tokens.shape[0], graph.n_pos, graph.n_heads, graph.n_layers, graph.n_writers
+    d = int(model.cfg.d_model)
+    fork = _Fork(model, graph)
+    group_of, head_of = (t.to(device) for t in _reader_layout(graph))
+    bound = graph.bound.to(device)
+    e_pos, e_reader, e_writer = graph.edge_index.to(device).unbind(1)
+    pr = e_reader[pair_edge]
+    pair_group = group_of[pr]
+    live = torch.zeros(rows, P, W, d, device=device, dtype=corrupt.dtype)
+    resid: dict[int, torch.Tensor] = {}
+
+    def delta(group: int, reader0: int) -> torch.Tensor | None:
+        """``[row, pos, head(1), d_model]`` summed replacement minus live writers at this group."""
+        sel = pair_group == group
+        n_heads = H if group % 4 < 3 and group < 4 * L else 1
+        out = None
+        if complement:
+            b = int(bound[reader0])
+            base = corrupt[example, :, :b].sum(2) - live[:, :, :b].sum(2)  # [row, pos, d]
+            if group == 4 * L:
+                mask = torch.zeros(P, 1, 1, device=device, dtype=base.dtype)
+                mask[graph.read_pos] = 1
+                base = base * mask[None, :, 0]
+            out = base[:, :, None, :].expand(rows, P, n_heads, d).clone()
+            sign = -1.0
+        else:
+            sign = 1.0
+        if bool(sel.any()):
+            r, e = pair_row[sel], pair_edge[sel]
+            p, w = e_pos[e], e_writer[e]
+            dd = corrupt[example[r], p, w] - live[r, p, w]
+            if out is None:
+                out = torch.zeros(rows, P, n_heads, d, device=device, dtype=dd.dtype)
+            h = head_of[pr[sel]] if n_heads > 1 else torch.zeros_like(r)
+            out.index_put_((r, p, h), sign * dd, accumulate=True)
+        return out
+
+    def cap_embed(t: torch.Tensor, hook: Any) -> None:
+        live[:, :, 0] = t.detach()
+
+    def cap_z(layer: int) -> Any:
+        def hook(t: torch.Tensor, hook: Any) -> None:
+            lo = graph.head_writer(layer, 0)
+            live[:, :, lo : lo + H] = _head_writes(model, layer, t.detach())
+
+        return hook
+
+    def cap_mlp(layer: int) -> Any:
+        def hook(t: torch.Tensor, hook: Any) -> None:
+            live[:, :, graph.mlp_writer(layer)] = t.detach()
+
+        return hook
+
+    def cap_resid(layer: int) -> Any:
+        def hook(t: torch.Tensor, hook: Any) -> None:
+            resid[layer] = t
+
+        return hook
+
+    def qkv(layer: int, which: int) -> Any:
+        def hook(t: torch.Tensor, hook: Any) -> torch.Tensor:
+            dl = delta(4 * layer + which, graph.qkv_reader(layer, which, 0))
+            if dl is None:
+                return t
+            touched = dl.abs().amax(-1) > 0  # [row, pos, head]
+            if not bool(touched.any()):
+                return t
+            r, p, h = torch.nonzero(touched, as_tuple=True)
+            x = resid[layer][r, p][:, None, :] + dl[r, p, h][:, None, :]  # [n, 1, d]
+            new = torch.einsum("nd,nde->ne", fork.ln[layer](x[:, 0]), fork.w[layer][which][h].to(x.dtype))
+            b = fork.b[layer][which]
+            if b is not None:
+                new = new + b[h].to(new.dtype)
+            t = t.clone()
+            t[r, p, h] = new.to(t.dtype)
+            return t
+
+        return hook
+
+    def add(group: int, reader0: int) -> Any:
+        def hook(t: torch.Tensor, hook: Any) -> torch.Tensor:
+            dl = delta(group, reader0)
+            return t if dl is None else t + dl[:, :, 0].to(t.dtype)
+
+        return hook
+
+    hooks: list[tuple[str, Any]] = [("hook_embed", cap_embed)]
+    for layer in range(L):
+        hooks.append((f"blocks.{layer}.hook_resid_pre", cap_resid(layer)))
+        for j in range(3):
+            hooks.append((f"blocks.{layer}.attn.{'qkv'[j]}.hook_out", qkv(layer, j)))
+        hooks.append((f"blocks.{layer}.attn.hook_z", cap_z(layer)))
+        hooks.append((f"blocks.{layer}.ln2.hook_in", add(4 * layer + 3, graph.mlp_reader(layer))))
+        hooks.append((f"blocks.{layer}.hook_mlp_out", cap_mlp(layer)))
+    hooks.append((f"blocks.{L - 1}.hook_resid_post", add(4 * L, graph.logits_reader)))
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        logits = model(tokens)
+        return metric(logits[:, graph.read_pos], example)
+
+
+def rows_per_batch(graph: ComponentGraph, d_model: int, budget: int = FLOAT_BUDGET, cap: int = 4096) -> int:
+    """Rows per patched forward pass so that the live-writer buffer stays within ``budget`` floats."""
+    return max(1, min(cap, budget // (graph.n_pos * graph.n_writers * d_model)))
+
+
+def patch_edge_sets(
+    model: TransformerBridge,
+    graph: ComponentGraph,
+    clean: Int[torch.Tensor, "example pos"],
+    corrupt: Float[torch.Tensor, "example pos writer d_model"],
+    keep: Bool[torch.Tensor, "config edge"],
+    metric: RowMetric,
+    *,
+    batch_size: int | None = None,
+) -> Float[torch.Tensor, "config example"]:
+    """The metric with every edge outside each kept set patched, per example.
+
+    Whichever is smaller, the kept or the patched edges, is what the batch lists, so a
+    nearly full and a nearly empty circuit are both cheap.
+
+    Args:
+        model: the model.
+        graph: its graph.
+        clean: ``[example, pos]`` inputs.
+        corrupt: ``[example, pos, writer, d_model]`` replacement writer values.
+        keep: ``[config, edge]`` the edges each configuration keeps.
+        metric: the per-row metric.
+        batch_size: rows per forward pass (default: from :func:`rows_per_batch` and the
+            number of listed edges).
+
+    Returns:
+        ``[config, example]`` metric values.
+    """
+    n = len(clean)
+    d = int(model.cfg.d_model)
+    out = torch.empty(keep.shape[0], n)
+    for c in range(keep.shape[0]):
+        complement = int(keep[c].sum()) <= graph.n_edges // 2
+        listed = torch.nonzero(keep[c] if complement else ~keep[c]).flatten()
+        per_row = max(1, len(listed))
+        bs = batch_size or max(1, min(rows_per_batch(graph, d), FLOAT_BUDGET // (per_row * d)))
+        for lo in range(0, n, bs):
+            ex = torch.arange(lo, min(n, lo + bs))
+            pr = torch.arange(len(ex)).repeat_interleave(len(listed))
+            pe = listed.repeat(len(ex))
+            out[c, lo : lo + len(ex)] = patched_metric(
+                model, graph, clean[ex], ex, corrupt, pr, pe, metric, complement=complement
+            ).float().cpu()
+    return out
+
+
+def patch_single_edges(
+    model: TransformerBridge,
+    graph: ComponentGraph,
+    clean: Int[torch.Tensor, "example pos"],
+    corrupt: Float[torch.Tensor, "example pos writer d_model"],
+    clean_writers: Float[torch.Tensor, "example pos writer d_model"],
+    metric: RowMetric,
+    clean_metric: Float[torch.Tensor, " example"],
+    *,
+    edges: Sequence[int] | None = None,
+    batch_size: int | None = None,
+) -> Float[torch.Tensor, "edge example"]:
+    """The metric with one edge patched, for every (edge, example) pair, batched.
+
+    A pair whose writer has the same clean and corrupt value is the clean run exactly
+    (patching an identical value) and is filled from ``clean_metric`` without running.
+
+    Returns:
+        ``[edge, example]`` metric values (rows follow ``edges``, default all edges).
+    """
+    edge_ids = torch.arange(graph.n_edges) if edges is None else torch.as_tensor(list(edges), dtype=torch.long)
+    d = int(model.cfg.d_model)
+    p, _, w = graph.edge_index[edge_ids].unbind(1)
+    dev = corrupt.device
+    same = (corrupt[:, p.to(dev), w.to(dev)] == clean_writers[:, p.to(dev), w.to(dev)]).all(-1).T.cpu()  # [edge, example]
+    out = clean_metric.float().cpu()[None, :].repeat(len(edge_ids), 1)
+    je, ie = torch.nonzero(~same, as_tuple=True)
+    bs = batch_size or rows_per_batch(graph, d)
+    for lo in range(0, len(je), bs):
+        jb, ib = je[lo : lo + bs], ie[lo : lo + bs]
+        vals = patched_metric(
+            model, graph, clean[ib], ib, corrupt, torch.arange(len(jb)), edge_ids[jb], metric
+        )
+        out[jb, ib] = vals.float().cpu()
+    return out

@@ -1,0 +1,193 @@
+"""Plotly figures of discovered circuits: data in, ``go.Figure`` out.
+
+Inputs are the plain JSON of :func:`grokscope.discovery.series.checkpoint_discovery`
+(``Discovery.to_dict()``) and the records of
+:func:`grokscope.discovery.series.discovery_series`. Nothing here computes an
+analysis or prints.
+
+Example:
+    >>> doc = checkpoint_discovery("checkpoints/composition-small", 14658)   # doctest: +SKIP
+    >>> discovered_graph(doc).write_html("circuit.html")                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from grokscope.plots.style import split_color
+
+_KIND_COLOR = {"embed": "#7f7f7f", "attn_head_out": "#1f77b4", "mlp_out": "#d62728", "logits": "#2ca02c"}
+
+
+def _xy(node: Mapping[str, Any], n_heads: int, n_layers: int) -> tuple[float, float]:
+    """Where a component sits: x = input position (heads spread), y = layer."""
+    p, kind = node["position"], node["kind"]
+    if kind == "embed":
+        return p, -0.6
+    if kind == "logits":
+        return p, n_layers
+    if kind in ("attn_head_out", "q_input", "k_input", "v_input"):
+        return p - 0.3 + 0.6 * node["head"] / max(1, n_heads - 1), node["layer"] - 0.25
+    return p, node["layer"] + 0.25  # mlp_out, mlp_in
+
+
+def _label(node: Mapping[str, Any], roles: Mapping[int, str]) -> str:
+    pos = roles.get(node["position"], str(node["position"]))
+    kind = node["kind"]
+    if kind == "embed":
+        return f"embed@{pos}"
+    if kind == "logits":
+        return f"logits@{pos}"
+    if kind in ("mlp_out", "mlp_in"):
+        return f"MLP{node['layer']}@{pos}"
+    return f"head {node['layer']}.{node['head']}@{pos}"
+
+
+_WIDTH_LEVELS = 8
+"""Edge widths are drawn in this many levels of ``|score|`` (one trace per level and sign)."""
+
+
+def discovered_graph(doc: Mapping[str, Any], *, max_edges: int = 150, title: str | None = None) -> go.Figure:
+    """The circuit on positions x layers: heads and MLPs as nodes, edge width by ``|score|``.
+
+    A reader is drawn at its component (a head's query/key/value input at the head, an
+    MLP's input at the MLP); dotted lines join a head's key/value read at one position
+    to its write at a later one (attention moving information).
+
+    Args:
+        doc: a discovery JSON.
+        max_edges: draw at most this many circuit edges (the strongest).
+        title: figure title.
+    """
+    g = doc["graph"]
+    L, H = g["n_layers"], g["n_heads"]
+    nodes = doc["nodes"]
+    roles = {int(v): k for k, v in doc["corruption"]["roles"].items()}
+    circuit = doc["circuit"]["edges"][:max_edges]
+    biggest = max((abs(doc["edges"][e]["score"]) for e in circuit), default=1.0) or 1.0
+    fig = go.Figure()
+    used: dict[tuple[str, int, Any, Any], Mapping[str, Any]] = {}
+    kv_reads: dict[tuple[int, int], set[int]] = {}
+    writes: dict[tuple[int, int], set[int]] = {}
+    mx, my, mtext = [], [], []
+    segments: dict[tuple[bool, int], tuple[list[Any], list[Any]]] = {}
+    for e in circuit:
+        ed = doc["edges"][e]
+        a, b = nodes[ed["src"]], nodes[ed["dst"]]
+        comp = dict(b)
+        if b["kind"] in ("q_input", "k_input", "v_input"):
+            comp["kind"] = "attn_head_out"
+            if b["kind"] != "q_input":
+                kv_reads.setdefault((b["layer"], b["head"]), set()).add(b["position"])
+        elif b["kind"] == "mlp_in":
+            comp["kind"] = "mlp_out"
+        if a["kind"] == "attn_head_out":
+            writes.setdefault((a["layer"], a["head"]), set()).add(a["position"])
+        for nd in (a, comp):
+            used[(nd["kind"], nd["position"], nd.get("layer"), nd.get("head"))] = nd
+        (x0, y0), (x1, y1) = _xy(a, H, L), _xy(comp, H, L)
+        s = ed["score"]
+        # one trace per (sign, width level), segments split by None: a few traces, not one per edge
+        level = min(_WIDTH_LEVELS - 1, int(_WIDTH_LEVELS * abs(s) / biggest))
+        seg = segments.setdefault((s >= 0, level), ([], []))
+        seg[0].extend([x0, x1, None])
+        seg[1].extend([y0, y1, None])
+        mx.append((x0 + x1) / 2)
+        my.append((y0 + y1) / 2)
+        exact = "" if ed.get("exact") is None else f", exact {ed['exact']:.3f}"
+        mtext.append(f"{a['hook_name']} -> {b['hook_name']}<br>{_label(a, roles)} -> {b['kind']} of "
+                     f"{_label(comp, roles)}<br>score {s:.3f}{exact}")
+    for (positive, level), (xs, ys) in sorted(segments.items()):
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+            line={"width": 0.5 + 8 * (level + 0.5) / _WIDTH_LEVELS,
+                  "color": "rgba(31,119,180,0.6)" if positive else "rgba(214,39,40,0.6)"},
+        ))
+    dx: list[Any] = []
+    dy: list[Any] = []
+    for (layer, head), reads in kv_reads.items():
+        for p_out in writes.get((layer, head), set()):
+            for p_in in reads:
+                if p_in < p_out:
+                    src = {"kind": "attn_head_out", "position": p_in, "layer": layer, "head": head}
+                    dst = {"kind": "attn_head_out", "position": p_out, "layer": layer, "head": head}
+                    (x0, y0), (x1, y1) = _xy(src, H, L), _xy(dst, H, L)
+                    dx.extend([x0, x1, None])
+                    dy.extend([y0, y1, None])
+    if dx:
+        fig.add_trace(go.Scatter(x=dx, y=dy, mode="lines", hoverinfo="skip", showlegend=False,
+                                 line={"width": 1.5, "dash": "dot", "color": "#555"}))
+    fig.add_trace(go.Scatter(x=mx, y=my, mode="markers", marker={"size": 6, "color": "rgba(0,0,0,0.2)"},
+                             text=mtext, hovertemplate="%{text}<extra></extra>", showlegend=False))
+    for kind in ("embed", "attn_head_out", "mlp_out", "logits"):
+        pts = [nd for (k, *_), nd in used.items() if k == kind]
+        if not pts:
+            continue
+        xy = [_xy(nd, H, L) for nd in pts]
+        fig.add_trace(go.Scatter(
+            x=[x for x, _ in xy], y=[y for _, y in xy], mode="markers", name=kind,
+            marker={"size": 14, "color": _KIND_COLOR[kind], "line": {"color": "black", "width": 1}},
+            text=[f"{_label(nd, roles)}<br>{nd['hook_name']}" for nd in pts], hovertemplate="%{text}<extra></extra>",
+        ))
+    fig.update_xaxes(title_text="input position (role)", tickvals=list(range(g["n_pos"])),
+                     ticktext=[f"{p}: {roles.get(p, p)}" for p in range(g["n_pos"])], range=[-0.6, g["n_pos"] - 0.4])
+    fig.update_yaxes(title_text="layer (blocks.l)", tickvals=[-0.6, *range(L), L],
+                     ticktext=["embed", *[f"blocks.{layer}" for layer in range(L)], "logits"], range=[-1, L + 0.4])
+    c = doc["circuit"]
+    fig.update_layout(
+        title=title or (f"Discovered circuit at step {doc['step']}: {c['size']} of {g['n_edges']} edges, "
+                        f"recovers {c['recovered']:.2f} ({doc['method']}, {doc['corruption']['name']})"),
+        height=250 + 90 * L, plot_bgcolor="white", legend={"orientation": "h"},
+    )
+    return fig
+
+
+def faithfulness_figure(curves: Mapping[str, Mapping[str, Any]], *, title: str | None = None) -> go.Figure:
+    """Recovered fraction over circuit size (fraction of edges, log axis), one line per curve.
+
+    Args:
+        curves: label -> ``FaithfulnessCurve.to_dict()``.
+    """
+    fig = go.Figure()
+    for label, cv in curves.items():
+        xs = [f for f in cv["fractions"] if f > 0]
+        ys = [r for f, r in zip(cv["fractions"], cv["recovered"]) if f > 0]
+        sizes = [s for f, s in zip(cv["fractions"], cv["sizes"]) if f > 0]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"{label} (CPR {cv['cpr']:.3f})",
+                                 text=[f"{s} edges after pruning" for s in sizes],
+                                 hovertemplate="%{x:.3f} of edges: recovers %{y:.3f}<br>%{text}<extra></extra>"))
+    fig.add_hline(y=0.9, line_dash="dash", line_color="#888")
+    fig.update_xaxes(type="log", title_text="circuit size (fraction of all edges, before pruning)")
+    fig.update_yaxes(title_text="recovered fraction of the metric")
+    fig.update_layout(title=title or "Faithfulness of the discovered circuits (exact patching)", height=420,
+                      plot_bgcolor="white")
+    return fig
+
+
+def discovery_formation(records: Mapping[str, Sequence[Mapping[str, Any]]], *, title: str | None = None) -> go.Figure:
+    """Formation over checkpoints: circuit size, faithfulness, overlap, position shares.
+
+    Args:
+        records: split -> :class:`DiscoverySeries` records.
+    """
+    fig = make_subplots(rows=2, cols=2, subplot_titles=(
+        "edges of the smallest circuit recovering 0.9", "faithfulness curve area (CPR)",
+        "edge overlap (Jaccard) with the final circuit", "share of |attribution| by input position"))
+    for split, recs in records.items():
+        steps = [r["step"] for r in recs]
+        col = split_color(split)
+        fig.add_trace(go.Scatter(x=steps, y=[r["size"] for r in recs], name=split, line={"color": col}), 1, 1)
+        fig.add_trace(go.Scatter(x=steps, y=[r["cpr"] for r in recs], showlegend=False, line={"color": col}), 1, 2)
+        fig.add_trace(go.Scatter(x=steps, y=[r["jaccard_final"] for r in recs], showlegend=False, line={"color": col}), 2, 1)
+        roles = list(recs[0]["shares"]["position"]) if recs else []
+        dashes = ("solid", "dash", "dot", "dashdot", "longdash")
+        for i, role in enumerate(roles):
+            fig.add_trace(go.Scatter(x=steps, y=[r["shares"]["position"][role] for r in recs],
+                                     name=f"{split}: {role}", line={"color": col, "dash": dashes[i % len(dashes)]}), 2, 2)
+    fig.update_xaxes(type="log", title_text="step")
+    fig.update_layout(title=title or "Formation of the discovered circuit over training", height=700, plot_bgcolor="white")
+    return fig

@@ -1,0 +1,15 @@
+"""``grokscope report RUN``: one self-contained ``report.html`` (plotly.js embedded) and a
+machine-readable ``summary.json`` for a run (:mod:`.build`)."""
+
+from grokscope.report.build import (
+    REPORT_FILE,
+    SUMMARY_FILE,
+    Report,
+    discovery_summary,
+    render_html,
+    summary_dict,
+    write_report,
+)
+
+__all__ = ["write_report", "Report", "summary_dict", "discovery_summary", "render_html", "REPORT_FILE",
+           "SUMMARY_FILE"]

@@ -1,0 +1,11 @@
+"""Training and sweeps: the loop (AdamW, schedule, bit-exact resume, DDP), evaluation,
+and grids of runs.
+
+- :mod:`.train`: :func:`train_new`, :func:`train`, :func:`evaluate`;
+- :mod:`.sweep`: :func:`run_sweep` (a grid of ``grokscope train`` runs) and its table.
+"""
+
+from grokscope.training.sweep import run_sweep, summarize_runs
+from grokscope.training.train import evaluate, train, train_new
+
+__all__ = ["train", "train_new", "evaluate", "run_sweep", "summarize_runs"]
