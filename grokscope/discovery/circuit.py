@@ -42,6 +42,7 @@ from grokscope.discovery.scores import (
     prepare,
     score_edges,
 )
+from grokscope.display import Summarized
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -50,8 +51,8 @@ DEFAULT_RECOVER = 0.9
 JSON_SCHEMA = 1
 
 
-@dataclass
-class Discovery:
+@dataclass(repr=False)
+class Discovery(Summarized):
     """A discovered circuit and the evidence for it.
 
     Attributes:
@@ -74,6 +75,13 @@ class Discovery:
     corrupt_metric: float
     metric: str = "logit_diff"
     step: int | None = None
+
+
+    def summary(self) -> dict[str, Any]:
+        """Method, graph size, the circuit's size and recovered fraction, the metric gap."""
+        return {"method": self.scores.method, "edges": int(self.graph.n_edges), "circuit": self.circuit.size,
+                "recovered": round(float(self.circuit.recovered), 3),
+                "gap": round(self.clean_metric - self.corrupt_metric, 3), "step": self.step}
 
     @property
     def graph(self) -> ComponentGraph:

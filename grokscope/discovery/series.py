@@ -27,6 +27,7 @@ import torch
 from grokscope.discovery.circuit import DEFAULT_RECOVER, discover, hypothesis_coverage
 from grokscope.discovery.graph import ComponentGraph
 from grokscope.discovery.scores import DEFAULT_IG_STEPS, Corruption, EdgeScores
+from grokscope.display import Summarized
 from grokscope.runs.run import Run
 from grokscope.series.cache import AnalysisCache
 
@@ -117,8 +118,8 @@ def jaccard(a: Sequence[int], b: Sequence[int]) -> float:
     return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
 
 
-@dataclass
-class DiscoverySeries:
+@dataclass(repr=False)
+class DiscoverySeries(Summarized):
     """Formation of the discovered circuit over checkpoints.
 
     Attributes:
@@ -135,6 +136,13 @@ class DiscoverySeries:
     records: dict[str, list[dict[str, Any]]]
     settings: dict[str, Any] = field(default_factory=dict)
     final: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+    def summary(self) -> dict[str, Any]:
+        """Steps, splits, and the final circuit size per split."""
+        return {"steps": len(self.steps), "last_step": self.steps[-1] if self.steps else None,
+                "splits": list(self.records),
+                "final_circuit": {k: (v.get("circuit") or {}).get("size") for k, v in self.final.items()}}
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "records": self.records, "settings": self.settings}

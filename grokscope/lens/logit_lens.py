@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
+from grokscope.display import Summarized
 from grokscope.series.sampling import sample_rows
 from grokscope.tasks.base import LensTarget  # noqa: F401  (re-exported: the lens API)
 
@@ -235,8 +236,8 @@ def unembedding_tied(model: TransformerBridge) -> bool:
     return w_u.T.shape == w_e.shape and bool(torch.equal(w_u.T, w_e))
 
 
-@dataclass
-class LensResult:
+@dataclass(repr=False)
+class LensResult(Summarized):
     """Logit-lens ranks of every target at every layer ``l = 0..L``.
 
     Attributes:
@@ -255,6 +256,13 @@ class LensResult:
     hook_names: list[str]
     restricted: dict[str, bool] = field(default_factory=dict)
     undecodable: dict[str, str] = field(default_factory=dict)
+
+
+    def summary(self) -> dict[str, Any]:
+        """Examples, residual states, and each target's MRR at the last state."""
+        n = next((int(r.shape[1]) for r in self.ranks.values()), 0)
+        return {"examples": n, "states": len(self.hook_names),
+                "final_mrr": {k: round(float(self.mrr(k)[-1]), 3) for k in self.names}}
 
     @property
     def names(self) -> list[str]:

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Bool, Float, Int
 
+from grokscope.display import Summarized
 from grokscope.lens.logit_lens import resid_hook_names
 from grokscope.patching.counterfactuals import (  # noqa: F401  (re-exported: the tracing API)
     Counterfactuals,
@@ -102,8 +103,8 @@ class TraceReadout:
     allowed: Any = None
 
 
-@dataclass
-class TraceResult:
+@dataclass(repr=False)
+class TraceResult(Summarized):
     """Causal tracing of one site kind, for every perturbation, layer and position.
 
     Aggregate tensors have shape ``[perturbation, layer, pos]`` (``"head"`` sites:
@@ -147,6 +148,16 @@ class TraceResult:
     ld_cf: dict[str, Float[torch.Tensor, " example"]]
     readout_ranks: dict[str, dict[str, Int[torch.Tensor, "example layer ..."]]] = field(default_factory=dict)
     readout_clean_ranks: dict[str, dict[str, Int[torch.Tensor, " example"]]] = field(default_factory=dict)
+
+
+    def summary(self) -> dict[str, Any]:
+        """Site, perturbations, the grid, and each perturbation's strongest site."""
+        peak = {}
+        for i, p in enumerate(self.perturbations):
+            s = self.strength[i]
+            peak[p] = round(float(s.max()), 3) if s.numel() else None
+        return {"site": self.site, "perturbations": list(self.perturbations), "layers": len(self.layers),
+                "positions": len(self.positions), "max_strength": peak}
 
     def readout_mrr(self, name: str) -> Float[torch.Tensor, "perturbation layer ..."]:
         """Mean reciprocal rank of a readout target per perturbation and patched site."""

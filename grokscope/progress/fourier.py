@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from grokscope.display import Summarized
 from grokscope.progress.diagnoses import register_diagnosis
 
 if TYPE_CHECKING:
@@ -325,8 +326,8 @@ def fourier_diagnosis(
 # --------------------------------------------------------------------------- over a run
 
 
-@dataclass
-class ProgressSeries:
+@dataclass(repr=False)
+class ProgressSeries(Summarized):
     """The progress measures of a run's checkpoints with one key-frequency set.
 
     Attributes:
@@ -338,6 +339,12 @@ class ProgressSeries:
     steps: list[int]
     key_freqs: list[int]
     records: list[dict[str, Any]] = field(default_factory=list)
+
+
+    def summary(self) -> dict[str, Any]:
+        """Steps and key frequencies."""
+        return {"steps": len(self.steps), "last_step": self.steps[-1] if self.steps else None,
+                "key_freqs": list(self.key_freqs)}
 
     def measure(self, name: str) -> list[float | None]:
         """One measure over the steps (e.g. ``restricted_loss``)."""

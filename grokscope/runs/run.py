@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grokscope import __version__
+from grokscope.display import Summarized
 from grokscope.runs.config import SCHEMA_VERSION, RunConfig
 
 if TYPE_CHECKING:
@@ -97,8 +98,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class Run:
+@dataclass(frozen=True, repr=False)
+class Run(Summarized):
     """An opened run directory.
 
     Attributes:
@@ -112,6 +113,14 @@ class Run:
     config: RunConfig
     model_config: dict[str, Any]
     data_info: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        """Directory, config name, task, model shape, checkpoints."""
+        steps = self.steps()
+        m = self.config.model
+        return {"path": str(self.path), "name": self.config.name, "task": self.config.task.task,
+                "model": f"{m.n_layers}L d{m.d_model} {m.n_heads}h", "checkpoints": len(steps),
+                "last_step": steps[-1] if steps else None}
 
     # -- creation ---------------------------------------------------------------
     @classmethod

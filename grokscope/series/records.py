@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from grokscope import __version__
+from grokscope.display import Summarized
 
 _SERIES_MEASURE: list[Callable[[Any], dict[str, Any]]] = []
 SERIES_MEASURE_MODULE = "grokscope.progress.measures"
@@ -36,8 +37,8 @@ def series_measure() -> Callable[[Any], dict[str, Any]]:
     return _SERIES_MEASURE[0]
 
 
-@dataclass
-class CheckpointRecord:
+@dataclass(repr=False)
+class CheckpointRecord(Summarized):
     """Every measure of one analysed checkpoint (JSON-ready values).
 
     Attributes:
@@ -69,6 +70,12 @@ class CheckpointRecord:
     circuit: dict[str, Any] = field(default_factory=dict)
     diagnoses: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+    def summary(self) -> dict[str, Any]:
+        """Step, accuracies, weight norm, lens targets."""
+        return {"step": self.step, "acc": {k: round(v, 3) for k, v in self.acc.items() if v is not None},
+                "weight_norm": round(self.weight_norm, 2), "lens_targets": list(self.lens)}
 
     @property
     def ood(self) -> dict[str, Any] | None:
@@ -106,8 +113,8 @@ class CheckpointRecord:
         return cls(**kw)
 
 
-@dataclass
-class SeriesResult:
+@dataclass(repr=False)
+class SeriesResult(Summarized):
     """Every measure at every analysed checkpoint of a run (plain data).
 
     Attributes:
@@ -149,6 +156,14 @@ class SeriesResult:
     lens_undecodable: dict[str, str] = field(default_factory=dict)
     cache_hits: int = field(default=0, compare=False)
     cache_misses: int = field(default=0, compare=False)
+
+
+    def summary(self) -> dict[str, Any]:
+        """Run, task, steps, examples, and when train saturated and test rose."""
+        g = self.grokking or {}
+        return {"run": self.run_name, "task": self.task, "steps": len(self.steps),
+                "first_last": [self.steps[0], self.steps[-1]] if self.steps else [], "examples": self.args.get("n"),
+                "train_saturated": g.get("train_saturated_step"), "test_generalized": g.get("iid_generalized_step"), "groks": g.get("groks")}
 
     @property
     def n_layers(self) -> int:

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from grokscope.tasks.dataset import TASK_PROBE_SPLITS
+
 if TYPE_CHECKING:
     from grokscope.tasks.dataset import Split, TaskDataset
     from grokscope.tasks.vocab import Vocab
@@ -295,6 +297,7 @@ def register_task(task: Task) -> Task:
     if old is not None and type(old).__qualname__ != type(task).__qualname__:
         raise ValueError(f"task {task.name!r} is already registered by {type(old).__name__}")
     _REGISTRY[task.name] = task
+    TASK_PROBE_SPLITS[task.name] = tuple(task.probe_splits)
     return task
 
 

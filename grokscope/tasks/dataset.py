@@ -28,6 +28,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from grokscope.display import Summarized
 from grokscope.tasks.vocab import END, Vocab
 
 PROBE_SPLITS: tuple[str, ...] = (
@@ -46,6 +47,9 @@ ROLES_COMPOSITION_ATOMIC: dict[str, int] = {"h": 0, "r": 1}
 ROLES_COMPARISON_INFERRED: dict[str, int] = {"attr": 0, "q": 1, "e1": 2, "mask": 3, "e2": 4}
 ROLES_COMPARISON_ATOMIC: dict[str, int] = {"e": 0, "attr": 1}
 
+
+TASK_PROBE_SPLITS: dict[str, tuple[str, ...]] = {}
+"""Task name -> its probe splits; filled by :func:`grokscope.tasks.base.register_task`."""
 
 @dataclass(frozen=True)
 class Split:
@@ -240,8 +244,8 @@ def comparison_label(v1: np.ndarray, v2: np.ndarray) -> np.ndarray:
     return (np.sign(np.asarray(v1) - np.asarray(v2)) + 1).astype(np.int64)
 
 
-@dataclass(frozen=True)
-class TaskDataset:
+@dataclass(frozen=True, repr=False)
+class TaskDataset(Summarized):
     """A generated (or loaded) task: vocabulary, knowledge base, splits, statistics.
 
     Attributes:
@@ -261,6 +265,12 @@ class TaskDataset:
     counts: dict[str, Any]
     config: dict[str, Any] | None = None
 
+
+    def summary(self) -> dict[str, Any]:
+        """Task, vocabulary size, examples per split, the content hash."""
+        return {"task": self.task, "vocab": len(self.vocab.tokens),
+                "splits": {k: len(v) for k, v in self.splits.items()}, "hash": self.content_hash()[:12]}
+
     def __post_init__(self) -> None:
         missing = [s for s in self.split_names if s not in self.splits]
         if missing:
@@ -269,10 +279,7 @@ class TaskDataset:
     @property
     def probe_splits(self) -> tuple[str, ...]:
         """The probe splits of this dataset's task (the paper's five unless it declares others)."""
-        from grokscope.tasks.base import registered_tasks
-
-        spec = next((t for t in registered_tasks() if t.name == self.task), None)
-        return spec.probe_splits if spec is not None else PROBE_SPLITS
+        return TASK_PROBE_SPLITS.get(self.task, PROBE_SPLITS)
 
     @property
     def split_names(self) -> tuple[str, ...]:
