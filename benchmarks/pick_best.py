@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from grokscope.runs.run import Run, thin_run
+from grokscope.runs.run import Run
+from grokscope.runs.thinning import thin_run
 from grokscope.training.sweep import summarize_metrics
 
 

@@ -257,7 +257,7 @@ def test_cli_data_modular(tmp_path):
 
 
 def test_neuron_frequency_of_a_hand_made_neuron():
-    from grokscope.progress.fourier import neuron_frequencies
+    from grokscope.progress.neurons import neuron_frequencies
 
     p = 23
     a, b = torch.meshgrid(torch.arange(p, dtype=torch.float64), torch.arange(p, dtype=torch.float64), indexing="ij")
@@ -343,7 +343,7 @@ def test_forecast_counts_a_lead_only_from_a_pause():
 
 
 def test_shipped_heads_carry_the_key_frequencies_of_their_input(shipped_final):
-    from grokscope.progress.fourier import head_frequencies
+    from grokscope.progress.neurons import head_frequencies
 
     model, ds, final = shipped_final
     keys = set(final["key_freqs"])
@@ -363,7 +363,7 @@ def test_discovery_finds_the_known_algorithm(shipped_final, pert):
     from grokscope.discovery.circuit import discover
     from grokscope.discovery.scores import Corruption
     from grokscope.patching.tracing import make_counterfactuals
-    from grokscope.progress.fourier import head_frequencies
+    from grokscope.progress.neurons import head_frequencies
 
     model, ds, _ = shipped_final
     model.eval()

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
+
+from grokscope.errors import GrokscopeWarning
 
 app = typer.Typer(
     add_completion=False,
@@ -20,6 +23,7 @@ app = typer.Typer(
 )
 
 _state: dict[str, bool] = {"debug": False}
+_default_showwarning = warnings.showwarning
 
 from grokscope.cli.common import UserError  # noqa: E402
 
@@ -31,8 +35,16 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    if issubclass(category, GrokscopeWarning):
+        typer.echo(f"warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line + exit 2."""
+    warnings.showwarning = _one_line_warning
     try:
         app(standalone_mode=False)
     except UserError as e:

@@ -218,7 +218,8 @@ def runs(
 
 def _run_status(run: Any) -> str:
     """'done: <why it stopped>', 'stopped at N (resumable)', or '' for a thinned run."""
-    from grokscope.runs.run import TRAINER_STATE_FILE, latest_resume_step
+    from grokscope.runs.run import TRAINER_STATE_FILE
+    from grokscope.runs.thinning import latest_resume_step
     from grokscope.training.train import TrainerState
 
     step = latest_resume_step(run)

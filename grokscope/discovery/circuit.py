@@ -19,6 +19,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,10 +41,12 @@ from grokscope.discovery.scores import (
     Activations,
     Corruption,
     EdgeScores,
+    gap_reliable,
     prepare,
     score_edges,
 )
 from grokscope.display import Summarized
+from grokscope.errors import NoisyResultWarning
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -75,13 +79,15 @@ class Discovery(Summarized):
     corrupt_metric: float
     metric: str = "logit_diff"
     step: int | None = None
+    reliable: bool = True
+    """False when the clean/corrupt metric gap is noise (:func:`gap_reliable`); fractions then mean nothing."""
 
 
     def summary(self) -> dict[str, Any]:
         """Method, graph size, the circuit's size and recovered fraction, the metric gap."""
         return {"method": self.scores.method, "edges": int(self.graph.n_edges), "circuit": self.circuit.size,
                 "recovered": round(float(self.circuit.recovered), 3),
-                "gap": round(self.clean_metric - self.corrupt_metric, 3), "step": self.step}
+                "gap": round(self.clean_metric - self.corrupt_metric, 3), "reliable": self.reliable, "step": self.step}
 
     @property
     def graph(self) -> ComponentGraph:
@@ -94,6 +100,34 @@ class Discovery(Summarized):
     def shares(self, circuit_only: bool = False) -> dict[str, dict[str, float]]:
         """:func:`attribution_shares` of all edges (or of the circuit's)."""
         return attribution_shares(self.scores, self.circuit.keep if circuit_only else None, self.corruption.roles)
+
+    def edge_records(self, k: int | None = None, *, circuit_only: bool = False) -> list[Edge]:
+        """Edges sorted by ``|score|`` (the circuit's only, with ``circuit_only``), the first ``k``."""
+        g, scores, keep = self.graph, self.scores.scores.float(), self.circuit.keep
+        idx = torch.nonzero(keep).flatten() if circuit_only else torch.arange(g.n_edges)
+        idx = idx[torch.argsort(scores[idx].abs(), descending=True, stable=True)][:k]
+        total = float(scores[keep].abs().sum()) or 1.0
+        out = []
+        for e in idx.tolist():
+            w, r = g.edge_nodes(e)
+            x = float(self.exact[e])
+            out.append(Edge(e, g.edge_name(e), w.name, r.name, w.position, float(scores[e]),
+                            None if x != x else x, bool(keep[e]),
+                            abs(float(scores[e])) / total if bool(keep[e]) else 0.0))
+        return out
+
+    def edges(self, k: int | None = None, *, circuit_only: bool = False) -> Any:
+        """The edges as a pandas DataFrame, one row an :class:`Edge`, sorted by ``|score|``.
+
+        Example:
+            >>> d.edges(10, circuit_only=True)[["name", "score", "exact", "share"]]   # doctest: +SKIP
+        """
+        try:
+            import pandas as pd
+        except ImportError:  # pragma: no cover - pandas is a dependency
+            raise ImportError("Discovery.edges() needs pandas: pip install pandas") from None
+        rows = [dataclasses.asdict(e) for e in self.edge_records(k, circuit_only=circuit_only)]
+        return pd.DataFrame(rows, columns=[f.name for f in dataclasses.fields(Edge)])
 
     def to_dict(self) -> dict[str, Any]:
         g = self.graph
@@ -117,7 +151,8 @@ class Discovery(Summarized):
         edges = []
         for e, (p, r, w) in enumerate(g.edge_index.tolist()):
             x = float(self.exact[e])
-            edges.append({"src": writer_ids[(p, w)], "dst": reader_ids[(p, r)], "score": float(self.scores.scores[e]),
+            edges.append({"name": g.edge_name(e), "src": writer_ids[(p, w)], "dst": reader_ids[(p, r)],
+                          "score": float(self.scores.scores[e]),
                           "exact": None if x != x else x, "in_circuit": bool(self.circuit.keep[e])})
         c = self.corruption
         return {
@@ -131,6 +166,7 @@ class Discovery(Summarized):
             "examples": {"clean": c.clean.tolist(), "corrupt": None if c.corrupt is None else c.corrupt.tolist(),
                          "answer": c.answer.tolist(), "cf_answer": c.cf_answer.tolist()},
             "clean_metric": self.clean_metric,
+            "reliable": self.reliable,
             "corrupt_metric": self.corrupt_metric,
             "nodes": nodes,
             "edges": edges,
@@ -176,6 +212,10 @@ def discover(
         A :class:`Discovery`.
     """
     acts: Activations = prepare(model, corruption, metric)
+    reliable, why = gap_reliable(acts.clean_metric, acts.corrupt_metric)
+    if not reliable:
+        warnings.warn(f"discovery{'' if step is None else f' at step {step}'}: {why}; the result is marked "
+                      "reliable=False", NoisyResultWarning, stacklevel=2)
     scores = score_edges(model, corruption, method, metric=metric, ig_steps=ig_steps, acts=acts)
     curve = faithfulness_curve(model, acts, scores, selection=selection)
     if top is not None:
@@ -191,7 +231,7 @@ def discover(
                                  acts.metric, acts.clean_metric, edges=ids)
         exact[ids] = (acts.clean_metric.float().cpu()[None, :] - per).mean(1)
     return Discovery(corruption, scores, circuit, curve, exact, float(acts.clean_metric.double().mean()),
-                     float(acts.corrupt_metric.double().mean()), metric, step)
+                     float(acts.corrupt_metric.double().mean()), metric, step, reliable)
 
 
 def attribution_shares(
@@ -267,11 +307,32 @@ def hypothesis_coverage(scores: EdgeScores, keep: torch.Tensor, hypothesis: Mapp
 
 
 def describe_edges(d: Discovery, k: int = 15) -> list[str]:
-    """The circuit's ``k`` strongest edges as readable lines (label, score, exact effect)."""
-    lines = []
-    for e in d.circuit_edges()[:k]:
-        w, r = d.graph.edge_nodes(e)
-        x = float(d.exact[e])
-        lines.append(f"{w.label:>9s} -> {r.label:<10s} score {float(d.scores.scores[e]):8.3f}"
-                     + ("" if x != x else f"  exact {x:8.3f}"))
-    return lines
+    """The circuit's ``k`` strongest edges as readable lines (name, score, exact effect)."""
+    return [f"{e.name:<22s} score {e.score:8.3f}" + ("" if e.exact is None else f"  exact {e.exact:8.3f}")
+            for e in d.edge_records(k, circuit_only=True)]
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One edge of a discovered graph, named one way everywhere.
+
+    Attributes:
+        index: its index in the graph (``ComponentGraph.edge_index`` row).
+        name: ``writer->reader@position`` (:meth:`ComponentGraph.edge_name`), e.g. ``m0->a2.h1<v>@3``.
+        source, target: the writer's and the reader's node names (``m0``, ``a2.h1<v>``).
+        position: the input position both sit at.
+        score: the method's attribution score.
+        exact: the exact effect of patching this edge alone (None where not measured).
+        in_circuit: whether the selected circuit holds it.
+        share: its share of the circuit's total ``|score|`` (0 outside the circuit).
+    """
+
+    index: int
+    name: str
+    source: str
+    target: str
+    position: int
+    score: float
+    exact: float | None
+    in_circuit: bool
+    share: float

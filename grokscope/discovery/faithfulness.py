@@ -127,6 +127,8 @@ def recovered(
     m = patch_edge_sets(model, acts.graph, acts.clean_tokens, acts.corrupt_writers, keep, acts.metric).double()
     lo, hi = float(acts.corrupt_metric.double().mean()), float(acts.clean_metric.double().mean())
     mean = m.mean(1)
+    if abs(hi - lo) < 1e-12:  # no gap: nothing to recover (discover() warns and marks it unreliable)
+        return torch.zeros_like(mean).float(), mean.float()
     return ((mean - lo) / (hi - lo)).float(), mean.float()
 
 

@@ -91,9 +91,22 @@ class GraphNode:
         head = f".{self.head}" if self.head is not None else ""
         return f"{short}{self.layer}{head}@{self.position}"
 
+    @property
+    def name(self) -> str:
+        """The field's node name (EAP-IG / MIB): ``input``, ``a{l}.h{h}``, ``m{l}``, ``logits``;
+        a head's query / key / value input is ``a{l}.h{h}<q>`` / ``<k>`` / ``<v>``, an MLP's input ``m{l}``."""
+        if self.kind == "embed":
+            return "input"
+        if self.kind == "logits":
+            return "logits"
+        if self.kind in ("mlp_out", "mlp_in"):
+            return f"m{self.layer}"
+        qkv = {"q_input": "<q>", "k_input": "<k>", "v_input": "<v>"}.get(self.kind, "")
+        return f"a{self.layer}.h{self.head}{qkv}"
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "layer": self.layer, "head": self.head, "position": self.position,
-                "hook_name": self.hook_name}
+                "hook_name": self.hook_name, "name": self.name}
 
     def to_tl(self) -> Any:
         """The equal TransformerLens ``Node`` (imports TransformerLens)."""
@@ -228,6 +241,17 @@ class ComponentGraph:
     def edge_nodes(self, edge: int) -> tuple[GraphNode, GraphNode]:
         p, r, w = (int(x) for x in self.edge_index[edge])
         return self.writer_node(p, w), self.reader_node(p, r)
+
+    def edge_name(self, edge: int) -> str:
+        """The edge's one string name: ``writer->reader@position`` in the field's node names,
+        e.g. ``m0->a2.h1<v>@3`` or ``a1.h0->logits@2`` (JSON, tables, figures and the CLI use it).
+
+        Example:
+            >>> ComponentGraph(n_layers=2, n_heads=2, n_pos=3).edge_name(0)
+            'input->a0.h0<q>@0'
+        """
+        w, r = self.edge_nodes(edge)
+        return f"{w.name}->{r.name}@{w.position}"
 
     def edges_as_nodes(self) -> list[tuple[GraphNode, GraphNode]]:
         """Every edge as a ``(writer, reader)`` node pair, in edge order."""

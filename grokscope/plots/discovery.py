@@ -59,10 +59,11 @@ def discovered_graph(doc: Mapping[str, Any], *, max_edges: int = 150, title: str
     to its write at a later one (attention moving information).
 
     Args:
-        doc: a discovery JSON.
+        doc: a :class:`~grokscope.Discovery` or its JSON (``to_dict()``).
         max_edges: draw at most this many circuit edges (the strongest).
         title: figure title.
     """
+    doc = doc.to_dict() if hasattr(doc, "to_dict") else doc
     g = doc["graph"]
     L, H = g["n_layers"], g["n_heads"]
     nodes = doc["nodes"]
@@ -150,10 +151,14 @@ def faithfulness_figure(curves: Mapping[str, Mapping[str, Any]], *, title: str |
     """Recovered fraction over circuit size (fraction of edges, log axis), one line per curve.
 
     Args:
-        curves: label -> ``FaithfulnessCurve.to_dict()``.
+        curves: label -> :class:`~grokscope.FaithfulnessCurve` (or its ``to_dict()``); one
+            curve alone is drawn as ``{"circuit": curve}``.
     """
+    if hasattr(curves, "to_dict") or "fractions" in curves:
+        curves = {"circuit": curves}
     fig = go.Figure()
     for label, cv in curves.items():
+        cv = cv.to_dict() if hasattr(cv, "to_dict") else cv
         xs = [f for f in cv["fractions"] if f > 0]
         ys = [r for f, r in zip(cv["fractions"], cv["recovered"]) if f > 0]
         sizes = [s for f, s in zip(cv["fractions"], cv["sizes"]) if f > 0]
@@ -172,8 +177,9 @@ def discovery_formation(records: Mapping[str, Sequence[Mapping[str, Any]]], *, t
     """Formation over checkpoints: circuit size, faithfulness, overlap, position shares.
 
     Args:
-        records: split -> :class:`DiscoverySeries` records.
+        records: a :class:`~grokscope.DiscoverySeries` or its ``records`` (split -> records).
     """
+    records = getattr(records, "records", records)
     fig = make_subplots(rows=2, cols=2, subplot_titles=(
         "edges of the smallest circuit recovering 0.9", "faithfulness curve area (CPR)",
         "edge overlap (Jaccard) with the final circuit", "share of |attribution| by input position"))

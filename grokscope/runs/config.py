@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from grokscope.errors import ConfigError, closest, unknown_key_message
 from grokscope.tasks.base import default_task_config, task_config_class, task_config_classes
 
 SCHEMA_VERSION = 1
@@ -238,7 +239,7 @@ class RunConfig:
             )
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown run config keys: {sorted(unknown)}")
+            raise ConfigError(unknown_key_message("run config", unknown, [f.name for f in fields(cls)]))
         return cls(
             task=task_config_from_dict(d["task"]) if "task" in d else default_task_config(),
             model=_from_dict(ModelConfig, d.get("model", {})),
@@ -268,7 +269,9 @@ class RunConfig:
             names = {f.name: f for f in fields(sub)}
             if name not in names or name == "task":
                 allowed = ", ".join(n for n in names if n != "task")
-                raise ValueError(f"unknown override {key!r}; {section} fields are: {allowed}")
+                hint = closest(name, [n for n in names if n != "task"])
+                raise ConfigError(f"unknown override {key!r}{f' (did you mean {section}.{hint}?)' if hint else ''}; "
+                                  f"{section} fields are: {allowed}")
             sections[section][name] = _parse_like(getattr(sub, name), names[name], value)
         # One replace per section, so settings that depend on each other change together.
         changed = {sec: replace(getattr(self, sec), **kw) for sec, kw in sections.items() if kw}
@@ -290,7 +293,7 @@ def _from_dict(cls: type, d: dict[str, Any]) -> Any:
     names = {f.name: f for f in fields(cls)}
     unknown = set(d) - set(names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        raise ConfigError(unknown_key_message(cls.__name__, unknown, names))
     kwargs = {}
     for k, v in d.items():
         default = names[k].default

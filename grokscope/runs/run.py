@@ -37,7 +37,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from grokscope import __version__
 from grokscope.display import Summarized
+from grokscope.errors import GrokscopeError, unknown_key_message
 from grokscope.runs.config import SCHEMA_VERSION, RunConfig
 
 if TYPE_CHECKING:
@@ -64,8 +64,29 @@ TRAINER_STATE_FILE = "trainer_state.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
 
-class RunError(ValueError):
+class RunError(GrokscopeError, ValueError):
     """A run directory that cannot be read as asked; the message says what to do."""
+
+
+def _check_model_section(cfg_path: Path, config: RunConfig, model: dict[str, Any], data: dict[str, Any]) -> None:
+    """``config.json["model"]`` (the TransformerLens config, kept so plain TransformerLens can
+    load a checkpoint) is derived from ``config.json["run"]["model"]``, the one source of the
+    architecture: an unknown key or a value that disagrees is refused, not ignored."""
+    from grokscope.runs.model import bridge_config_dict
+
+    try:
+        expected = bridge_config_dict(config.model, int(data["d_vocab"]), int(data["n_ctx"]), config.seed)
+    except (KeyError, TypeError, ValueError):
+        return  # an older data section: nothing to derive from
+    unknown = set(model) - set(expected)
+    if unknown:
+        raise RunError(f"{cfg_path}: {unknown_key_message('model', unknown, expected)}")
+    shape = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx", "act_fn", "normalization_type")
+    bad = [k for k in shape if k in model and model[k] != expected.get(k)]
+    if bad:
+        diffs = ", ".join(f"{k} {model[k]!r} (run.model gives {expected[k]!r})" for k in bad)
+        raise RunError(f"{cfg_path}: the model section disagrees with run.model, the architecture's one "
+                       f"source: {diffs}; fix or delete the model section's values")
 
 
 def step_dir_name(step: int) -> str:
@@ -192,6 +213,7 @@ class Run(Summarized):
             config = RunConfig.from_dict(doc["run"])
         except (ValueError, TypeError) as e:
             raise RunError(f"{cfg_path}: invalid run config: {e}") from None
+        _check_model_section(cfg_path, config, doc["model"], doc["data"])
         return cls(path=path, config=config, model_config=doc["model"], data_info=doc["data"])
 
     # -- checkpoints ------------------------------------------------------------
@@ -217,6 +239,8 @@ class Run(Summarized):
             RunError: no checkpoint at that step (the message lists the ones there are),
                 or the checkpoint directory holds a pickle file (never loaded).
         """
+        if isinstance(step, bool) or not isinstance(step, int):
+            return self.checkpoint_path(self.resolve_step(step))
         p = self.checkpoints_dir / step_dir_name(step)
         refuse_pickles(p)
         if not (p / MODEL_FILE).is_file():
@@ -229,8 +253,20 @@ class Run(Summarized):
         return p
 
     def resolve_step(self, step: int | None) -> int:
-        """``step`` itself, or the latest step when None."""
+        """``step`` itself, or the latest step when None.
+
+        Raises:
+            RunError: not a checkpoint step (the message lists the available steps);
+                a string of digits such as ``"1500"`` is read as that step.
+        """
         if step is not None:
+            if isinstance(step, str) and step.strip().isdigit():
+                step = int(step)
+            if isinstance(step, bool) or not isinstance(step, int):
+                steps = self.steps()
+                shown = ", ".join(map(str, steps[:20])) + (" ..." if len(steps) > 20 else "")
+                raise RunError(f"{self.path}: step must be a checkpoint step (an int), got {step!r}; "
+                               f"available steps: {shown or 'none'}")
             self.checkpoint_path(step)
             return step
         steps = self.steps()
@@ -431,72 +467,3 @@ def write_checkpoint(
                 shutil.rmtree(p, ignore_errors=True)
     return final
 
-
-def latest_resume_step(run: Run) -> int | None:
-    """The newest checkpoint step that carries resume state, or None."""
-    for step in reversed(run.steps()):
-        d = run.checkpoint_path(step)
-        if (d / TRAINER_STATE_FILE).is_file() and (d / OPTIMIZER_FILE).is_file():
-            return step
-    return None
-
-
-def select_steps(steps: list[int], iid: dict[int, float], keep: int) -> list[int]:
-    """Pick ``keep`` checkpoint steps that span a grokking run: the first and last,
-    log-spaced steps, and steps nearest to evenly spaced levels of test ID accuracy
-    (so the transition is sampled densely however fast it happens).
-
-    Example:
-        >>> select_steps([0, 10, 20, 30, 40, 50], {0: 0, 10: 0, 20: .1, 30: .9, 40: 1, 50: 1}, 5)
-        [0, 10, 20, 30, 50]
-    """
-    steps = sorted(steps)
-    if keep >= len(steps):
-        return steps
-    if keep < 2:
-        raise ValueError(f"keep must be >= 2, got {keep}")
-    chosen = {steps[0], steps[-1]}
-    accs = [iid.get(s) for s in steps]
-    known = [(s, a) for s, a in zip(steps, accs) if a is not None]
-    candidates: list[int] = []
-    if known:
-        lo, hi = min(a for _, a in known), max(a for _, a in known)
-        n_levels = max(1, (keep - 1) // 2)
-        for i in range(1, n_levels + 1):
-            level = lo + (hi - lo) * i / (n_levels + 1)
-            candidates.append(min(known, key=lambda sa, lv=level: (abs(sa[1] - lv), sa[0]))[0])
-    positive = [s for s in steps if s > 0]
-    if positive:
-        lo_s, hi_s = positive[0], positive[-1]
-        n_log = keep
-        for i in range(n_log):
-            target = lo_s * (hi_s / lo_s) ** (i / max(1, n_log - 1))
-            candidates.append(min(positive, key=lambda s, t=target: abs(math.log(s) - math.log(t))))
-    for s in candidates:
-        if len(chosen) >= keep:
-            break
-        chosen.add(s)
-    for s in steps:  # fill up evenly if duplicates left room
-        if len(chosen) >= keep:
-            break
-        chosen.add(s)
-    return sorted(chosen)
-
-
-def thin_run(run: Run, keep: int) -> list[int]:
-    """Delete all but ``keep`` checkpoints (chosen by :func:`select_steps`) and every
-    optimizer/resume state: makes a run small enough to ship. Returns the kept steps."""
-    iid = {}
-    for m in run.metrics():
-        v = m.get("acc", {}).get("test_inferred_iid")
-        if v is not None:
-            iid[m["step"]] = v
-    kept = select_steps(run.steps(), iid, keep)
-    for step in run.steps():
-        d = run.checkpoint_path(step)
-        if step not in kept:
-            shutil.rmtree(d)
-        else:
-            for name in (OPTIMIZER_FILE, TRAINER_STATE_FILE):
-                (d / name).unlink(missing_ok=True)
-    return kept

@@ -38,10 +38,10 @@ from grokscope.runs.run import (
     Run,
     RunError,
     atomic_write_bytes,
-    latest_resume_step,
     read_safetensors,
     write_checkpoint,
 )
+from grokscope.runs.thinning import latest_resume_step
 from grokscope.training.setup import (  # noqa: F401  (re-exported)
     DEFAULT_THREADS,
     GradFilter,
