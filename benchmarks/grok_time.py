@@ -114,7 +114,7 @@ def step_cost(preset_name: str, steps: int) -> str:
     from grokscope.runs.presets import preset
     from grokscope.runs.run import Run as _Run
     from grokscope.tasks import get_task
-    from grokscope.training.train import train
+    from grokscope.training.loop import train
 
     torch.set_num_threads(1)
     base = preset(preset_name).override({

@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python benchmarks/threads.py [--batch 256] [--steps 40]
 Run it on an idle machine (and once with another process busy) to choose
-grokscope.training.train.DEFAULT_THREADS.
+grokscope.training.loop.DEFAULT_THREADS.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from grokscope.runs.model import build_model
 from grokscope.runs.presets import preset
-from grokscope.training.train import target_loss
+from grokscope.training.loop import target_loss
 
 
 def main() -> None:

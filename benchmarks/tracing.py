@@ -28,7 +28,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from grokscope.lens.logit_lens import resid_hook_names  # noqa: E402
+from grokscope.lens.logit import resid_hook_names  # noqa: E402
 from grokscope.patching.tracing import make_counterfactuals, site_hook_names, trace  # noqa: E402
 from grokscope.runs.run import Run  # noqa: E402
 

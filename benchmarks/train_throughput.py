@@ -19,7 +19,7 @@ import torch
 from grokscope.runs.config import ModelConfig
 from grokscope.runs.model import build_model, decay_param_groups
 from grokscope.runs.presets import preset
-from grokscope.training.train import target_loss
+from grokscope.training.loop import target_loss
 
 SHAPES = {
     "small": preset("composition-small").model,

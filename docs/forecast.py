@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    from grokscope.progress.forecast import report_data
+    from grokscope.progress.forecasting import report_data
     from grokscope.runs.run import Run
     from grokscope.series.engine import analyse_series
 

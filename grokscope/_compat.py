@@ -18,7 +18,7 @@ from typing import Any
 
 MOVED: dict[str, str] = {
     "grokscope.analysis": "grokscope.series",
-    "grokscope.analysis.lens": "grokscope.lens.logit_lens",
+    "grokscope.analysis.lens": "grokscope.lens.logit",
     "grokscope.analysis.attribution": "grokscope.lens.attribution",
     "grokscope.analysis.sampling": "grokscope.series.sampling",
     "grokscope.analysis.cache": "grokscope.series.cache",
@@ -36,12 +36,12 @@ MOVED: dict[str, str] = {
     "grokscope.analysis.discovery_series": "grokscope.discovery.series",
     "grokscope.analysis.measures": "grokscope.progress.measures",
     "grokscope.analysis.progress": "grokscope.progress.fourier",
-    "grokscope.analysis.forecast": "grokscope.progress.forecast",
+    "grokscope.analysis.forecast": "grokscope.progress.forecasting",
     "grokscope.analysis.diagnoses": "grokscope.progress.diagnoses",
     "grokscope.config": "grokscope.runs.config",
     "grokscope.model": "grokscope.runs.model",
     "grokscope.run": "grokscope.runs.run",
-    "grokscope.train": "grokscope.training.train",
+    "grokscope.train": "grokscope.training.loop",
     "grokscope.sweep": "grokscope.training.sweep",
     "grokscope.hf_import": "grokscope.runs.hf_import",
     "grokscope.diagnosis_plots": "grokscope.plots.diagnoses",

@@ -81,7 +81,7 @@ def test_notebooks_import_only_grokscope_and_its_plots():
 
 
 def test_old_module_paths_still_import_with_a_deprecation_warning():
-    with pytest.warns(DeprecationWarning, match="grokscope.lens.logit_lens"):
+    with pytest.warns(DeprecationWarning, match="grokscope.lens.logit"):
         from grokscope.analysis.lens import logit_lens  # noqa: F401
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

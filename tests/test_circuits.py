@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from grokscope.lens.logit_lens import LensResult, lens_split, resid_hook_names
+from grokscope.lens.logit import LensResult, lens_split, resid_hook_names
 from grokscope.patching.hypothesis import build_circuit, find_circuit, first_layer
 from grokscope.patching.tracing import Counterfactuals, TraceResult, make_counterfactuals, trace
 from grokscope.runs.config import ModelConfig

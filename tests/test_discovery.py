@@ -330,7 +330,7 @@ def test_cli_discover_json_can_be_recomputed(tmp_path, monkeypatch, capsys):
     import json
 
     from grokscope.runs.presets import preset
-    from grokscope.training.train import train_new
+    from grokscope.training.loop import train_new
 
     run = train_new(preset("composition-tiny").override(MICRO), tmp_path / "run", quiet=True)
     out = tmp_path / "d.json"
@@ -362,7 +362,7 @@ def test_cli_discover_compare_matches_the_two_circuits(tmp_path, monkeypatch, ca
     import re
 
     from grokscope.runs.presets import preset
-    from grokscope.training.train import train_new
+    from grokscope.training.loop import train_new
 
     cfg = preset("composition-tiny").override(MICRO)
     a = train_new(cfg, tmp_path / "a", quiet=True)

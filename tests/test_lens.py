@@ -1,4 +1,4 @@
-"""Tests for grokscope.lens.logit_lens: logit lens against the model's own logits and
+"""Tests for grokscope.lens.logit: logit lens against the model's own logits and
 plain argsort ranks, the paper's targets from metadata, and DLA sums."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from grokscope.lens.attribution import direct_logit_attribution
-from grokscope.lens.logit_lens import (
+from grokscope.lens.logit import (
     LensResult,
     LensTarget,
     decode_resid,

@@ -130,7 +130,7 @@ import math  # noqa: E402
 
 import torch  # noqa: E402
 
-from grokscope.progress.forecast import onset  # noqa: E402
+from grokscope.progress.forecasting import onset  # noqa: E402
 from grokscope.progress.fourier import (  # noqa: E402
     excluded_logits,
     fourier_basis,
@@ -205,7 +205,7 @@ def test_onset_is_one_rule_both_directions():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from grokscope.runs.presets import preset
-    from grokscope.training.train import train_new
+    from grokscope.training.loop import train_new
 
     cfg = preset("modular-small").override({
         "task.p": "11", "task.train_fraction": "0.5", "task.train_probe": "none", "model.d_model": "16",
@@ -219,7 +219,7 @@ def test_tiny_run_through_series_report_and_cli(tiny_run, tmp_path):
     from typer.testing import CliRunner
 
     from grokscope.cli import app
-    from grokscope.progress.forecast import report_data
+    from grokscope.progress.forecasting import report_data
     from grokscope.progress.fourier import progress_series
     from grokscope.report import write_report
     from grokscope.series.engine import analyse_series
@@ -328,7 +328,7 @@ def test_shipped_run_groks_and_its_accuracies_hold_on_every_pair(shipped, shippe
 
 
 def test_forecast_counts_a_lead_only_from_a_pause():
-    from grokscope.progress.forecast import forecast
+    from grokscope.progress.forecasting import forecast
 
     steps = list(range(0, 1100, 100))
     train = [0.1, 0.5, 0.99, 1, 1, 1, 1, 1, 1, 1, 1]

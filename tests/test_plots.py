@@ -10,7 +10,7 @@ import torch
 
 from grokscope import plots
 from grokscope.lens.checkpoint import checkpoint_lens
-from grokscope.lens.logit_lens import lens_split
+from grokscope.lens.logit import lens_split
 from grokscope.patching.checkpoint import checkpoint_trace
 from grokscope.runs.presets import preset
 from grokscope.runs.run import Run
@@ -28,7 +28,7 @@ MICRO = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Run:
-    from grokscope.training.train import train_new
+    from grokscope.training.loop import train_new
 
     torch.set_num_threads(1)
     return train_new(preset("composition-tiny").override(MICRO), tmp_path_factory.mktemp("plots") / "r", quiet=True)

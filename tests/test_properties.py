@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grokscope.lens.attribution import direct_logit_attribution
-from grokscope.lens.logit_lens import (
+from grokscope.lens.logit import (
     LensTarget,
     logit_lens,
     resid_hook_names,

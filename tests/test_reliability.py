@@ -36,7 +36,7 @@ from grokscope.runs.run import (
     RunError,
     step_dir_name,
 )
-from grokscope.training.train import train, train_new
+from grokscope.training.loop import train, train_new
 
 GROKSCOPE = Path(sys.executable).parent / "grokscope"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -229,7 +229,7 @@ def _failing_replace(monkeypatch, err: int, from_step: int) -> None:
 
 
 def _failing_metrics(monkeypatch, err: int, allowed: int) -> None:
-    """``open`` in grokscope.training.train raises OSError(err) after ``allowed`` metrics appends."""
+    """``open`` in grokscope.training.loop raises OSError(err) after ``allowed`` metrics appends."""
     import builtins
 
     calls = {"n": 0}
@@ -241,7 +241,7 @@ def _failing_metrics(monkeypatch, err: int, allowed: int) -> None:
                 raise OSError(err, os.strerror(err), str(file))
         return builtins.open(file, mode, *a, **kw)
 
-    monkeypatch.setattr("grokscope.training.train.open", fake, raising=False)
+    monkeypatch.setattr("grokscope.training.loop.open", fake, raising=False)
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ N_FIGURES = {"composition": 14, "comparison": 14}  # comparison: OOD by value di
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Run]:
-    from grokscope.training.train import train_new
+    from grokscope.training.loop import train_new
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("report-runs")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from grokscope.lens.checkpoint import checkpoint_lens
-from grokscope.lens.logit_lens import lens_split
+from grokscope.lens.logit import lens_split
 from grokscope.patching.checkpoint import checkpoint_trace
 from grokscope.patching.tracing import make_counterfactuals, trace
 from grokscope.progress.diagnoses import ood_diagnosis, value_gap_diagnosis
@@ -39,7 +39,7 @@ COMPARISON = {"task.n_entities": "20", "task.n_attributes": "3", "task.n_values"
 
 def micro_run(path, task: str = "composition") -> Run:
     """Train a micro run (about two seconds): checkpoints at steps 0, 20 and 40."""
-    from grokscope.training.train import train_new
+    from grokscope.training.loop import train_new
 
     ov = COMPOSITION if task == "composition" else COMPARISON
     return train_new(preset(f"{task}-tiny").override({**MICRO, **ov}), path, quiet=True)

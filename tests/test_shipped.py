@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from grokscope.runs.run import Run
+from grokscope.training.loop import eval_subsets, evaluate
 from grokscope.training.sweep import summarize_metrics
-from grokscope.training.train import eval_subsets, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ("composition-small", "comparison-small")

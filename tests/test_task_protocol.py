@@ -85,7 +85,7 @@ register_task(CopyTask())
 
 @pytest.fixture(scope="module")
 def copy_run(tmp_path_factory):
-    from grokscope.training.train import train_new
+    from grokscope.training.loop import train_new
 
     torch.set_num_threads(1)
     cfg = RunConfig(
@@ -99,7 +99,7 @@ def copy_run(tmp_path_factory):
 
 
 def test_a_task_registered_in_one_file_runs_through_every_analysis(copy_run, tmp_path):
-    from grokscope.lens.logit_lens import lens_split
+    from grokscope.lens.logit import lens_split
     from grokscope.patching.hypothesis import find_circuit
     from grokscope.patching.tracing import make_counterfactuals, trace
     from grokscope.report import write_report
@@ -239,7 +239,7 @@ def test_complex_reasoning_is_its_own_task_and_gets_its_diagnosis(tmp_path):
     from grokscope.runs.presets import preset
     from grokscope.series.engine import analyse_series
     from grokscope.tasks import ComplexConfig
-    from grokscope.training.train import train_new
+    from grokscope.training.loop import train_new
 
     base = preset("comparison-tiny")
     cfg = dataclasses.replace(

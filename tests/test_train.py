@@ -13,7 +13,7 @@ import torch
 from grokscope.runs.config import TrainConfig
 from grokscope.runs.presets import preset
 from grokscope.runs.run import Run, RunError
-from grokscope.training.train import (
+from grokscope.training.loop import (
     GradFilter,
     TrainData,
     checkpoint_steps,
@@ -159,7 +159,7 @@ def test_run_directory_is_self_describing(tmp_path):
     meta = run.checkpoint_meta(20)
     assert meta["step"] == 20 and "test_inferred_iid" in meta["metrics"]["acc"]
     # Recorded accuracies are re-evaluated exactly from the checkpoint.
-    from grokscope.training.train import eval_subsets
+    from grokscope.training.loop import eval_subsets
 
     res = evaluate(run.load_model(40), eval_subsets(run.dataset(), 50, run.config.seed))
     assert res["acc"] == run.metrics()[-1]["acc"]

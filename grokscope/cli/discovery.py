@@ -30,7 +30,7 @@ def progress(
 
     Example: grokscope progress checkpoints/modular-small --json progress.json
     """
-    from grokscope.progress.forecast import report_data
+    from grokscope.progress.forecasting import report_data
     from grokscope.series.engine import analyse_series
 
     _check_examples(examples)

@@ -98,8 +98,8 @@ def train(
     """
     from grokscope.runs.presets import PRESET_NAMES, preset
     from grokscope.runs.run import Run
-    from grokscope.training.train import train as train_run
-    from grokscope.training.train import train_new
+    from grokscope.training.loop import train as train_run
+    from grokscope.training.loop import train_new
 
     ov = _parse_overrides(overrides or [])
     if max_steps is not None:
@@ -156,7 +156,7 @@ def eval_cmd(
     Example: grokscope eval checkpoints/composition-small --step 2000
     """
     from grokscope.runs.run import Run
-    from grokscope.training.train import eval_subsets, evaluate
+    from grokscope.training.loop import eval_subsets, evaluate
 
     run = Run.open(run_dir)
     step = run.resolve_step(step)
@@ -220,7 +220,7 @@ def _run_status(run: Any) -> str:
     """'done: <why it stopped>', 'stopped at N (resumable)', or '' for a thinned run."""
     from grokscope.runs.run import TRAINER_STATE_FILE
     from grokscope.runs.thinning import latest_resume_step
-    from grokscope.training.train import TrainerState
+    from grokscope.training.loop import TrainerState
 
     step = latest_resume_step(run)
     if step is None:

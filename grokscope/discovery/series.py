@@ -57,6 +57,7 @@ def checkpoint_discovery(
     top: int | None = None,
     recover: float = DEFAULT_RECOVER,
     selection: str = "top",
+    measure_edges: int = 200,
     cache: AnalysisCache | bool = True,
     device: str | None = None,
 ) -> dict[str, Any]:
@@ -68,6 +69,8 @@ def checkpoint_discovery(
             only picks the examples.
         ablation: ``counterfactual`` or ``mean``.
         n, seed: examples of ``split`` (drawn as :func:`make_counterfactuals` draws them).
+        measure_edges: patch alone (exact effect) up to this many of the circuit's
+            strongest edges (the per-edge part of the cost).
 
     Returns:
         The discovery JSON (see :meth:`Discovery.to_dict`) plus ``split`` and
@@ -80,6 +83,8 @@ def checkpoint_discovery(
     args = {"split": split, "perturbation": perturbation, "ablation": ablation, "n": n, "seed": seed,
             "method": method, "ig_steps": ig_steps if method == "eap-ig" else 1, "metric": metric, "top": top,
             "recover": recover, "selection": selection}
+    if measure_edges != 200:  # the default keeps the cache key of earlier versions
+        args["measure_edges"] = measure_edges
     got = cache_.get(step, "discovery", args)
     if got is not None:
         return got
@@ -93,7 +98,7 @@ def checkpoint_discovery(
     model = run.load_model(step, device=device)
     model.eval()
     d = discover(model, Corruption.from_counterfactuals(cf, ablation), method, metric=metric, ig_steps=ig_steps,
-                 top=top, recover=recover, selection=selection, step=step)
+                 top=top, recover=recover, selection=selection, step=step, measure_circuit_edges=measure_edges)
     out = {**d.to_dict(), "split": split, "perturbation": pert, "example_index": cf.example_index.tolist()}
     return cache_.put(step, "discovery", args, out)
 
@@ -148,11 +153,15 @@ class DiscoverySeries(Summarized):
         return {"steps": self.steps, "records": self.records, "settings": self.settings}
 
 
+TOP_EDGES = 10
+"""Strongest circuit edges per step in the records (measured exactly at every step)."""
+
+
 def _record(doc: dict[str, Any], final: dict[str, Any], hypothesis: dict[str, Any] | None) -> dict[str, Any]:
     scores, keep = scores_from_dict(doc)
     nodes = doc["nodes"]
     top = []
-    for e in doc["circuit"]["edges"][:10]:
+    for e in doc["circuit"]["edges"][:TOP_EDGES]:
         ed = doc["edges"][e]
         top.append({"edge": e, "src": nodes[ed["src"]], "dst": nodes[ed["dst"]], "score": ed["score"], "exact": ed["exact"]})
     return {
@@ -186,6 +195,7 @@ def discovery_series(
     ig_steps: int = DEFAULT_IG_STEPS,
     recover: float = DEFAULT_RECOVER,
     hypothesis: bool = True,
+    progress: bool = False,
     cache: AnalysisCache | bool = True,
     device: str | None = None,
 ) -> DiscoverySeries:
@@ -196,6 +206,11 @@ def discovery_series(
         splits: inferred splits to discover on.
         hypothesis: also measure the coverage of ``find_circuit``'s hypothesis (the
             cached ``checkpoint_circuit`` on the same examples).
+        progress: a tqdm bar over (split, checkpoint).
+
+    The exact effect of single edges is measured for the circuit's strongest 200 edges
+    at the last step and its strongest :data:`TOP_EDGES` at the others (what the
+    per-step records show).
 
     Returns:
         A :class:`DiscoverySeries`.
@@ -208,8 +223,17 @@ def discovery_series(
           "recover": recover, "cache": cache_, "device": device}
     records: dict[str, list[dict[str, Any]]] = {}
     final: dict[str, dict[str, Any]] = {}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(splits) * len(steps), desc="discover", unit="ckpt", disable=not progress,
+               dynamic_ncols=True)
     for split in splits:
-        docs = [checkpoint_discovery(run, s, split=split, **kw) for s in steps]
+        docs = []
+        for i, s in enumerate(steps):
+            bar.set_description(f"discover {split} step {s} ({i + 1}/{len(steps)})")
+            last = i == len(steps) - 1
+            docs.append(checkpoint_discovery(run, s, split=split, measure_edges=200 if last else TOP_EDGES, **kw))
+            bar.update(1)
         if any(doc.get("empty") for doc in docs):
             continue  # a split without counterfactuals (tiny tasks) has no circuit to discover
         hyps: list[dict[str, Any] | None] = [None] * len(steps)
@@ -220,6 +244,7 @@ def discovery_series(
                     for s in steps]
         records[split] = [_record(doc, docs[-1], h) for doc, h in zip(docs, hyps)]
         final[split] = docs[-1]
+    bar.close()
     settings = {k: v for k, v in kw.items() if k not in ("cache", "device")}
     settings["splits"] = list(splits)
     return DiscoverySeries(list(steps), records, settings, final)

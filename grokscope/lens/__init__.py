@@ -9,7 +9,7 @@
 
 from grokscope.lens.attribution import DLAResult, direct_logit_attribution
 from grokscope.lens.checkpoint import checkpoint_lens
-from grokscope.lens.logit_lens import LensResult, lens_split, lens_targets, logit_lens, top_tokens
+from grokscope.lens.logit import LensResult, lens_split, lens_targets, logit_lens, top_tokens
 
 __all__ = ["LensResult", "logit_lens", "lens_split", "lens_targets", "top_tokens",
            "DLAResult", "direct_logit_attribution", "checkpoint_lens"]

@@ -2,7 +2,7 @@
 
 Reads the components' outputs through hooks on the real model (a cached forward pass)
 and the final norm's scale, never a copied forward pass. Re-exported by
-:mod:`grokscope.lens.logit_lens`.
+:mod:`grokscope.lens.logit`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float, Int
 
-from grokscope.lens.logit_lens import (
+from grokscope.lens.logit import (
     as_index_tensor,
     check_tokens,
     model_device,

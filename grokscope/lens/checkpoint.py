@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grokscope.lens.logit_lens import LensResult, lens_targets, logit_lens, top_tokens
+from grokscope.lens.logit import LensResult, lens_targets, logit_lens, top_tokens
 from grokscope.runs.run import Run
 from grokscope.series.cache import AnalysisCache, Checkpoint, cached, context
 from grokscope.series.engine import (

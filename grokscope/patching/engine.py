@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
-from grokscope.lens.logit_lens import (
+from grokscope.lens.logit import (
     allowed_mask,
     as_index_tensor,
     check_tokens,

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from grokscope.lens.logit_lens import LensResult, lens_split
+from grokscope.lens.logit import LensResult, lens_split
 from grokscope.patching.tracing import TraceResult, make_counterfactuals, trace
 from grokscope.series.engine import DEFAULT_THRESHOLD  # noqa: F401  (re-exported)
 from grokscope.tasks.base import Task, get_task, task_of
@@ -209,7 +209,7 @@ def build_circuit(
 
     Args:
         task: the registered task (or its name) whose ``hypothesis`` is evaluated.
-        lens: from :func:`grokscope.lens.logit_lens.lens_split` on an inferred split.
+        lens: from :func:`grokscope.lens.logit.lens_split` on an inferred split.
         tracing: from :func:`grokscope.patching.tracing.trace` with ``site="resid"``
             over every layer and position.
         threshold: lens MRR a state must reach.

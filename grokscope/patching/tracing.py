@@ -50,7 +50,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from grokscope.display import Summarized
-from grokscope.lens.logit_lens import resid_hook_names
+from grokscope.lens.logit import resid_hook_names
 from grokscope.patching.counterfactuals import (  # noqa: F401  (re-exported: the tracing API)
     Counterfactuals,
     make_counterfactuals,

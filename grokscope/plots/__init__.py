@@ -32,12 +32,18 @@ from grokscope.plots.diagnoses import (
     register_diagnosis_figure,
     value_gap_figure,
 )
-from grokscope.plots.discovery import discovered_graph, discovery_formation, faithfulness_figure
+from grokscope.plots.discovery import (
+    discovered_graph,
+    discovery_formation,
+    edge_table,
+    faithfulness_figure,
+)
 from grokscope.plots.formation import circuit_measures, lens_formation, tracing_formation
 from grokscope.plots.lens import lens_heatmap
 from grokscope.plots.style import (
     DIVERGING,
     MEASURE_COLORS,
+    NOTE_WIDTH,
     SEQUENTIAL,
     SPLIT_COLORS,
     SPLIT_LABELS,
@@ -51,6 +57,6 @@ __all__ = [
     "lens_formation", "tracing_formation", "circuit_measures",
     "ood_diagnosis_figure", "value_gap_figure", "fourier_embedding_figure", "progress_figure",
     "forecast_figure", "periodic_heatmaps", "register_diagnosis_figure", "DIAGNOSIS_FIGURES",
-    "discovered_graph", "faithfulness_figure", "discovery_formation",
-    "SEQUENTIAL", "DIVERGING", "SPLIT_COLORS", "SPLIT_LABELS", "MEASURE_COLORS", "split_color",
+    "discovered_graph", "edge_table", "faithfulness_figure", "discovery_formation",
+    "SEQUENTIAL", "DIVERGING", "NOTE_WIDTH", "SPLIT_COLORS", "SPLIT_LABELS", "MEASURE_COLORS", "split_color",
 ]

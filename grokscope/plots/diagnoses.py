@@ -152,7 +152,7 @@ def progress_figure(data: dict[str, Any], *, title: str | None = None) -> go.Fig
     with the phases (memorisation, circuit formation, cleanup) shaded.
 
     Args:
-        data: :func:`grokscope.progress.forecast.report_data` output (``progress`` and ``phases``).
+        data: :func:`grokscope.progress.forecasting.report_data` output (``progress`` and ``phases``).
     """
     prog, ph = data["progress"], data["phases"]
     steps = prog["steps"]
@@ -195,7 +195,7 @@ def forecast_figure(fc: dict[str, Any], *, title: str | None = None) -> go.Figur
     grey: the series was still moving right after the reference, so its lead says nothing).
 
     Args:
-        fc: :func:`grokscope.progress.forecast.forecast` output.
+        fc: :func:`grokscope.progress.forecasting.forecast` output.
     """
     names = [n for n, m in fc["measures"].items() if m["lead"] is not None]
     leads = [fc["measures"][n]["lead"] for n in names]

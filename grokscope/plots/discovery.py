@@ -18,6 +18,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from grokscope.discovery.graph import GraphNode
 from grokscope.plots.style import split_color
 
 _KIND_COLOR = {"embed": "#7f7f7f", "attn_head_out": "#1f77b4", "mlp_out": "#d62728", "logits": "#2ca02c"}
@@ -35,48 +36,87 @@ def _xy(node: Mapping[str, Any], n_heads: int, n_layers: int) -> tuple[float, fl
     return p, node["layer"] + 0.25  # mlp_out, mlp_in
 
 
-def _label(node: Mapping[str, Any], roles: Mapping[int, str]) -> str:
-    pos = roles.get(node["position"], str(node["position"]))
-    kind = node["kind"]
-    if kind == "embed":
-        return f"embed@{pos}"
-    if kind == "logits":
-        return f"logits@{pos}"
-    if kind in ("mlp_out", "mlp_in"):
-        return f"MLP{node['layer']}@{pos}"
-    return f"head {node['layer']}.{node['head']}@{pos}"
+def _node_name(node: Mapping[str, Any]) -> str:
+    """The field's name of a component (``a2.h0``, ``m3``, ``input``, ``logits``), as edges are named."""
+    return GraphNode(node["kind"], node["position"], node.get("layer"), node.get("head")).name.split("<")[0]
+
+
+def _role(node: Mapping[str, Any], roles: Mapping[int, str]) -> str:
+    return roles.get(node["position"], str(node["position"]))
+
+
+def _edge_name(ed: Mapping[str, Any], a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    if ed.get("name"):
+        return str(ed["name"])
+    return f"{GraphNode(a['kind'], a['position'], a.get('layer'), a.get('head')).name}->" \
+           f"{GraphNode(b['kind'], b['position'], b.get('layer'), b.get('head')).name}@{a['position']}"
 
 
 _WIDTH_LEVELS = 8
 """Edge widths are drawn in this many levels of ``|score|`` (one trace per level and sign)."""
+_POS, _NEG = "rgba(31,119,180,0.65)", "rgba(214,39,40,0.65)"
 
 
-def discovered_graph(doc: Mapping[str, Any], *, max_edges: int = 150, title: str | None = None) -> go.Figure:
-    """The circuit on positions x layers: heads and MLPs as nodes, edge width by ``|score|``.
+def edge_table(doc: Any, k: int = 12, *, circuit_only: bool = True) -> list[dict[str, Any]]:
+    """The ``k`` strongest edges (by ``|score|``): name, score, exact effect, share of the circuit's ``|score|``.
 
-    A reader is drawn at its component (a head's query/key/value input at the head, an
-    MLP's input at the MLP); dotted lines join a head's key/value read at one position
-    to its write at a later one (attention moving information).
+    Args:
+        doc: a :class:`~grokscope.Discovery` or its JSON.
+    """
+    doc = doc.to_dict() if hasattr(doc, "to_dict") else doc
+    edges, nodes = doc["edges"], doc["nodes"]
+    ids = doc["circuit"]["edges"] if circuit_only else range(len(edges))
+    ids = sorted(ids, key=lambda e: -abs(edges[e]["score"]))[:k]
+    total = sum(abs(edges[e]["score"]) for e in doc["circuit"]["edges"]) or 1.0
+    return [{"name": _edge_name(edges[e], nodes[edges[e]["src"]], nodes[edges[e]["dst"]]),
+             "score": edges[e]["score"], "exact": edges[e].get("exact"),
+             "share": abs(edges[e]["score"]) / total if edges[e].get("in_circuit", True) else 0.0} for e in ids]
+
+
+def discovered_graph(doc: Any, *, max_edges: int = 150, circuit_only: bool = True, table: int = 12,
+                     title: str | None = None) -> go.Figure:
+    """The discovered circuit on input positions x layers, every node labelled, with a table
+    of its strongest edges beside it.
+
+    Nodes are components named as the edges are (``a2.h0``: head 0 of layer 2; ``m1``: the
+    MLP of layer 1; ``input``; ``logits``). An edge is drawn from its writer to the
+    component that reads it (a head's query/key/value input at the head); blue = positive
+    score (the edge carries the clean answer), red = negative, width grows with
+    ``|score|``; a dotted grey line joins a head's key/value read at an earlier position
+    to its write at a later one (attention moving information). Hover an edge's midpoint
+    for its name, score and exact effect.
 
     Args:
         doc: a :class:`~grokscope.Discovery` or its JSON (``to_dict()``).
-        max_edges: draw at most this many circuit edges (the strongest).
+        max_edges: draw at most this many edges (the strongest).
+        circuit_only: draw only the circuit's edges (False: the strongest of all edges,
+            the ones outside the circuit faint).
+        table: rows of the edge table beside the graph (0: no table).
         title: figure title.
+
+    Example:
+        >>> fig = gs.plots.discovered_graph(d)          # d = gs.discover(...)   # doctest: +SKIP
+        >>> fig.write_image("circuit.png")              # needs kaleido           # doctest: +SKIP
     """
     doc = doc.to_dict() if hasattr(doc, "to_dict") else doc
     g = doc["graph"]
     L, H = g["n_layers"], g["n_heads"]
     nodes = doc["nodes"]
     roles = {int(v): k for k, v in doc["corruption"]["roles"].items()}
-    circuit = doc["circuit"]["edges"][:max_edges]
-    biggest = max((abs(doc["edges"][e]["score"]) for e in circuit), default=1.0) or 1.0
-    fig = go.Figure()
+    in_circuit = set(doc["circuit"]["edges"])
+    pool = doc["circuit"]["edges"] if circuit_only else range(len(doc["edges"]))
+    drawn = sorted(pool, key=lambda e: -abs(doc["edges"][e]["score"]))[:max_edges]
+    biggest = max((abs(doc["edges"][e]["score"]) for e in drawn), default=1.0) or 1.0
+    rows = edge_table(doc, table) if table else []
+    fig = make_subplots(rows=1, cols=2 if rows else 1, column_widths=[0.66, 0.34] if rows else None,
+                        specs=[[{"type": "xy"}, {"type": "table"}]] if rows else [[{"type": "xy"}]],
+                        horizontal_spacing=0.03)
     used: dict[tuple[str, int, Any, Any], Mapping[str, Any]] = {}
     kv_reads: dict[tuple[int, int], set[int]] = {}
     writes: dict[tuple[int, int], set[int]] = {}
     mx, my, mtext = [], [], []
-    segments: dict[tuple[bool, int], tuple[list[Any], list[Any]]] = {}
-    for e in circuit:
+    segments: dict[tuple[bool, bool, int], tuple[list[Any], list[Any]]] = {}
+    for e in drawn:
         ed = doc["edges"][e]
         a, b = nodes[ed["src"]], nodes[ed["dst"]]
         comp = dict(b)
@@ -92,22 +132,21 @@ def discovered_graph(doc: Mapping[str, Any], *, max_edges: int = 150, title: str
             used[(nd["kind"], nd["position"], nd.get("layer"), nd.get("head"))] = nd
         (x0, y0), (x1, y1) = _xy(a, H, L), _xy(comp, H, L)
         s = ed["score"]
-        # one trace per (sign, width level), segments split by None: a few traces, not one per edge
         level = min(_WIDTH_LEVELS - 1, int(_WIDTH_LEVELS * abs(s) / biggest))
-        seg = segments.setdefault((s >= 0, level), ([], []))
+        seg = segments.setdefault((e in in_circuit, s >= 0, level), ([], []))
         seg[0].extend([x0, x1, None])
         seg[1].extend([y0, y1, None])
         mx.append((x0 + x1) / 2)
         my.append((y0 + y1) / 2)
-        exact = "" if ed.get("exact") is None else f", exact {ed['exact']:.3f}"
-        mtext.append(f"{a['hook_name']} -> {b['hook_name']}<br>{_label(a, roles)} -> {b['kind']} of "
-                     f"{_label(comp, roles)}<br>score {s:.3f}{exact}")
-    for (positive, level), (xs, ys) in sorted(segments.items()):
+        exact = "" if ed.get("exact") is None else f"<br>exact effect {ed['exact']:.3f}"
+        mtext.append(f"<b>{_edge_name(ed, a, b)}</b> ({_role(a, roles)})<br>score {s:.3f}{exact}"
+                     + ("" if e in in_circuit else "<br>(not in the circuit)"))
+    for (inside, positive, level), (xs, ys) in sorted(segments.items()):
+        color = _POS if positive else _NEG
         fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
-            line={"width": 0.5 + 8 * (level + 0.5) / _WIDTH_LEVELS,
-                  "color": "rgba(31,119,180,0.6)" if positive else "rgba(214,39,40,0.6)"},
-        ))
+            x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False, opacity=1.0 if inside else 0.25,
+            line={"width": 0.5 + 8 * (level + 0.5) / _WIDTH_LEVELS, "color": color},
+        ), 1, 1)
     dx: list[Any] = []
     dy: list[Any] = []
     for (layer, head), reads in kv_reads.items():
@@ -121,28 +160,51 @@ def discovered_graph(doc: Mapping[str, Any], *, max_edges: int = 150, title: str
                     dy.extend([y0, y1, None])
     if dx:
         fig.add_trace(go.Scatter(x=dx, y=dy, mode="lines", hoverinfo="skip", showlegend=False,
-                                 line={"width": 1.5, "dash": "dot", "color": "#555"}))
-    fig.add_trace(go.Scatter(x=mx, y=my, mode="markers", marker={"size": 6, "color": "rgba(0,0,0,0.2)"},
-                             text=mtext, hovertemplate="%{text}<extra></extra>", showlegend=False))
+                                 line={"width": 1.5, "dash": "dot", "color": "#555"}), 1, 1)
+    fig.add_trace(go.Scatter(x=mx, y=my, mode="markers", marker={"size": 7, "color": "rgba(0,0,0,0.25)"},
+                             text=mtext, hovertemplate="%{text}<extra></extra>", showlegend=False), 1, 1)
+    kind_names = {"embed": "input (embedding)", "attn_head_out": "head a{l}.h{h}", "mlp_out": "MLP m{l}",
+                  "logits": "logits"}
     for kind in ("embed", "attn_head_out", "mlp_out", "logits"):
         pts = [nd for (k, *_), nd in used.items() if k == kind]
         if not pts:
             continue
         xy = [_xy(nd, H, L) for nd in pts]
         fig.add_trace(go.Scatter(
-            x=[x for x, _ in xy], y=[y for _, y in xy], mode="markers", name=kind,
-            marker={"size": 14, "color": _KIND_COLOR[kind], "line": {"color": "black", "width": 1}},
-            text=[f"{_label(nd, roles)}<br>{nd['hook_name']}" for nd in pts], hovertemplate="%{text}<extra></extra>",
-        ))
+            x=[x for x, _ in xy], y=[y for _, y in xy], mode="markers+text", name=kind_names[kind],
+            text=[_node_name(nd) for nd in pts], textposition="top center", textfont={"size": 10},
+            marker={"size": 13, "color": _KIND_COLOR[kind], "line": {"color": "black", "width": 1}},
+            customdata=[f"{_node_name(nd)} at {_role(nd, roles)}<br>{nd['hook_name']}" for nd in pts],
+            hovertemplate="%{customdata}<extra></extra>",
+        ), 1, 1)
+    # legend entries that explain the encoding (no data)
+    for name, line in (("edge, score > 0 (carries the clean answer)", {"color": _POS, "width": 4}),
+                       ("edge, score < 0 (works against it)", {"color": _NEG, "width": 4}),
+                       ("width: |score|", {"color": "#999", "width": 1}),
+                       ("dotted: attention reads an earlier position", {"color": "#555", "width": 1.5, "dash": "dot"})):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, line=line), 1, 1)
+    if rows:
+        fig.add_trace(go.Table(
+            columnwidth=[2.2, 1, 1, 1],
+            header={"values": ["<b>edge</b>", "<b>score</b>", "<b>exact</b>", "<b>share</b>"], "align": "left",
+                    "fill_color": "#eee"},
+            cells={"values": [[r["name"] for r in rows], [f"{r['score']:.3f}" for r in rows],
+                              ["" if r["exact"] is None else f"{r['exact']:.3f}" for r in rows],
+                              [f"{r['share']:.1%}" for r in rows]], "align": "left", "height": 22},
+        ), 1, 2)
     fig.update_xaxes(title_text="input position (role)", tickvals=list(range(g["n_pos"])),
-                     ticktext=[f"{p}: {roles.get(p, p)}" for p in range(g["n_pos"])], range=[-0.6, g["n_pos"] - 0.4])
-    fig.update_yaxes(title_text="layer (blocks.l)", tickvals=[-0.6, *range(L), L],
-                     ticktext=["embed", *[f"blocks.{layer}" for layer in range(L)], "logits"], range=[-1, L + 0.4])
+                     ticktext=[f"{p}: {roles.get(p, p)}" for p in range(g["n_pos"])], range=[-0.6, g["n_pos"] - 0.4],
+                     row=1, col=1)
+    fig.update_yaxes(title_text="layer", tickvals=[-0.6, *range(L), L],
+                     ticktext=["input", *[f"layer {layer}" for layer in range(L)], "logits"], range=[-1, L + 0.5],
+                     row=1, col=1)
     c = doc["circuit"]
+    note = "" if doc.get("reliable", True) else " — NOT RELIABLE: clean/corrupt gap is noise"
     fig.update_layout(
         title=title or (f"Discovered circuit at step {doc['step']}: {c['size']} of {g['n_edges']} edges, "
-                        f"recovers {c['recovered']:.2f} ({doc['method']}, {doc['corruption']['name']})"),
-        height=250 + 90 * L, plot_bgcolor="white", legend={"orientation": "h"},
+                        f"recovers {c['recovered']:.2f} ({doc['method']}, {doc['corruption']['name']}){note}"),
+        height=320 + 90 * L, width=1300 if rows else 900, plot_bgcolor="white",
+        legend={"orientation": "h", "y": -0.12, "x": 0, "font": {"size": 11}},
     )
     return fig
 

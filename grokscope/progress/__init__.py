@@ -15,7 +15,7 @@ from grokscope.progress.diagnoses import (
     run_diagnosis,
     value_gap_diagnosis,
 )
-from grokscope.progress.forecast import Phases, forecast, locate_phases
+from grokscope.progress.forecasting import Phases, forecast, locate_phases
 from grokscope.progress.fourier import (
     ProgressSeries,
     fourier_progress,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from grokscope.lens.logit_lens import lens_split
+from grokscope.lens.logit import lens_split
 from grokscope.patching.hypothesis import first_layer
 from grokscope.runs.run import Run
 from grokscope.series.cache import AnalysisCache, Checkpoint, cached, context

@@ -6,10 +6,12 @@ from grokscope.report.build import (
     SUMMARY_FILE,
     Report,
     discovery_summary,
+    early_step,
+    r2_note,
     render_html,
     summary_dict,
     write_report,
 )
 
-__all__ = ["write_report", "Report", "summary_dict", "discovery_summary", "render_html", "REPORT_FILE",
+__all__ = ["write_report", "Report", "summary_dict", "discovery_summary", "render_html", "early_step", "r2_note", "REPORT_FILE",
            "SUMMARY_FILE"]

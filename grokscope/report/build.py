@@ -170,7 +170,7 @@ def summary_dict(series: SeriesResult, run: Run, discovery: Any = None) -> dict[
     }
     if discovery is not None:
         doc["discovery"] = discovery_summary(discovery)
-    from grokscope.progress.forecast import report_data
+    from grokscope.progress.forecasting import report_data
 
     doc.update(report_data(series))  # "forecast"; "progress" and "phases" for modular addition
     return _finite(json.loads(json.dumps(doc, default=str)))
@@ -271,7 +271,7 @@ def _figures(series: SeriesResult) -> list[tuple[str, str, str, Any]]:
 def _progress_figures(series: SeriesResult) -> list[tuple[str, str, str, Any]]:
     """The phases and progress measures (tasks with the ``fourier`` diagnosis) and the grokking forecast."""
     from grokscope import plots
-    from grokscope.progress.forecast import ONSET_FRACTION, report_data
+    from grokscope.progress.forecasting import ONSET_FRACTION, report_data
 
     data = report_data(series)
     out: list[tuple[str, str, str, Any]] = []
@@ -468,7 +468,7 @@ def write_report(
     if discovery:
         from grokscope.discovery.series import discovery_series
 
-        disc = discovery_series(run, series.steps, n=n, seed=seed, cache=cache, device=device)
+        disc = discovery_series(run, series.steps, n=n, seed=seed, cache=cache, device=device, progress=progress)
     page = render_html(series, run, disc)
     atomic_write_bytes(out_dir / REPORT_FILE, page.encode("utf-8"))
     atomic_write_json(out_dir / SUMMARY_FILE, summary_dict(series, run, disc))

@@ -128,7 +128,7 @@ class SeriesResult(Summarized):
         perturbations: the tracing perturbations (axis 0 of every tracing table).
         lens_targets: lens target name -> the position it is read at.
         lens_undecodable: lens target name -> why this model cannot decode it
-            (:attr:`grokscope.lens.logit_lens.LensResult.undecodable`); plots leave it out.
+            (:attr:`grokscope.lens.logit.LensResult.undecodable`); plots leave it out.
         checkpoints: one :class:`CheckpointRecord` per step.
         metrics: every record of metrics.jsonl (for the training curves).
         grokking: :func:`grokscope.runs.grokking.summarize_metrics` of the metrics.

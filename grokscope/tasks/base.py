@@ -87,7 +87,7 @@ class LensTarget:
         never_answer: the target's tokens are never an answer in training (composition's
             relations). An untied unembedding then never learns to rank them up (their rows
             only ever get the softmax's push-down), so the lens cannot decode them there;
-            :func:`grokscope.lens.logit_lens.logit_lens` still ranks them but lists them in
+            :func:`grokscope.lens.logit.logit_lens` still ranks them but lists them in
             ``LensResult.undecodable`` with the reason, and plots leave them out.
     """
 

@@ -5,7 +5,7 @@ and grids of runs.
 - :mod:`.sweep`: :func:`run_sweep` (a grid of ``grokscope train`` runs) and its table.
 """
 
+from grokscope.training.loop import evaluate, train, train_new
 from grokscope.training.sweep import run_sweep, summarize_runs
-from grokscope.training.train import evaluate, train, train_new
 
 __all__ = ["train", "train_new", "evaluate", "run_sweep", "summarize_runs"]

@@ -12,7 +12,7 @@ thread count; with dropout, also the same number of DDP processes).
 
 Example:
     >>> from grokscope.runs.presets import preset
-    >>> from grokscope.training.train import train_new
+    >>> from grokscope.training.loop import train_new
     >>> run = train_new(preset("composition-tiny"), "runs/tiny", quiet=True)  # doctest: +SKIP
 """
 
