@@ -36,6 +36,7 @@ from grokscope.tasks.base import (
     Task,
     check,
     check_fraction,
+    check_seed_probe,
     clip_fraction,
     inverse_index,
     pick_per_row,
@@ -60,6 +61,7 @@ def check_comparison_kb(cfg: Any) -> None:
     check(cfg.n_attributes >= 1, f"n_attributes must be >= 1, got {cfg.n_attributes}")
     check(cfg.n_values >= 2, f"n_values must be >= 2, got {cfg.n_values}")
     check_fraction("ood_fraction", cfg.ood_fraction)
+    check_seed_probe(cfg)
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,6 @@ class ComparisonConfig:
         check_comparison_kb(self)
         check_fraction("test_fraction", self.test_fraction, open_low=False)
         check(self.phi >= 0 and math.isfinite(self.phi), f"phi must be >= 0, got {self.phi!r}")
-        check(self.probe_size >= 1, f"probe_size must be >= 1, got {self.probe_size}")
-        check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 
     @property
     def n_ood_per_attribute(self) -> int:

@@ -14,6 +14,7 @@ from grokscope.tasks.base import (
     register_task,
 )
 from grokscope.tasks.builtin.comparison import (
+    ComparisonConfig,
     ComparisonTask,
     SplitBuilder,
     atomic_index,
@@ -56,12 +57,8 @@ class ComplexConfig:
         check_fraction("id_id_fraction", self.id_id_fraction)
         check_fraction("id_ood_fraction", self.id_ood_fraction)
         check(self.n_test_per_label >= 1, "n_test_per_label must be >= 1")
-        check(self.probe_size >= 1, f"probe_size must be >= 1, got {self.probe_size}")
-        check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 
-    @property
-    def n_ood_per_attribute(self) -> int:
-        return min(self.n_entities - 2, max(2, round(self.ood_fraction * self.n_entities)))
+    n_ood_per_attribute = ComparisonConfig.n_ood_per_attribute
 
 
 

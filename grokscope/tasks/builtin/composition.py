@@ -31,6 +31,7 @@ from grokscope.tasks.base import (
     Task,
     check,
     check_fraction,
+    check_seed_probe,
     clip_fraction,
     inverse_index,
     pick_per_row,
@@ -56,8 +57,7 @@ def check_chain_kb(cfg: Any) -> None:
     check_fraction("ood_fraction", cfg.ood_fraction)
     check_fraction("test_fraction", cfg.test_fraction, open_low=False)
     check(cfg.phi >= 0 and math.isfinite(cfg.phi), f"phi must be >= 0, got {cfg.phi!r}")
-    check(cfg.probe_size >= 1, f"probe_size must be >= 1, got {cfg.probe_size}")
-    check(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
+    check_seed_probe(cfg)
 
 
 @dataclass(frozen=True)
