@@ -175,3 +175,27 @@ def test_edges_have_one_name_everywhere(shipped):
     assert d.graph.edge_name(0) == "input->a0.h0<q>@0"
     assert abs(table["share"].sum() - sum(abs(x) for x in table["score"]) /
                float(d.scores.scores[d.circuit.keep].abs().sum())) < 1e-6
+
+
+def test_circuit_figure_labels_every_node_explains_itself_and_lists_edges(shipped):
+    _, ds, model = shipped
+    cf = gs.make_counterfactuals(ds, "train_inferred", n=16)["h"]
+    d = gs.discover(model, gs.Corruption.from_counterfactuals(cf), measure_circuit_edges=5)
+    fig = gs.plots.discovered_graph(d, table=5)
+    node_traces = [t for t in fig.data if t.type == "scatter" and t.mode == "markers+text"]
+    drawn = {(round(x, 6), round(y, 6)): label for t in node_traces for x, y, label in zip(t.x, t.y, t.text)}
+    # every drawn node carries its component's name, in the edges' naming
+    doc = d.to_dict()
+    names = {n["name"].split("<")[0] for n in doc["nodes"]}
+    assert drawn and set(drawn.values()) <= names
+    legend = [t.name for t in fig.data if t.type == "scatter" and t.showlegend is not False and t.name]
+    assert any("score > 0" in n for n in legend) and any("dotted" in n for n in legend)
+    table = next(t for t in fig.data if t.type == "table")
+    rows = gs.plots.edge_table(d, 5)
+    assert list(table.cells.values[0]) == [r["name"] for r in rows]
+    assert [r["name"] for r in rows] == [e.name for e in d.edge_records(5, circuit_only=True)]
+    # circuit_only=False draws more edges (the strongest of all) than the circuit alone when the circuit is small
+    wide = gs.plots.discovered_graph(d, circuit_only=False, max_edges=d.graph.n_edges, table=0)
+    hover = next(t for t in wide.data if t.type == "scatter" and t.mode == "markers" and t.text is not None
+                 and any("score" in s for s in t.text))
+    assert len(hover.text) == d.graph.n_edges
