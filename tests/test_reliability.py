@@ -147,9 +147,11 @@ def _damage(run: Path, kind: str, tmp_path: Path) -> tuple[str, str]:
         return str(weights), "never unpickles"
     doc = json.loads((run / CONFIG_FILE).read_text())
     if kind == "config-shape":
+        # run.model, the architecture's one source, no longer matches the TransformerLens
+        # section written from it (nor the weights): refused when the run is opened
         doc["run"]["model"]["d_mlp"] = 128
         (run / CONFIG_FILE).write_text(json.dumps(doc))
-        return str(weights), "restore"
+        return str(run / CONFIG_FILE), "(run.model gives 128); restore"
     if kind == "schema":
         doc["schema_version"] = 99
         (run / CONFIG_FILE).write_text(json.dumps(doc))

@@ -82,7 +82,7 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
 
 def train(
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides: task.phi=9 model.n_layers=6 train.lr=1e-3 ..."),
-    preset_name: str | None = typer.Option(None, "--preset", help="Preset: composition-tiny, composition-small, comparison-small, composition-paper, ..."),
+    preset_name: str | None = typer.Option(None, "--preset", help="Preset: quickstart (groks in about a minute), composition-tiny, composition-small, comparison-small, modular-small, composition-paper, ..."),
     out: Path | None = typer.Option(None, "--out", help="New run directory (default runs/PRESET)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory from its latest checkpoint."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Override train.max_steps."),
@@ -93,7 +93,7 @@ def train(
 ) -> None:
     """Train a model from scratch on a paper task, or resume a run.
 
-    Example: grokscope train --preset composition-tiny --out runs/tiny train.lr=1e-3
+    Example: grokscope train --preset quickstart --out runs/q  (then: grokscope report runs/q)
     Example: grokscope train --resume runs/tiny
     """
     from grokscope.runs.presets import PRESET_NAMES, preset

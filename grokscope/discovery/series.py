@@ -178,6 +178,7 @@ def _record(doc: dict[str, Any], final: dict[str, Any], hypothesis: dict[str, An
         "top_edges": top,
         "clean_metric": doc["clean_metric"],
         "corrupt_metric": doc["corrupt_metric"],
+        "reliable": doc.get("reliable", True),
         "curve": doc["curve"],
         "n_edges": doc["graph"]["n_edges"],
     }

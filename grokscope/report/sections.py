@@ -245,10 +245,13 @@ def discovery_html(discovery: Any) -> list[str]:
         for r in recs:
             pos = ", ".join(f"{k} {v:.2f}" for k, v in r["shares"]["position"].items())
             kind = ", ".join(f"{k} {v:.2f}" for k, v in r["shares"]["kind"].items())
-            rows.append([split, r["step"], r["clean_metric"] - r["corrupt_metric"], r["size"], r["fraction"],
+            gap = r["clean_metric"] - r["corrupt_metric"]
+            rows.append([split, r["step"], f"{gap:.3g}" + ("" if r.get("reliable", True) else " (noise)"), r["size"],
+                         r["fraction"],
                          r["recovered"], r["cpr"], r["cmd"], r["jaccard_final"], r["coverage"], pos, kind])
     parts.append(table_html(("split", "step", "gap", "edges", "fraction", "recovered", "CPR", "CMD", "overlap with final",
                          "hypothesis coverage", "|attribution| by position", "by kind"), rows, left=1))
     parts.append('<p class="note">gap: the clean run\'s metric minus the metric with every edge patched; where it '
-                 "is near 0 (an untrained model) the circuit and its recovered fraction are noise.</p>")
+                 "is near 0 (an untrained model) the circuit and its recovered fraction are noise; such rows say (noise): "
+                 "the gap is under 3 standard errors or under 5% of the metric's scale.</p>")
     return parts

@@ -86,7 +86,7 @@ def _check_model_section(cfg_path: Path, config: RunConfig, model: dict[str, Any
     if bad:
         diffs = ", ".join(f"{k} {model[k]!r} (run.model gives {expected[k]!r})" for k in bad)
         raise RunError(f"{cfg_path}: the model section disagrees with run.model, the architecture's one "
-                       f"source: {diffs}; fix or delete the model section's values")
+                       f"source: {diffs}; restore config.json, or make the two sections agree")
 
 
 def step_dir_name(step: int) -> str:
