@@ -9,7 +9,8 @@ One package, one module per family, every figure importable from here
 - :mod:`.tracing`: causal-tracing heatmaps and the circuit-hypothesis diagram;
 - :mod:`.formation`: lens, tracing and circuit measures across checkpoints (sliders);
 - :mod:`.diagnoses`: the diagnosis and progress-measure figures, and their registry;
-- :mod:`.discovery`: the discovered component graph, faithfulness curves, circuit formation.
+- :mod:`.discovery`: the discovered component graph, faithfulness curves, circuit formation;
+- :mod:`.phase`: phase diagrams of sweeps.
 
 Nothing here computes an analysis, prints or calls ``.show()``. Figures take result
 objects directly (a :class:`~grokscope.SeriesResult` with a step, a ``LensResult``,
@@ -35,9 +36,11 @@ from grokscope.plots.diagnoses import (
 from grokscope.plots.discovery import discovered_graph, discovery_formation, faithfulness_figure
 from grokscope.plots.formation import circuit_measures, lens_formation, tracing_formation
 from grokscope.plots.lens import lens_heatmap
+from grokscope.plots.phase import phase_diagram
 from grokscope.plots.style import (
     DIVERGING,
     MEASURE_COLORS,
+    PHASE_COLORS,
     SEQUENTIAL,
     SPLIT_COLORS,
     SPLIT_LABELS,
@@ -51,6 +54,6 @@ __all__ = [
     "lens_formation", "tracing_formation", "circuit_measures",
     "ood_diagnosis_figure", "value_gap_figure", "fourier_embedding_figure", "progress_figure",
     "forecast_figure", "periodic_heatmaps", "register_diagnosis_figure", "DIAGNOSIS_FIGURES",
-    "discovered_graph", "faithfulness_figure", "discovery_formation",
-    "SEQUENTIAL", "DIVERGING", "SPLIT_COLORS", "SPLIT_LABELS", "MEASURE_COLORS", "split_color",
+    "discovered_graph", "faithfulness_figure", "discovery_formation", "phase_diagram",
+    "SEQUENTIAL", "DIVERGING", "SPLIT_COLORS", "SPLIT_LABELS", "MEASURE_COLORS", "PHASE_COLORS", "split_color",
 ]

@@ -106,7 +106,13 @@ def run_state(run_dir: str | os.PathLike[str]) -> tuple[str, int | None, str | N
     checkpoint), ``resumable`` (its last resumable checkpoint is at ``step``) or
     ``done`` (that checkpoint says training stopped, for ``stop_reason``).
     """
-    from grokscope.runs.run import CONFIG_FILE, TRAINER_STATE_FILE, Run, RunError, latest_resume_step
+    from grokscope.runs.run import (
+        CONFIG_FILE,
+        TRAINER_STATE_FILE,
+        Run,
+        RunError,
+        latest_resume_step,
+    )
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
@@ -249,7 +255,7 @@ def run_sweep(
     rows = []
     for p in points:
         name = point_name(p)
-        metrics = _read_metrics(out / name / "metrics.jsonl")
+        metrics = read_metrics(out / name / "metrics.jsonl")
         rows.append({"run": name, **p, **summarize_metrics(metrics), "status": status.get(name, "ok")})
     write_table(rows, out, list(axes))
     return rows
@@ -273,7 +279,7 @@ def run_jobs_local(jobs: list[PointJob], workers: int, on_done: Callable[[dict[s
 
 def progress_line(result: dict[str, Any], run_dir: Path) -> str:
     """One line for a finished point: its status, last step, accuracies and grokking times."""
-    s = summarize_metrics(_read_metrics(run_dir / "metrics.jsonl"))
+    s = summarize_metrics(read_metrics(run_dir / "metrics.jsonl"))
     acc = " ".join(f"{k[len('final_'):].replace('_inferred', '')} {v:.3f}" for k, v in s.items()
                    if k.startswith("final_") and k != "final_step" and isinstance(v, float))
     extra = f", resumed from step {result['resumed_from']}" if result.get("resumed_from") else ""
@@ -282,7 +288,8 @@ def progress_line(result: dict[str, Any], run_dir: Path) -> str:
             f"train>=0.99 at {s['train_saturated_step']}, test ID>=0.95 at {s['iid_generalized_step']}")
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (none if it is missing; unreadable lines skipped)."""
     if not path.is_file():
         return []
     out = []
@@ -294,12 +301,13 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"task.p": 113, "train.lr": 0.003, ...}``."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten_config(v, key + "."))
         else:
             out[key] = v
     return out
@@ -329,7 +337,7 @@ def summarize_runs(configs: list[dict[str, Any]], metrics: list[list[dict[str, A
         >>> keys, rows[1]["task.phi"]
         (['task.phi'], 18.0)
     """
-    flat = [_flatten(c) for c in configs]
+    flat = [flatten_config(c) for c in configs]
     keys = sorted({k for f in flat for k in f})
     axis_keys = [k for k in keys if k not in _NOT_SETTINGS and len({json.dumps(f.get(k)) for f in flat}) > 1]
     statuses = statuses if statuses is not None else ["ok"] * len(names)
