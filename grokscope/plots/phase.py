@@ -69,8 +69,8 @@ def phase_diagram(grid: Any, *, title: str | None = None) -> go.Figure:
         z=z, x=[str(x) for x in xs], y=[str(y) for y in ys], text=text, texttemplate="%{text}",
         customdata=hover, hovertemplate="%{customdata}<extra></extra>", xgap=2, ygap=2, **kw,
     ))
-    rule = (f"comprehension: train >= 0.99 at t, test ID >= 0.95 by {grid.grok_ratio:g}t; grokking: test ID later; "
-            "memorizing: test ID never; confusion: train never")
+    rule = (f"t: first step train >= 0.99. comprehension: test ID >= 0.95 by {grid.grok_ratio:g} t;"
+            "<br>grokking: test ID >= 0.95 later; memorizing: never; confusion: train never >= 0.99")
     fig.update_layout(
         title={"text": title or f"phases over {grid.x_key} and {grid.y_key}<br><sup>{rule}</sup>"},
         xaxis={"title": {"text": grid.x_key}, "type": "category"},
