@@ -265,7 +265,8 @@ def run_jobs_local(jobs: list[PointJob], workers: int, on_done: Callable[[dict[s
     """Run :func:`train_point` for every job, ``workers`` at a time on this machine, in
     grid order; ``on_done`` gets each result as it finishes."""
     results = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
         futures = {pool.submit(train_point, j): j for j in jobs}
         for fut in as_completed(futures):
             try:
@@ -274,6 +275,8 @@ def run_jobs_local(jobs: list[PointJob], workers: int, on_done: Callable[[dict[s
                 res = {"name": futures[fut].name, "status": f"failed ({type(e).__name__}: {e})"}
             results.append(res)
             on_done(res)
+    finally:  # on Ctrl-C start no more points (the running ones save a checkpoint and stop)
+        pool.shutdown(wait=True, cancel_futures=True)
     return results
 
 
