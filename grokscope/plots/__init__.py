@@ -40,6 +40,7 @@ from grokscope.plots.phase import phase_diagram
 from grokscope.plots.style import (
     DIVERGING,
     MEASURE_COLORS,
+    NOTE_WIDTH,
     PHASE_COLORS,
     SEQUENTIAL,
     SPLIT_COLORS,
@@ -55,5 +56,6 @@ __all__ = [
     "ood_diagnosis_figure", "value_gap_figure", "fourier_embedding_figure", "progress_figure",
     "forecast_figure", "periodic_heatmaps", "register_diagnosis_figure", "DIAGNOSIS_FIGURES",
     "discovered_graph", "faithfulness_figure", "discovery_formation", "phase_diagram",
-    "SEQUENTIAL", "DIVERGING", "SPLIT_COLORS", "SPLIT_LABELS", "MEASURE_COLORS", "PHASE_COLORS", "split_color",
+    "SEQUENTIAL", "DIVERGING", "SPLIT_COLORS", "SPLIT_LABELS", "MEASURE_COLORS", "PHASE_COLORS", "NOTE_WIDTH",
+    "split_color",
 ]
