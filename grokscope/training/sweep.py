@@ -243,7 +243,7 @@ def run_sweep(
         status[result["name"]] = result["status"]
         bar.update(1)
         if progress:
-            bar.write(progress_line(result, out / result["name"]))
+            bar.write(f"[{bar.n}/{bar.total}] " + progress_line(result, out / result["name"]), file=sys.stderr)
 
     try:
         if backend == "ray":
@@ -287,8 +287,11 @@ def progress_line(result: dict[str, Any], run_dir: Path) -> str:
                    if k.startswith("final_") and k != "final_step" and isinstance(v, float))
     extra = f", resumed from step {result['resumed_from']}" if result.get("resumed_from") else ""
     extra += f", {result['attempts']} attempts" if result.get("attempts", 0) > 1 else ""
+    def at(v: Any) -> str:
+        return "never" if v is None else f"step {v}"
+
     return (f"{result['name']}: {result['status']}{extra}; step {s.get('final_step')}; {acc}; "
-            f"train>=0.99 at {s['train_saturated_step']}, test ID>=0.95 at {s['iid_generalized_step']}")
+            f"train >= 0.99 {at(s['train_saturated_step'])}, test ID >= 0.95 {at(s['iid_generalized_step'])}")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
