@@ -55,6 +55,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "evaluate": ("grokscope.training.loop", "evaluate"),
     "eval_subsets": ("grokscope.training.loop", "eval_subsets"),
     "run_sweep": ("grokscope.training.sweep", "run_sweep"),
+    "RayOptions": ("grokscope.training.ray_backend", "RayOptions"),
+    "classify_phase": ("grokscope.training.phase", "classify_phase"),
+    "phase_grid": ("grokscope.training.phase", "phase_grid"),
+    "PhaseGrid": ("grokscope.training.phase", "PhaseGrid"),
     # lens
     "LensResult": ("grokscope.lens.logit", "LensResult"),
     "logit_lens": ("grokscope.lens.logit", "logit_lens"),

@@ -150,6 +150,15 @@ def test_resume_equals_uninterrupted(tmp_path, extra):
         assert not torch.equal(plain["embed.weight"], a["embed.weight"])
 
 
+def test_training_from_scratch_drops_records_of_an_attempt_killed_before_its_first_checkpoint(tmp_path):
+    cfg = _micro(max_steps=10)
+    full = train_new(cfg, tmp_path / "full", quiet=True)
+    run = Run.create(tmp_path / "again", cfg, full.dataset())
+    (run.path / "metrics.jsonl").write_text('{"step": 0, "acc": {}}\n{"step": 10, "acc": {}}\n')  # no checkpoint
+    train(run, quiet=True)
+    assert [m["step"] for m in Run.open(run.path).metrics()] == [m["step"] for m in full.metrics()] == [0, 10]
+
+
 def test_run_directory_is_self_describing(tmp_path):
     run = train_new(_micro(), tmp_path / "r", quiet=True)
     doc = json.loads((run.path / "config.json").read_text())

@@ -5,6 +5,7 @@ one-line errors (exit 2).
 - :mod:`.runs`: ``data``, ``train``, ``eval``, ``runs``, ``sweep``, ``import-hf``;
 - :mod:`.analysis`: ``report``, ``lens``, ``trace``, ``circuit``;
 - :mod:`.discovery`: ``progress``, ``discover``;
+- :mod:`.sweeps`: ``phase`` (a sweep's phase diagram);
 - :mod:`.common`: argument checks and table printing shared by the commands.
 """
 

@@ -71,12 +71,14 @@ def _fail(e: BaseException) -> None:
 from grokscope.cli.analysis import circuit, lens, report, trace_cmd  # noqa: E402
 from grokscope.cli.discovery import discover, progress  # noqa: E402
 from grokscope.cli.runs import data, eval_cmd, import_hf_cmd, runs, sweep, train  # noqa: E402
+from grokscope.cli.sweeps import phase  # noqa: E402
 
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(data)
 app.command(context_settings={"allow_extra_args": False})(train)
 app.command("eval")(eval_cmd)
 app.command()(runs)
 app.command()(sweep)
+app.command()(phase)
 app.command("import-hf")(import_hf_cmd)
 app.command()(report)
 app.command()(lens)

@@ -234,15 +234,33 @@ def sweep(
     grid: list[str] = typer.Option(..., "--grid", help="An axis: key=v1,v2,... (repeat for more axes)."),
     out: Path = typer.Option(..., "--out", help="Directory for the runs and the table."),
     budget: float | None = typer.Option(None, "--budget", help="Seconds; points not started by then are skipped."),
-    jobs: int = typer.Option(1, "--jobs", help="Runs at a time (each on OMP_NUM_THREADS threads, default 1)."),
+    jobs: int = typer.Option(1, "--jobs", help="Runs at a time with the local backend (each on OMP_NUM_THREADS threads, default 1)."),
+    backend: str = typer.Option("local", "--backend", help="Where runs execute: local (a pool of --jobs) or ray (one Ray task per point)."),
+    address: str | None = typer.Option(None, "--address", help="Ray: a running cluster (default: RAY_ADDRESS, else a new local Ray)."),
+    num_cpus: int | None = typer.Option(None, "--num-cpus", help="Ray: CPUs of the new local Ray (default: all of this machine's)."),
+    cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="Ray: CPUs each run reserves (and its train threads)."),
+    gpus_per_run: float = typer.Option(0.0, "--gpus-per-run", help="Ray: GPUs each run reserves (fractions share a GPU)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-run lines."),
     overrides: list[str] | None = typer.Argument(None, help="key=value settings for every run."),
 ) -> None:
     """Train a grid of settings and write one table (sweep.csv, sweep.md).
 
-    Example: grokscope sweep --preset composition-small --grid task.phi=7.2,9,12.6 --grid train.weight_decay=0.1,0.3 --out sweeps/phi-wd --budget 3600
-    """
-    from grokscope.training.sweep import grid_points, run_sweep
+    Re-running a sweep skips its finished runs and resumes the others from their last
+    checkpoint. The backend changes only where runs execute: the run directories and
+    the table are the same.
 
+    Example: grokscope sweep --preset composition-small --grid task.phi=7.2,9,12.6 --grid train.weight_decay=0.1,0.3 --out sweeps/phi-wd --budget 3600
+    Example: grokscope sweep --preset modular-small --grid task.train_fraction=0.3,0.5 --grid train.weight_decay=0.1,1 --out sweeps/mod --backend ray --num-cpus 2
+    """
+    from grokscope.training.ray_backend import RayOptions, require_ray
+    from grokscope.training.sweep import BACKENDS, grid_points, run_sweep
+
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r} is not one of: {', '.join(BACKENDS)}")
+    if backend != "ray" and (address or num_cpus is not None or cpus_per_run != 1.0 or gpus_per_run):
+        raise UserError("--address, --num-cpus, --cpus-per-run and --gpus-per-run apply to --backend ray only")
+    if jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
     axes = {}
     for item in grid:
         key, sep, values = item.partition("=")
@@ -254,7 +272,16 @@ def sweep(
     base = _parse_overrides(overrides or [])
     for point in grid_points(axes):
         preset(preset_name).override({**base, **point})  # validate every point before training
-    rows = run_sweep(preset_name, axes, out, budget_s=budget, jobs=jobs, base_overrides=base)
+    ray_options = None
+    if backend == "ray":
+        try:
+            require_ray()
+        except ImportError as e:
+            raise UserError(str(e)) from None
+        ray_options = RayOptions(address=address, num_cpus=num_cpus, cpus_per_run=cpus_per_run,
+                                 gpus_per_run=gpus_per_run)
+    rows = run_sweep(preset_name, axes, out, budget_s=budget, jobs=jobs, base_overrides=base,
+                     backend=backend, ray=ray_options, progress=not quiet)
     typer.echo((out / "sweep.md").read_text())
     typer.echo(f"{len(rows)} runs; table in {out / 'sweep.csv'}")
 

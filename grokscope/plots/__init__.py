@@ -9,7 +9,8 @@ One package, one module per family, every figure importable from here
 - :mod:`.tracing`: causal-tracing heatmaps and the circuit-hypothesis diagram;
 - :mod:`.formation`: lens, tracing and circuit measures across checkpoints (sliders);
 - :mod:`.diagnoses`: the diagnosis and progress-measure figures, and their registry;
-- :mod:`.discovery`: the discovered component graph, faithfulness curves, circuit formation.
+- :mod:`.discovery`: the discovered component graph, faithfulness curves, circuit formation;
+- :mod:`.phase`: phase diagrams of sweeps.
 
 Nothing here computes an analysis, prints or calls ``.show()``. Figures take result
 objects directly (a :class:`~grokscope.SeriesResult` with a step, a ``LensResult``,
@@ -40,10 +41,12 @@ from grokscope.plots.discovery import (
 )
 from grokscope.plots.formation import circuit_measures, lens_formation, tracing_formation
 from grokscope.plots.lens import lens_heatmap
+from grokscope.plots.phase import phase_diagram
 from grokscope.plots.style import (
     DIVERGING,
     MEASURE_COLORS,
     NOTE_WIDTH,
+    PHASE_COLORS,
     SEQUENTIAL,
     SPLIT_COLORS,
     SPLIT_LABELS,
@@ -57,6 +60,7 @@ __all__ = [
     "lens_formation", "tracing_formation", "circuit_measures",
     "ood_diagnosis_figure", "value_gap_figure", "fourier_embedding_figure", "progress_figure",
     "forecast_figure", "periodic_heatmaps", "register_diagnosis_figure", "DIAGNOSIS_FIGURES",
-    "discovered_graph", "edge_table", "faithfulness_figure", "discovery_formation",
-    "SEQUENTIAL", "DIVERGING", "NOTE_WIDTH", "SPLIT_COLORS", "SPLIT_LABELS", "MEASURE_COLORS", "split_color",
+    "discovered_graph", "edge_table", "faithfulness_figure", "discovery_formation", "phase_diagram",
+    "SEQUENTIAL", "DIVERGING", "SPLIT_COLORS", "SPLIT_LABELS", "MEASURE_COLORS", "PHASE_COLORS", "NOTE_WIDTH",
+    "split_color",
 ]

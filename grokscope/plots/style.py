@@ -35,6 +35,13 @@ MEASURE_COLORS: tuple[str, ...] = (
 weight norm, so every line of the measures figure's legend has its own colour."""
 NOTE_WIDTH = 110
 """Characters per line of a figure's explanatory note (fits a 1,400-px window)."""
+PHASE_COLORS: dict[str, str] = {
+    "comprehension": "#1a9850",
+    "grokking": "#fdae61",
+    "memorizing": "#d73027",
+    "confusion": "#969696",
+}
+"""One colour per phase of a run (:mod:`grokscope.training.phase`), in every phase diagram."""
 SPLIT_LABELS: dict[str, str] = {
     "train_inferred": "train (inferred)",
     "test_inferred_iid": "test ID (inferred)",

@@ -199,6 +199,8 @@ def train(run: Run, *, quiet: bool = False, dataset: TaskDataset | None = None, 
             _truncate_metrics(run.path / METRICS_FILE, state.step)
     elif run.steps():
         raise RunError(f"{run.path}: has checkpoints but none with resume state; cannot continue training it")
+    elif rank == 0:  # from scratch: drop records of an attempt killed before its first checkpoint
+        _truncate_metrics(run.path / METRICS_FILE, -1)
     if state.done and state.step >= stop_at:
         return state.to_dict()
     state.done, state.stop_reason = False, None
