@@ -498,6 +498,7 @@ def _presets() -> dict[str, RunConfig]:
             name="comparison-small",
         ),
         **_modular_presets(),
+        **_tree_presets(),
     }
 
 
@@ -525,6 +526,13 @@ def _modular_presets() -> dict[str, RunConfig]:
             name="modular-small",
         ),
     }
+
+
+def _tree_presets() -> dict[str, RunConfig]:
+    """``tree-small`` (path finding in binary trees), defined beside its task."""
+    from grokscope.tasks.tree import tree_presets
+
+    return tree_presets()
 
 
 def __getattr__(name: str) -> Any:

@@ -123,6 +123,7 @@ class TrainData:
 
     tokens: torch.Tensor  # (N, T)
     target_pos: torch.Tensor  # (N,)
+    answer_end: torch.Tensor | None  # (N,) the closing </a> of multi-token answers; None: one token each
     atomic_idx: np.ndarray
     inferred_idx: np.ndarray
     seed: int
@@ -134,6 +135,7 @@ class TrainData:
         return cls(
             tokens=torch.from_numpy(split.tokens).to(device),
             target_pos=torch.from_numpy(split.target_pos).to(device),
+            answer_end=_multi_token_end(split, device),
             atomic_idx=np.flatnonzero(split.atomic),
             inferred_idx=np.flatnonzero(~split.atomic),
             seed=seed,
@@ -153,12 +155,31 @@ class TrainData:
         return np.concatenate([a, b])
 
 
+def _multi_token_end(split: Split, device: torch.device) -> torch.Tensor | None:
+    """The ``</a>`` position of every row when some answer is several tokens (tree paths), else None."""
+    end = split.answer_end
+    if not len(end) or (end == split.target_pos + 2).all():
+        return None
+    return torch.from_numpy(end).to(device)
+
+
 def target_loss(
     logits: Float[torch.Tensor, "batch pos d_vocab"],
     tokens: Int[torch.Tensor, "batch pos"],
     target_pos: Int[torch.Tensor, " batch"],
+    answer_end: Int[torch.Tensor, " batch"] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy on the answer and ``</a>`` tokens, and the token count."""
+    """Summed cross-entropy on the answer and ``</a>`` tokens, and the token count.
+
+    With ``answer_end`` (answers of several tokens) every token after ``target_pos`` up
+    to and including the ``</a>`` at ``answer_end`` is in the loss.
+    """
+    if answer_end is not None:
+        cols = torch.arange(tokens.shape[1] - 1, device=tokens.device)[None, :]
+        mask = (cols >= target_pos[:, None]) & (cols < answer_end[:, None])  # predicting positions
+        ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1),
+                             reduction="none").reshape(mask.shape)
+        return (ce * mask).sum(), mask.sum()
     rows = torch.arange(len(tokens), device=tokens.device)
     pos = torch.stack([target_pos, target_pos + 1], dim=1)  # predicting positions
     pred = logits[rows[:, None], pos]  # (batch, 2, d_vocab)
@@ -191,16 +212,25 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Accuracy (argmax at the answer position equals the answer) and mean loss there.
 
+    A split whose answers are several tokens (tree paths) is scored per sequence: ``acc``
+    is the share of examples whose teacher-forced argmax is right at every answer position
+    and at ``</a>`` (exactly when greedy decoding gives the whole answer), ``loss`` the mean
+    cross-entropy per answer token, and ``token_acc`` (only then) the per-token accuracy.
+
     Returns:
-        ``{"acc": {split: float}, "loss": {split: float}}``; splits with no examples
-        are omitted.
+        ``{"acc": {split: float}, "loss": {split: float}}`` (plus ``token_acc`` for
+        multi-token splits); splits with no examples are omitted.
     """
     was_training = model.training
     model.eval()
     acc: dict[str, float] = {}
     loss: dict[str, float] = {}
+    token_acc: dict[str, float] = {}
     for name, s in splits.items():
         if not len(s):
+            continue
+        if not (s.answer_end == s.target_pos + 2).all():
+            acc[name], loss[name], token_acc[name] = _sequence_scores(model, s, device, batch_size)
             continue
         correct, total_loss = 0, 0.0
         for lo in range(0, len(s), batch_size):
@@ -216,7 +246,30 @@ def evaluate(
         acc[name] = correct / len(s)
         loss[name] = total_loss / len(s)
     model.train(was_training)
-    return {"acc": acc, "loss": loss}
+    return {"acc": acc, "loss": loss, **({"token_acc": token_acc} if token_acc else {})}
+
+
+def _sequence_scores(model: TransformerBridge, s: Split, device: torch.device | str, batch_size: int) -> tuple[float, float, float]:
+    """(exact-sequence accuracy, mean loss per answer token, per-token accuracy) of a split
+    with multi-token answers, teacher-forced over every answer token and the closing ``</a>``."""
+    end_all = s.answer_end
+    exact, n_tok, n_right, total_loss = 0, 0, 0, 0.0
+    for lo in range(0, len(s), batch_size):
+        end_np = end_all[lo : lo + batch_size]
+        tok = torch.from_numpy(s.tokens[lo : lo + batch_size, : int(end_np.max()) + 1]).to(device)
+        pos = torch.from_numpy(s.target_pos[lo : lo + batch_size]).to(device)
+        end = torch.from_numpy(end_np).to(device)
+        logits = model(tok[:, :-1]).float()
+        cols = torch.arange(tok.shape[1] - 1, device=tok.device)[None, :]
+        mask = (cols >= pos[:, None]) & (cols < end[:, None])
+        gold = tok[:, 1:]
+        right = (logits.argmax(-1) == gold) | ~mask
+        exact += int(right.all(dim=1).sum())
+        n_right += int(((logits.argmax(-1) == gold) & mask).sum())
+        n_tok += int(mask.sum())
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1), reduction="none")
+        total_loss += float((ce.reshape(mask.shape) * mask).sum())
+    return exact / len(s), total_loss / max(n_tok, 1), n_right / max(n_tok, 1)
 
 
 # --------------------------------------------------------------------------- gradient filter
@@ -492,13 +545,19 @@ def train(run: Run, *, quiet: bool = False, dataset: TaskDataset | None = None, 
                 idx = np.array_split(idx, world)[rank]
             tok = data.tokens[torch.from_numpy(idx).to(device)]
             pos = data.target_pos[torch.from_numpy(idx).to(device)]
-            width = int(pos.max()) + 3
+            end = data.answer_end[torch.from_numpy(idx).to(device)] if data.answer_end is not None else None
+            width = int(pos.max()) + 3 if end is None else int(end.max()) + 1
             p_drop = cfg.model.dropout
             gen = torch.Generator(device).manual_seed(dropout_seed(cfg.seed, step, rank)) if p_drop else None
             with amp, (dropout(model, p_drop, gen) if gen is not None else nullcontext()):
                 logits = model(tok[:, :width])
-            loss_sum, _ = target_loss(logits, tok[:, :width], pos)
+            loss_sum, count = target_loss(logits, tok[:, :width], pos, end)
             global_count = 2 * tc.batch_size
+            if end is not None:  # multi-token answers: the mean over this batch's answer tokens
+                if world > 1:
+                    count = count.clone()
+                    torch.distributed.all_reduce(count)
+                global_count = count.clamp(min=1)
             loss = loss_sum / global_count
             opt.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler else loss).backward()

@@ -48,5 +48,7 @@ __all__ += ["comparison", "complex_reasoning", "derivable_order", "generate_comp
 from grokscope.tasks.khop import KHopConfig, generate_khop  # noqa: E402
 from grokscope.tasks.modular import ModularConfig, generate_modular  # noqa: E402
 from grokscope.tasks.paper_format import load_paper_format, save_paper_format  # noqa: E402
+from grokscope.tasks.tree import TreeConfig, generate_tree  # noqa: E402
 
+__all__ += ["TreeConfig", "generate_tree"]
 __all__ += ["KHopConfig", "ModularConfig", "generate_khop", "generate_modular", "load_paper_format", "save_paper_format"]
