@@ -216,9 +216,9 @@ def test_loss_covers_every_path_token():
     assert float(total) == pytest.approx(expect, rel=1e-5)
 
 
-def test_tiny_training_runs_and_scores_whole_paths(tmp_path):
+def test_tiny_training_runs_and_records_path_metrics(tmp_path):
     from grokscope.run import Run
-    from grokscope.train import evaluate, train_new
+    from grokscope.train import train_new
 
     run = train_new(_tiny_run(), tmp_path / "run", quiet=True)
     recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
