@@ -444,7 +444,8 @@ def tree_presets() -> dict[str, Any]:
 
     Goals at depth >= 5 (about 4% of 8-node goals) are the OOD split. Weight decay 1.0
     to favour the generalising solution; a checkpoint every 250 steps (about 0.55 MB each)
-    for the grokking series; 780 s of one CPU thread.
+    for the grokking series; 4,500 steps (about 0.16 s each on one idle CPU thread;
+    ``max_time_s`` 1,800 is only a guard on a busy machine).
     """
     from grokscope.config import ModelConfig, RunConfig, TrainConfig
 
@@ -453,8 +454,8 @@ def tree_presets() -> dict[str, Any]:
             TreeConfig(n_nodes=8, n_labels=16, n_train=3000, n_test=1000, train_probe=1000, ood_depth=5),
             ModelConfig(n_layers=4, d_model=64, n_heads=4, d_mlp=128),
             TrainConfig(lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0, warmup_steps=200, batch_size=128,
-                        grad_clip=1.0, max_steps=20_000, max_time_s=780.0, eval_every=100, eval_size=500,
-                        dense_every=250, dense_until=20_000, log_per_decade=0),
+                        grad_clip=1.0, max_steps=4500, max_time_s=1800.0, eval_every=100, eval_size=500,
+                        dense_every=250, dense_until=4500, log_per_decade=0),
             name="tree-small",
         ),
     }
