@@ -185,6 +185,20 @@ def test_counterfactuals_and_lens_targets():
     assert np.array_equal(targets["next@a0"].token_ids, split.meta["root"])  # at ':' the root comes next
 
 
+def test_lens_targets_run_through_the_logit_lens():
+    from grokscope.analysis.lens import logit_lens
+    from grokscope.model import build_model
+
+    ds = generate_tree(TreeConfig(n_nodes=6, n_labels=8, n_train=40, n_test=20, ood_depth=4))
+    split = ds.splits["test_inferred_iid"]
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64), len(ds.vocab), ds.n_ctx, 0)
+    targets = get_task("tree").lens_targets(split, ds.vocab, within_class=True)
+    tokens = torch.from_numpy(split.tokens[:, : int(split.answer_end.max())])  # teacher-forced answers
+    res = logit_lens(model, tokens, targets)
+    assert set(res.names) == {t.name for t in targets} and res.ranks["goal@colon"].shape == (3, len(split))
+    assert int(res.ranks["next@a0"].max()) <= len(ds.vocab.value_ids) + 1  # within labels and </a>
+
+
 # --------------------------------------------------------------------------- training
 
 

@@ -413,7 +413,9 @@ class TreeTask(Task):
     def lens_targets(self, split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
         """``goal@colon`` (the goal at ``<:>``) and ``next@a{k}``: the token after answer
         position ``target_pos + k`` (a path label, ``<->`` or ``</a>``), for every ``k`` at
-        which each example still has a path token or its ``</a>`` to predict."""
+        which each example still has a path token or its ``</a>`` to predict. Positions
+        past ``<:>`` read the teacher-forced answer: give the lens
+        ``split.tokens[:, : split.answer_end.max()]``, not ``split.input_ids``."""
         self.check_inferred(split)
         labels_end = np.concatenate([vocab.value_ids, [vocab[END]]])
         allowed = vocab.value_ids if within_class else None
