@@ -140,6 +140,9 @@ def main() -> None:
     print(f"  not in train.json                      {acc(unseen)}")
     print(f"  goal depth <  {ood} (trained depths)      {acc([u and not d for u, d in zip(unseen, deep)])}")
     print(f"  goal depth >= {ood} (never trained, OOD)  {acc([u and d for u, d in zip(unseen, deep)])}")
+    depths = sorted({len(p) - 1 for _, _, p in trees})
+    print("  by goal depth (unseen trees):          " + ", ".join(
+        f"{d}: {acc([u and len(p) - 1 == d for u, (_, _, p) in zip(unseen, trees)]).split()[0]}" for d in depths))
     print(json.dumps({"step": step, "n": args.n, "acc": sum(right) / len(right),
                       "acc_unseen_id": sum(r for r, u, d in zip(right, unseen, deep) if u and not d)
                       / max(1, sum(u and not d for u, d in zip(unseen, deep))),
