@@ -186,7 +186,7 @@ def test_counterfactuals_and_lens_targets():
 
 
 def test_lens_targets_run_through_the_logit_lens():
-    from grokscope.analysis.lens import logit_lens
+    from grokscope.analysis.lens import lens_split, lens_tokens, logit_lens
     from grokscope.model import build_model
 
     ds = generate_tree(TreeConfig(n_nodes=6, n_labels=8, n_train=40, n_test=20, ood_depth=4))
@@ -197,6 +197,8 @@ def test_lens_targets_run_through_the_logit_lens():
     res = logit_lens(model, tokens, targets)
     assert set(res.names) == {t.name for t in targets} and res.ranks["goal@colon"].shape == (3, len(split))
     assert int(res.ranks["next@a0"].max()) <= len(ds.vocab.value_ids) + 1  # within labels and </a>
+    assert np.array_equal(lens_tokens(split, targets), tokens.numpy())  # what lens_split and the series read
+    assert lens_split(model, split, ds.vocab, task=get_task("tree")).names == res.names
 
 
 # --------------------------------------------------------------------------- training

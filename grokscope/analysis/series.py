@@ -52,7 +52,7 @@ from grokscope.analysis.diagnoses import (  # noqa: F401  (re-exported)
     run_diagnosis,
     value_gap_diagnosis,
 )
-from grokscope.analysis.lens import LensResult, lens_targets, logit_lens, top_tokens
+from grokscope.analysis.lens import LensResult, lens_targets, lens_tokens, logit_lens, top_tokens
 from grokscope.analysis.sampling import sample_rows
 from grokscope.analysis.tracing import SITE_KINDS, TraceResult, make_counterfactuals, trace
 from grokscope.run import MODEL_FILE, Run, read_safetensors
@@ -82,7 +82,7 @@ def _lens_objects(ck: Checkpoint, split: str, n: int | None, seed: int, within_c
         rows = sample_rows(len(sp), n, seed)
         sub = sp.subset(rows)
         targets = lens_targets(sub, ck.dataset.vocab, within_class=within_class, task=task_of(ck.dataset))
-        ck.memo[key] = (logit_lens(ck.model, torch.from_numpy(sub.input_ids), targets), rows)
+        ck.memo[key] = (logit_lens(ck.model, torch.from_numpy(lens_tokens(sub, targets)), targets), rows)
     return ck.memo[key]
 
 
