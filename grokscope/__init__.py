@@ -37,7 +37,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
         "CompositionConfig", "composition", "generate_composition",
         "ComparisonConfig", "comparison", "generate_comparison",
         "ComplexConfig", "complex_reasoning", "derivable_order", "generate_complex",
-        "KHopConfig", "generate_khop", "ModularConfig", "generate_modular",
+        "KHopConfig", "generate_khop", "ModularConfig", "generate_modular", "TreeConfig", "generate_tree",
     )},
     # the run layer
     "RunConfig": ("grokscope.runs.config", "RunConfig"),

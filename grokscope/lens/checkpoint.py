@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grokscope.lens.logit import LensResult, lens_targets, logit_lens, top_tokens
+from grokscope.lens.logit import LensResult, lens_targets, lens_tokens, logit_lens, top_tokens
 from grokscope.runs.run import Run
 from grokscope.series.cache import AnalysisCache, Checkpoint, cached, context
 from grokscope.series.engine import (
@@ -34,7 +34,7 @@ def lens_objects(ck: Checkpoint, split: str, n: int | None, seed: int, within_cl
         rows = sample_rows(len(sp), n, seed)
         sub = sp.subset(rows)
         targets = lens_targets(sub, ck.dataset.vocab, within_class=within_class, task=task_of(ck.dataset))
-        ck.memo[key] = (logit_lens(ck.model, torch.from_numpy(sub.input_ids), targets), rows)
+        ck.memo[key] = (logit_lens(ck.model, torch.from_numpy(lens_tokens(sub, targets)), targets), rows)
     return ck.memo[key]
 
 

@@ -429,7 +429,15 @@ def lens_split(
     if n is not None and n < len(split):
         split = split.subset(sample_rows(len(split), n, seed))
     targets = lens_targets(split, vocab, within_class=within_class, task=task)
-    return logit_lens(model, torch.from_numpy(split.input_ids), targets, batch_size=batch_size)
+    return logit_lens(model, torch.from_numpy(lens_tokens(split, targets)), targets, batch_size=batch_size)
+
+
+def lens_tokens(split: Split, targets: Sequence[LensTarget]) -> np.ndarray:
+    """The tokens a lens over ``targets`` reads: the inputs, extended by the teacher-forced
+    answer tokens when a target sits past the last input position (the tree task's path)."""
+    n_in = int(split.target_pos.max()) + 1 if len(split) else 0
+    width = max([n_in, *(int(np.max(t.position)) + 1 for t in targets if np.size(t.position))])
+    return split.input_ids if width == n_in else split.tokens[:, :width]
 
 
 def top_tokens(

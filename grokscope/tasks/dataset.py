@@ -87,6 +87,12 @@ class Split:
         return len(self.tokens)
 
     @property
+    def answer_end(self) -> np.ndarray:
+        """(n,) the position of the ``</a>`` that closes each answer (``target_pos + 2`` for a
+        one-token answer; later for a task whose answers are several tokens, e.g. tree paths)."""
+        return answer_end(self.tokens, self.target_pos)
+
+    @property
     def targets(self) -> np.ndarray:
         """(n,) the answer token id of every example."""
         return self.tokens[np.arange(len(self)), self.target_pos + 1]
@@ -103,7 +109,7 @@ class Split:
         """A new split holding the rows ``index`` (trimmed of all-padding columns)."""
         index = np.asarray(index)
         pos = self.target_pos[index]
-        width = int(pos.max()) + 3 if len(pos) else self.tokens.shape[1]
+        width = int(self.answer_end[index].max()) + 1 if len(pos) else self.tokens.shape[1]
         return Split(
             name=name or self.name,
             tokens=self.tokens[index, :width],
@@ -116,10 +122,29 @@ class Split:
     def texts(self, vocab: Vocab) -> list[tuple[str, str]]:
         """(input_text, target_text) pairs in the paper's format."""
         out = []
-        for row, p in zip(self.tokens, self.target_pos):
+        for row, p, end in zip(self.tokens, self.target_pos, self.answer_end):
             inp = vocab.decode(row[: p + 1])
-            out.append((inp, inp + vocab.decode(row[p + 1 : p + 3])))
+            out.append((inp, inp + vocab.decode(row[p + 1 : end + 1])))
         return out
+
+
+def answer_end(tokens: np.ndarray, target_pos: np.ndarray) -> np.ndarray:
+    """(n,) the first position after ``target_pos + 1`` holding ``</a>``, per row.
+
+    ``</a>`` is recognised as the token in the last column (every row of a split ends in its
+    own ``</a>`` or in ``</a>`` padding); an answer token is never ``</a>``.
+
+    Example:
+        >>> answer_end(np.array([[5, 6, 7, 9, 9], [5, 6, 7, 8, 9]]), np.array([1, 1])).tolist()
+        [3, 4]
+    """
+    tokens = np.asarray(tokens)
+    n, width = tokens.shape
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    cols = np.arange(width)[None, :]
+    is_end = (tokens == tokens[:, -1:]) & (cols >= np.asarray(target_pos)[:, None] + 2)
+    return is_end.argmax(axis=1).astype(np.int64)
 
 
 def make_split(
@@ -299,7 +324,7 @@ class TaskDataset(Summarized):
             s = self.splits[name]
             h.update(name.encode())
             cols = np.arange(s.tokens.shape[1])
-            canonical = np.where(cols[None, :] <= s.target_pos[:, None] + 2, s.tokens, -1)
+            canonical = np.where(cols[None, :] <= s.answer_end[:, None], s.tokens, -1)
             h.update(np.ascontiguousarray(canonical, dtype="<i8").tobytes())
         return h.hexdigest()
 

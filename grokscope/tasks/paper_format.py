@@ -94,7 +94,11 @@ def _read_list(path: Path) -> list[Any]:
     return data
 
 
-def _parse_items(items: list[Any], vocab: Vocab, where: str) -> tuple[list[list[int]], list[int]]:
+def _parse_items(
+    items: list[Any], vocab: Vocab, where: str, *, multi: bool = False
+) -> tuple[list[list[int]], list[Any]]:
+    """(inputs, answers) token ids; with ``multi`` (a task whose answers are several tokens)
+    each answer is the list of its tokens before ``</a>``."""
     inputs, answers = [], []
     for n, item in enumerate(items):
         if not isinstance(item, dict) or "input_text" not in item or "target_text" not in item:
@@ -103,6 +107,15 @@ def _parse_items(items: list[Any], vocab: Vocab, where: str) -> tuple[list[list[
         if not tgt.startswith(inp):
             raise ValueError(f"{where}[{n}]: target_text {tgt!r} does not repeat input_text {inp!r}")
         rest = split_tokens(tgt[len(inp) :])
+        if multi:
+            if len(rest) < 2 or rest[-1] != END or END in rest[:-1]:
+                raise ValueError(f"{where}[{n}]: expected answer tokens then {END}, got {rest}")
+            try:
+                inputs.append(vocab.encode(inp))
+                answers.append(vocab.encode(rest[:-1]))
+            except KeyError as e:
+                raise ValueError(f"{where}[{n}]: {e.args[0]}") from None
+            continue
         if len(rest) != 2 or rest[1] != END:
             raise ValueError(f"{where}[{n}]: expected one answer token then {END}, got {rest}")
         try:
@@ -150,9 +163,10 @@ def load_paper_format(directory: str | os.PathLike[str], task: str | None = None
     if not (d / "valid.json").is_file():
         raise FileNotFoundError(f"{d / 'valid.json'}: missing")
 
-    parsed = {"train": _parse_items(train_items, vocab, str(d / "train.json"))}
+    multi = bool(getattr(spec, "multi_token_answers", False))
+    parsed = {"train": _parse_items(train_items, vocab, str(d / "train.json"), multi=multi)}
     for name, items in by_type.items():
-        parsed[name] = _parse_items(items, vocab, f"{d / 'test.json'} ({name})")
+        parsed[name] = _parse_items(items, vocab, f"{d / 'test.json'} ({name})", multi=multi)
 
     if spec is not None:
         return spec.load(vocab, parsed, d)

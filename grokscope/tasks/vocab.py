@@ -24,6 +24,22 @@ EQUALS = "<=>"
 """The ``=`` of modular addition: a special token outside :data:`SPECIAL_TOKENS` (so the
 paper's vocabularies, which list every special token, are unchanged)."""
 TOKEN_CLASSES: tuple[str, ...] = ("entity", "relation", "attribute", "value", "label", "special")
+_TASK_SPECIALS: set[str] = set()
+"""Special tokens a task registers (:func:`register_special_tokens`), e.g. the tree task's separators."""
+
+
+def register_special_tokens(*tokens: str) -> None:
+    """Let a task add its own ``<...>`` special tokens (separators) to the vocabulary's classes.
+
+    Example:
+        >>> register_special_tokens("<|>")
+        >>> parse_token("<|>")
+        ('special', ())
+    """
+    for t in tokens:
+        if _TOKEN_RE.fullmatch(t) is None:
+            raise ValueError(f"special token {t!r} must be one <...> token")
+        _TASK_SPECIALS.add(t)
 
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("entity", re.compile(r"^<e_(\d+)>$")),
@@ -46,7 +62,7 @@ def parse_token(token: str) -> tuple[str, tuple[int, ...]]:
         m = pat.match(token)
         if m:
             return cls, tuple(int(g) for g in m.groups())
-    if token in SPECIAL_TOKENS or token == EQUALS:
+    if token in SPECIAL_TOKENS or token == EQUALS or token in _TASK_SPECIALS:
         return "special", ()
     raise ValueError(f"unknown token {token!r}: not an entity, relation, attribute, value, label or special token")
 

@@ -264,13 +264,19 @@ def train(run: Run, *, quiet: bool = False, dataset: TaskDataset | None = None, 
                 idx = np.array_split(idx, world)[rank]
             tok = data.tokens[torch.from_numpy(idx).to(device)]
             pos = data.target_pos[torch.from_numpy(idx).to(device)]
-            width = int(pos.max()) + 3
+            end = data.answer_end[torch.from_numpy(idx).to(device)] if data.answer_end is not None else None
+            width = int(pos.max()) + 3 if end is None else int(end.max()) + 1
             p_drop = cfg.model.dropout
             gen = torch.Generator(device).manual_seed(dropout_seed(cfg.seed, step, rank)) if p_drop else None
             with amp, (dropout(model, p_drop, gen) if gen is not None else nullcontext()):
                 logits = model(tok[:, :width])
-            loss_sum, _ = target_loss(logits, tok[:, :width], pos)
+            loss_sum, count = target_loss(logits, tok[:, :width], pos, end)
             global_count = 2 * tc.batch_size
+            if end is not None:  # multi-token answers: the mean over this batch's answer tokens
+                if world > 1:
+                    count = count.clone()
+                    torch.distributed.all_reduce(count)
+                global_count = count.clamp(min=1)
             loss = loss_sum / global_count
             opt.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler else loss).backward()

@@ -96,6 +96,7 @@ class TrainData:
 
     tokens: torch.Tensor  # (N, T)
     target_pos: torch.Tensor  # (N,)
+    answer_end: torch.Tensor | None  # (N,) the closing </a> of multi-token answers; None: one token each
     atomic_idx: np.ndarray
     inferred_idx: np.ndarray
     seed: int
@@ -107,6 +108,7 @@ class TrainData:
         return cls(
             tokens=torch.from_numpy(split.tokens).to(device),
             target_pos=torch.from_numpy(split.target_pos).to(device),
+            answer_end=_multi_token_end(split, device),
             atomic_idx=np.flatnonzero(split.atomic),
             inferred_idx=np.flatnonzero(~split.atomic),
             seed=seed,
@@ -126,12 +128,31 @@ class TrainData:
         return np.concatenate([a, b])
 
 
+def _multi_token_end(split: Split, device: torch.device) -> torch.Tensor | None:
+    """The ``</a>`` position of every row when some answer is several tokens (tree paths), else None."""
+    end = split.answer_end
+    if not len(end) or (end == split.target_pos + 2).all():
+        return None
+    return torch.from_numpy(end).to(device)
+
+
 def target_loss(
     logits: Float[torch.Tensor, "batch pos d_vocab"],
     tokens: Int[torch.Tensor, "batch pos"],
     target_pos: Int[torch.Tensor, " batch"],
+    answer_end: Int[torch.Tensor, " batch"] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy on the answer and ``</a>`` tokens, and the token count."""
+    """Summed cross-entropy on the answer and ``</a>`` tokens, and the token count.
+
+    With ``answer_end`` (answers of several tokens) every token after ``target_pos`` up
+    to and including the ``</a>`` at ``answer_end`` is in the loss.
+    """
+    if answer_end is not None:
+        cols = torch.arange(tokens.shape[1] - 1, device=tokens.device)[None, :]
+        mask = (cols >= target_pos[:, None]) & (cols < answer_end[:, None])  # predicting positions
+        ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1),
+                             reduction="none").reshape(mask.shape)
+        return (ce * mask).sum(), mask.sum()
     rows = torch.arange(len(tokens), device=tokens.device)
     pos = torch.stack([target_pos, target_pos + 1], dim=1)  # predicting positions
     pred = logits[rows[:, None], pos]  # (batch, 2, d_vocab)
@@ -164,16 +185,25 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Accuracy (argmax at the answer position equals the answer) and mean loss there.
 
+    A split whose answers are several tokens (tree paths) is scored per sequence: ``acc``
+    is the share of examples whose teacher-forced argmax is right at every answer position
+    and at ``</a>`` (exactly when greedy decoding gives the whole answer), ``loss`` the mean
+    cross-entropy per answer token, and ``token_acc`` (only then) the per-token accuracy.
+
     Returns:
-        ``{"acc": {split: float}, "loss": {split: float}}``; splits with no examples
-        are omitted.
+        ``{"acc": {split: float}, "loss": {split: float}}`` (plus ``token_acc`` for
+        multi-token splits); splits with no examples are omitted.
     """
     was_training = model.training
     model.eval()
     acc: dict[str, float] = {}
     loss: dict[str, float] = {}
+    token_acc: dict[str, float] = {}
     for name, s in splits.items():
         if not len(s):
+            continue
+        if not (s.answer_end == s.target_pos + 2).all():
+            acc[name], loss[name], token_acc[name] = _sequence_scores(model, s, device, batch_size)
             continue
         correct, total_loss = 0, 0.0
         for lo in range(0, len(s), batch_size):
@@ -189,7 +219,30 @@ def evaluate(
         acc[name] = correct / len(s)
         loss[name] = total_loss / len(s)
     model.train(was_training)
-    return {"acc": acc, "loss": loss}
+    return {"acc": acc, "loss": loss, **({"token_acc": token_acc} if token_acc else {})}
+
+
+def _sequence_scores(model: TransformerBridge, s: Split, device: torch.device | str, batch_size: int) -> tuple[float, float, float]:
+    """(exact-sequence accuracy, mean loss per answer token, per-token accuracy) of a split
+    with multi-token answers, teacher-forced over every answer token and the closing ``</a>``."""
+    end_all = s.answer_end
+    exact, n_tok, n_right, total_loss = 0, 0, 0, 0.0
+    for lo in range(0, len(s), batch_size):
+        end_np = end_all[lo : lo + batch_size]
+        tok = torch.from_numpy(s.tokens[lo : lo + batch_size, : int(end_np.max()) + 1]).to(device)
+        pos = torch.from_numpy(s.target_pos[lo : lo + batch_size]).to(device)
+        end = torch.from_numpy(end_np).to(device)
+        logits = model(tok[:, :-1]).float()
+        cols = torch.arange(tok.shape[1] - 1, device=tok.device)[None, :]
+        mask = (cols >= pos[:, None]) & (cols < end[:, None])
+        gold = tok[:, 1:]
+        right = (logits.argmax(-1) == gold) | ~mask
+        exact += int(right.all(dim=1).sum())
+        n_right += int(((logits.argmax(-1) == gold) & mask).sum())
+        n_tok += int(mask.sum())
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1), reduction="none")
+        total_loss += float((ce.reshape(mask.shape) * mask).sum())
+    return exact / len(s), total_loss / max(n_tok, 1), n_right / max(n_tok, 1)
 
 
 # --------------------------------------------------------------------------- gradient filter

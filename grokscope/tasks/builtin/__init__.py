@@ -1,7 +1,7 @@
 """The built-in tasks, one file each; importing this package registers them all.
 
 ``composition``, ``comparison``, ``complex`` (the paper's three), ``khop`` (composition
-over k hops) and ``modular`` (modular addition, Nanda et al.). A new task is one file
+over k hops) ``modular`` (modular addition, Nanda et al.) and ``tree`` (path finding in binary trees, Brinkmann et al.). A new task is one file
 here (or anywhere) that subclasses :class:`grokscope.tasks.Task` and calls
 :func:`grokscope.tasks.register_task`, plus one import line below.
 """
@@ -16,6 +16,7 @@ from grokscope.tasks.builtin.complex import (
 from grokscope.tasks.builtin.composition import CompositionConfig, composition, generate_composition
 from grokscope.tasks.builtin.khop import KHopConfig, generate_khop
 from grokscope.tasks.builtin.modular import ModularConfig, generate_modular
+from grokscope.tasks.builtin.tree import TreeConfig, generate_tree
 
 __all__ = [
     "CompositionConfig", "composition", "generate_composition",
@@ -23,4 +24,5 @@ __all__ = [
     "ComplexConfig", "complex_reasoning", "derivable_order", "generate_complex",
     "KHopConfig", "generate_khop",
     "ModularConfig", "generate_modular",
+    "TreeConfig", "generate_tree",
 ]

@@ -1,0 +1,296 @@
+"""The tree task (issue #23): its trees follow the stated distribution (checked against an
+independent generator written here), every path is the root-goal path of its edges, no
+test tree is trained on, files round-trip, and a tiny run trains and scores whole paths."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from grokscope.runs.config import ModelConfig, RunConfig, TrainConfig
+from grokscope.runs.presets import preset
+from grokscope.tasks import get_task
+from grokscope.tasks.builtin.tree import TreeConfig, generate_tree, plain_text
+from grokscope.tasks.paper_format import load_paper_format, save_paper_format
+from grokscope.tasks.vocab import split_tokens
+
+# --------------------------------------------------------------------------- an independent reference
+
+
+def reference_tree(rng: random.Random, n_nodes: int, n_labels: int) -> tuple[list[tuple[int, int]], int, list[int]]:
+    """The issue's generator as a plain loop: (edges as labels, goal label, path labels)."""
+    parent = {0: None}
+    kids = {0: 0}
+    for node in range(1, n_nodes):
+        choices = [v for v in range(node) if kids[v] < 2]
+        p = rng.choice(choices)
+        parent[node] = p
+        kids[p] += 1
+        kids[node] = 0
+    labels = rng.sample(range(n_labels), n_nodes)
+    leaves = [v for v in range(n_nodes) if kids[v] == 0]
+    goal = rng.choice(leaves)
+    edges = [(labels[parent[v]], labels[v]) for v in range(1, n_nodes)]
+    rng.shuffle(edges)
+    path = [goal]
+    while parent[path[-1]] is not None:
+        path.append(parent[path[-1]])
+    return edges, labels[goal], [labels[v] for v in reversed(path)]
+
+
+def parse_plain(text: str) -> tuple[list[tuple[int, int]], int, list[int]]:
+    """``12>3,3>7|7:12>3>7`` -> (edges, goal, path), by string splitting."""
+    head, path = text.split(":")
+    edges_text, goal = head.split("|")
+    edges = [tuple(int(x) for x in e.split(">")) for e in edges_text.split(",")]
+    return edges, int(goal), [int(x) for x in path.split(">")] if path else []  # type: ignore[misc]
+
+
+def plain_path(edges: list[tuple[int, int]], goal: int) -> list[int]:
+    """Root -> goal by a plain loop over the edge list."""
+    path = [goal]
+    while True:
+        parents = [a for a, b in edges if b == path[-1]]
+        assert len(parents) <= 1, "a node with two parents"
+        if not parents:
+            return path[::-1]
+        path.append(parents[0])
+
+
+def tree_stats(edges: list[tuple[int, int]], goal: int) -> tuple[int, int, int]:
+    """(goal depth, number of leaves, children of the root)."""
+    children = Counter(a for a, _ in edges)
+    nodes = {a for a, _ in edges} | {b for _, b in edges}
+    root = (nodes - {b for _, b in edges}).pop()
+    return len(plain_path(edges, goal)) - 1, sum(1 for v in nodes if children[v] == 0), children[root]
+
+
+def examples(ds, split: str) -> list[tuple[list[tuple[int, int]], int, list[int]]]:
+    return [parse_plain(plain_text(tgt)) for _, tgt in ds.splits[split].texts(ds.vocab)]
+
+
+# --------------------------------------------------------------------------- distribution
+
+
+def test_every_example_is_a_binary_tree_with_its_root_goal_path():
+    cfg = TreeConfig(n_nodes=8, n_labels=12, n_train=400, n_test=100, ood_depth=5, seed=3)
+    ds = generate_tree(cfg)
+    for split in ds.split_names:
+        for edges, goal, path in examples(ds, split):
+            children = Counter(a for a, _ in edges)
+            nodes = {a for a, _ in edges} | {b for _, b in edges}
+            assert len(edges) == cfg.n_nodes - 1 and len(nodes) == cfg.n_nodes  # distinct labels
+            assert all(0 <= v < cfg.n_labels for v in nodes)
+            assert max(children.values()) <= 2  # binary
+            assert len({b for _, b in edges}) == len(edges)  # one parent each
+            assert len(nodes - {b for _, b in edges}) == 1  # one root
+            assert children[goal] == 0  # the goal is a leaf
+            assert path == plain_path(edges, goal)  # the path, recomputed from the edges
+            depth = len(path) - 1
+            assert (depth >= cfg.ood_depth) == (split == "test_inferred_ood")
+
+
+def test_distribution_matches_an_independent_generator():
+    n, n_labels, count = 8, 16, 3000
+    ds = generate_tree(TreeConfig(n_nodes=n, n_labels=n_labels, n_train=count, n_test=1, ood_depth=None, seed=1))
+    ours = [tree_stats(e, g) for e, g, _ in examples(ds, "train")]
+    rng = random.Random(12345)
+    ref = [tree_stats(e, g) for e, g, _ in (reference_tree(rng, n, n_labels) for _ in range(count))]
+    for k, name in enumerate(("goal depth", "leaves", "root children")):
+        a, b = Counter(x[k] for x in ours), Counter(x[k] for x in ref)
+        tv = 0.5 * sum(abs(a[v] - b[v]) for v in set(a) | set(b)) / count
+        assert tv < 0.05, f"{name}: total variation {tv:.3f} between grokscope's trees and the reference"
+    labels = Counter(v for e, _, _ in examples(ds, "train") for edge in e for v in edge)
+    # each label is used by n/n_labels of the trees; every node but the root appears once as a child
+    freq = np.array([labels[v] for v in range(n_labels)], dtype=float)
+    assert freq.min() > 0.8 * freq.mean() and freq.max() < 1.2 * freq.mean()
+    # the edge order is shuffled: the first edge is not always the root's
+    roots_first = sum(e[0][0] == p[0] for e, _, p in examples(ds, "train"))
+    assert roots_first < 0.6 * count
+
+
+def test_test_trees_are_never_trained_and_draws_are_seeded():
+    cfg = TreeConfig(n_nodes=6, n_labels=8, n_train=300, n_test=100, ood_depth=4)
+    ds = generate_tree(cfg)
+
+    def keys(split: str) -> set[frozenset]:
+        return {frozenset(e) for e, _, _ in examples(ds, split)}
+
+    train = keys("train")
+    assert len(train) == cfg.n_train  # distinct trees
+    assert not train & keys("test_inferred_iid") and not train & keys("test_inferred_ood")
+    assert keys("train_inferred") <= train
+    assert generate_tree(cfg).content_hash() == ds.content_hash()
+    assert generate_tree(TreeConfig(**{**cfg.__dict__, "seed": 1})).content_hash() != ds.content_hash()
+
+
+def test_config_errors_name_the_value():
+    with pytest.raises(ValueError, match="n_labels"):
+        TreeConfig(n_nodes=8, n_labels=5)
+    with pytest.raises(ValueError, match="ood_depth"):
+        TreeConfig(n_nodes=8, ood_depth=8)
+
+
+# --------------------------------------------------------------------------- tokens and files
+
+
+def test_tokens_round_trip_and_file_format(tmp_path):
+    ds = generate_tree(TreeConfig(n_nodes=6, n_labels=10, n_train=50, n_test=20, ood_depth=4))
+    v = ds.vocab
+    assert v.tokens[:10] == tuple(f"<{i}>" for i in range(10))  # a label's string is <decimal>
+    for name in ds.split_names:
+        s = ds.splits[name]
+        for row, (inp, tgt) in zip(s.tokens, s.texts(v)):
+            assert v.encode(tgt) == [int(t) for t in row[: len(v.encode(tgt))]]
+            assert v.decode(v.encode(inp)) == inp and tgt.endswith("</a>")
+            assert plain_text(inp).endswith(":") and len(v.encode(inp)) == 4 * 6 - 2
+    save_paper_format(ds, tmp_path)
+    assert json.loads((tmp_path / "vocab.json").read_text()) == list(v.tokens)
+    back = load_paper_format(tmp_path, task="tree")
+    assert back.content_hash() == ds.content_hash()
+    assert get_task("tree").describe(back).n_nodes == 6
+    # a corrupted path is refused
+    items = json.loads((tmp_path / "train.json").read_text())
+    inp, tgt = items[0]["input_text"], items[0]["target_text"]
+    path = split_tokens(tgt[len(inp):])
+    path[0] = "<9>" if path[0] != "<9>" else "<8>"  # a wrong root
+    items[0]["target_text"] = inp + "".join(path)
+    (tmp_path / "train.json").write_text(json.dumps(items))
+    with pytest.raises(ValueError):
+        load_paper_format(tmp_path, task="tree")
+
+
+def test_counterfactuals_and_lens_targets():
+    ds = generate_tree(TreeConfig(n_nodes=8, n_labels=16, n_train=200, n_test=50, ood_depth=5))
+    task, split = get_task("tree"), ds.splits["test_inferred_iid"]
+    rows = np.arange(len(split))
+    cf = task.counterfactuals(ds, split, rows, "goal", np.random.default_rng(0))
+    lab = {int(t): i for i, t in enumerate(ds.vocab.value_ids)}
+    parsed = examples(ds, "test_inferred_iid")
+    valid = cf.new_token >= 0
+    assert valid.mean() > 0.9
+    for i in np.flatnonzero(valid):
+        edges, goal, path = parsed[i]
+        new_goal = lab[int(cf.new_token[i])]
+        assert new_goal != goal and new_goal not in {a for a, _ in edges}  # another leaf
+        new_path = plain_path(edges, new_goal)
+        assert new_path != path and lab[int(cf.answer[i])] in path and lab[int(cf.cf_answer[i])] in new_path
+        assert cf.answer[i] != cf.cf_answer[i]
+    targets = {t.name: t for t in task.lens_targets(split, ds.vocab)}
+    assert np.array_equal(targets["goal@colon"].token_ids, split.meta["goal"])
+    assert np.array_equal(targets["next@a0"].token_ids, split.meta["root"])  # at ':' the root comes next
+
+
+def test_lens_targets_run_through_the_logit_lens():
+    from grokscope.lens.logit import lens_split, lens_tokens, logit_lens
+    from grokscope.runs.model import build_model
+
+    ds = generate_tree(TreeConfig(n_nodes=6, n_labels=8, n_train=40, n_test=20, ood_depth=4))
+    split = ds.splits["test_inferred_iid"]
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64), len(ds.vocab), ds.n_ctx, 0)
+    targets = get_task("tree").lens_targets(split, ds.vocab, within_class=True)
+    tokens = torch.from_numpy(split.tokens[:, : int(split.answer_end.max())])  # teacher-forced answers
+    res = logit_lens(model, tokens, targets)
+    assert set(res.names) == {t.name for t in targets} and res.ranks["goal@colon"].shape == (3, len(split))
+    assert int(res.ranks["next@a0"].max()) <= len(ds.vocab.value_ids) + 1  # within labels and </a>
+    width = int(split.target_pos.max() + (split.answer_end - split.target_pos).min())  # the last next@a{k} + 1
+    assert np.array_equal(lens_tokens(split, targets), split.tokens[:, :width])  # what lens_split and the series read
+    assert lens_split(model, split, ds.vocab, task=get_task("tree")).names == res.names
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _tiny_run(n_train: int = 200) -> RunConfig:
+    return RunConfig(
+        TreeConfig(n_nodes=5, n_labels=8, n_train=n_train, n_test=40, train_probe=40, ood_depth=3),
+        ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64),
+        TrainConfig(lr=3e-3, warmup_steps=5, batch_size=32, max_steps=30, eval_every=10, eval_size=None,
+                    dense_every=10, dense_until=30, log_per_decade=0),
+        name="tree-test",
+    )
+
+
+def test_loss_covers_every_path_token():
+    from grokscope.training.loop import target_loss
+
+    ds = generate_tree(TreeConfig(n_nodes=5, n_labels=8, n_train=20, n_test=5, ood_depth=3))
+    s = ds.splits["train"]
+    tok = torch.from_numpy(s.tokens)
+    pos, end = torch.from_numpy(s.target_pos), torch.from_numpy(s.answer_end)
+    logits = torch.randn(*tok.shape, len(ds.vocab))
+    total, count = target_loss(logits, tok, pos, end)
+    expect, n = 0.0, 0
+    for i in range(len(s)):
+        for p in range(int(pos[i]), int(end[i])):  # the path tokens and </a>
+            expect += float(torch.nn.functional.cross_entropy(logits[i, p][None], tok[i, p + 1][None]))
+            n += 1
+    assert int(count) == n == int((s.answer_end - s.target_pos).sum())
+    assert float(total) == pytest.approx(expect, rel=1e-5)
+
+
+def test_tiny_training_runs_and_records_path_metrics(tmp_path):
+    from grokscope.runs.run import Run
+    from grokscope.training.loop import train_new
+
+    run = train_new(_tiny_run(), tmp_path / "run", quiet=True)
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [0, 10, 20, 30]
+    assert set(recs[-1]["acc"]) == {"train_inferred", "test_inferred_iid", "test_inferred_ood"}
+    assert set(recs[-1]["token_acc"]) == set(recs[-1]["acc"])
+    assert recs[-1]["loss"]["train_inferred"] < recs[0]["loss"]["train_inferred"]
+    ds = Run.open(tmp_path / "run").dataset()  # the run's files read back
+    assert ds.content_hash() == run.data_info["content_hash"]
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts each next answer token of the split's rows, wrong at one path position in
+    every third tree (the positions cycle), so whole-path accuracy is 2/3 by construction."""
+
+    def __init__(self, split, d_vocab: int) -> None:
+        super().__init__()
+        self.rows = {tuple(int(t) for t in r[: p + 1]): (i, r, p) for i, (r, p) in enumerate(zip(split.tokens, split.target_pos))}
+        self.d_vocab = d_vocab
+
+    def forward(self, tok: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(*tok.shape, self.d_vocab)
+        for b in range(tok.shape[0]):
+            key = next(k for k in self.rows if tuple(int(t) for t in tok[b, : len(k)]) == k)
+            i, row, p = self.rows[key]
+            for t in range(p, min(tok.shape[1], len(row) - 1)):
+                want = int(row[t + 1])
+                if i % 3 == 0 and t == p + 2 * (i % 2):  # a wrong label (the root or the next node)
+                    want = (want + 1) % 8
+                out[b, t, want] = 1.0
+        return out
+
+
+def test_exact_path_accuracy_is_greedy_decoding():
+    from grokscope.training.loop import evaluate
+
+    ds = generate_tree(TreeConfig(n_nodes=6, n_labels=8, n_train=30, n_test=30, ood_depth=4))
+    s = ds.splits["train"]
+    oracle, end_id = _Oracle(s, len(ds.vocab)), ds.vocab["</a>"]
+    right = 0
+    for row, p, e in zip(s.tokens, s.target_pos, s.answer_end):
+        seq = [int(t) for t in row[: p + 1]]
+        for _ in range(e - p + 2):  # greedy, until </a> (a little past where it should come)
+            seq.append(int(oracle(torch.tensor([seq]))[0, -1].argmax()))
+            if seq[-1] == end_id:
+                break
+        right += seq == [int(t) for t in row[: e + 1]]
+    assert right == 20  # 10 of 30 trees have a wrong token
+    res = evaluate(oracle, {"x": s})
+    assert res["acc"]["x"] == pytest.approx(right / len(s))
+    assert res["token_acc"]["x"] == pytest.approx(1 - 10 / float((s.answer_end - s.target_pos).sum()))
+
+
+def test_preset_is_registered():
+    cfg = preset("tree-small")
+    assert cfg.task.task == "tree" and cfg.task.n_nodes == 8
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
