@@ -199,3 +199,36 @@ def test_circuit_figure_labels_every_node_explains_itself_and_lists_edges(shippe
     hover = next(t for t in wide.data if t.type == "scatter" and t.mode == "markers" and t.text is not None
                  and any("score" in s for s in t.text))
     assert len(hover.text) == d.graph.n_edges
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "checkpoints").iterdir() if (p / "config.json").is_file()))
+def test_every_shipped_run_loads_with_plain_transformer_lens(name, tmp_path):
+    """Every shipped checkpoint (the float16 ones too) loads with TransformerLens + safetensors
+    only, and gives grokscope's logits."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    run = gs.load_run(ROOT / "checkpoints" / name)
+    step = run.steps()[-1]
+    ds = run.dataset()
+    split = next(s for s in ds.splits.values() if s.roles and len(s))
+    tokens = split.input_ids[:8]
+    ours = run.load_model(step)(torch.from_numpy(tokens)).detach()
+    np.save(tmp_path / "tokens.npy", tokens)
+    script = f"""
+import json, sys, numpy as np, torch, safetensors.torch
+from transformer_lens.config import TransformerBridgeConfig
+from transformer_lens.model_bridge import TransformerBridge
+import transformer_lens.model_bridge.sources  # registers boot_native
+cfg = json.load(open(r"{run.path / 'config.json'}"))["model"]
+m = TransformerBridge.boot_native(TransformerBridgeConfig.from_dict(cfg))
+m.load_state_dict(safetensors.torch.load_file(r"{run.checkpoint_path(step) / 'model.safetensors'}"), strict=True)
+out = m(torch.from_numpy(np.load(r"{tmp_path / 'tokens.npy'}"))).detach()
+torch.save(out, r"{tmp_path / 'out.pt'}")
+assert "grokscope" not in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    theirs = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert torch.allclose(ours, theirs, atol=1e-5)

@@ -309,12 +309,14 @@ def test_shipped_run_groks_and_its_accuracies_hold_on_every_pair(shipped, shippe
     by_step = {m["step"]: m["acc"] for m in metrics}
     ds = shipped.dataset()
     steps = shipped.steps()
-    assert len(steps) == 4
+    # >= 8 checkpoints, most of them across the transition (test ID 0.22 at step 4,000 -> 0.98 at 5,000)
+    assert len(steps) >= 8 and sum(4000 <= s <= 5000 for s in steps) >= 5
     seen = []
     for step in (steps[0], steps[-1]):
         rec = shipped_final[2] if step == steps[-1] else fourier_progress(shipped.load_model(step), ds)
-        # test ID was recorded on every held-out pair: the same number from all p^2 logits
-        assert rec["test_acc"] == pytest.approx(by_step[step]["test_inferred_iid"], abs=1e-9)
+        # test ID was recorded on every held-out pair: the same number from all p^2 logits, up to
+        # the float16 the weights are shipped in (issue 21: every reported number moves < 0.01)
+        assert rec["test_acc"] == pytest.approx(by_step[step]["test_inferred_iid"], abs=0.01)
         # train accuracy was recorded on a probe of 1000 training pairs; here on all 3,831
         assert rec["train_acc"] == pytest.approx(by_step[step]["train_inferred"], abs=0.01)
         seen.append(rec)

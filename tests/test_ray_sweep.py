@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from grokscope.training.train import train, train_new
+from grokscope.training.loop import train, train_new
 
 from grokscope.runs.presets import preset
 from grokscope.runs.run import Run

@@ -111,8 +111,8 @@ def run_state(run_dir: str | os.PathLike[str]) -> tuple[str, int | None, str | N
         TRAINER_STATE_FILE,
         Run,
         RunError,
-        latest_resume_step,
     )
+    from grokscope.runs.thinning import latest_resume_step
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
