@@ -4,7 +4,7 @@ first step where train path accuracy reaches 0.99, the first step where unseen-t
 
 Usage::
 
-    python benchmarks/tree_sweep.py runs/tree-n1k runs/tree-n3k runs/tree-n10k [--markdown]
+    python benchmarks/tree_sweep.py runs/tree-n1k runs/tree-n3k runs/tree-n10k [--markdown] [--until 4500]
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ def first_step(recs: list[dict], split: str, threshold: float) -> int | None:
     return next((r["step"] for r in recs if r["acc"].get(split, 0.0) >= threshold), None)
 
 
-def row(run: Path) -> dict:
+def row(run: Path, until: int | None = None) -> dict:
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    recs = [r for r in recs if until is None or r["step"] <= until]
     task = json.loads((run / "config.json").read_text())["run"]["task"]
     train99 = first_step(recs, "train_inferred", 0.99)
     test90 = first_step(recs, "test_inferred_iid", 0.9)
@@ -39,8 +40,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path, nargs="+")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--until", type=int, default=None, help="only evaluations up to this step (a budget)")
     args = ap.parse_args()
-    rows = [row(r) for r in args.runs]
+    rows = [row(r, args.until) for r in args.runs]
     keys = list(rows[0])
     if args.markdown:
         print("| " + " | ".join(keys) + " |")
