@@ -1,31 +1,55 @@
 """Compare two summary.json files: keys added or removed, values that differ, and the largest
-numeric difference. Usage: python benchmarks/compare_summaries.py A/summary.json B/summary.json"""
-import json, sys
-a, b = (json.load(open(f)) for f in sys.argv[1:3])
-diffs = []
-def walk(x, y, path):
-    if isinstance(x, dict) and isinstance(y, dict):
-        for k in x.keys() - y.keys(): diffs.append(("removed", path + "/" + str(k)))
-        for k in y.keys() - x.keys(): diffs.append(("added", path + "/" + str(k)))
-        for k in x.keys() & y.keys(): walk(x[k], y[k], path + "/" + str(k))
-    elif isinstance(x, list) and isinstance(y, list):
-        if len(x) != len(y): diffs.append(("length", path, len(x), len(y))); return
-        for i, (u, v) in enumerate(zip(x, y)): walk(u, v, f"{path}[{i}]")
-    elif isinstance(x, float) and isinstance(y, float):
-        if abs(x - y) > 1e-9 * max(1, abs(x)): diffs.append(("value", path, x, y))
-    elif x != y:
-        diffs.append(("value", path, x, y))
-import re, collections
-kinds = collections.Counter()
-walk(a, b, "")
-shown = collections.OrderedDict()
-for d in diffs:
-    key = (d[0], re.sub(r"\[\d+\]", "[]", d[1]))
-    kinds[key] += 1
-    shown.setdefault(key, d)
-for key, n in kinds.items():
-    print(n, "x", shown[key][:4] if len(str(shown[key])) < 300 else str(shown[key])[:300])
-print("total differences:", len(diffs))
-nums = [abs(d[2] - d[3]) for d in diffs if d[0] == "value" and isinstance(d[2], (int, float)) and isinstance(d[3], (int, float))
-        and not isinstance(d[2], bool)]
-print("largest numeric difference:", max(nums) if nums else 0.0)
+numeric difference.
+
+Usage: python benchmarks/compare_summaries.py A/summary.json B/summary.json
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import sys
+from typing import Any
+
+
+def differences(a: Any, b: Any, path: str = "") -> list[tuple[Any, ...]]:
+    """Every difference between two JSON documents: ``(kind, path, ...)``; floats to 1e-9 relative."""
+    out: list[tuple[Any, ...]] = []
+    if isinstance(a, dict) and isinstance(b, dict):
+        out += [("removed", f"{path}/{k}") for k in a.keys() - b.keys()]
+        out += [("added", f"{path}/{k}") for k in b.keys() - a.keys()]
+        for k in a.keys() & b.keys():
+            out += differences(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [("length", path, len(a), len(b))]
+        for i, (u, v) in enumerate(zip(a, b)):
+            out += differences(u, v, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        if abs(a - b) > 1e-9 * max(1.0, abs(a)):
+            out.append(("value", path, a, b))
+    elif a != b:
+        out.append(("value", path, a, b))
+    return out
+
+
+def main() -> None:
+    a, b = (json.loads(open(f).read()) for f in sys.argv[1:3])
+    diffs = differences(a, b)
+    kinds: collections.Counter[tuple[str, str]] = collections.Counter()
+    first: dict[tuple[str, str], tuple[Any, ...]] = {}
+    for d in diffs:
+        key = (d[0], re.sub(r"\[\d+\]", "[]", d[1]))
+        kinds[key] += 1
+        first.setdefault(key, d)
+    for key, n in kinds.items():
+        print(n, "x", str(first[key][:4])[:300])
+    print("total differences:", len(diffs))
+    nums = [abs(d[2] - d[3]) for d in diffs if d[0] == "value" and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in d[2:4])]
+    print("largest numeric difference:", max(nums) if nums else 0.0)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 
 import safetensors.torch
-import torch
 
 from grokscope.runs.run import MODEL_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE, Run
 

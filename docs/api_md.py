@@ -30,9 +30,11 @@ def first_paragraph(obj: object) -> str:
 
 def main() -> None:
     groups: dict[str, list[str]] = {}
-    for name, (module, _) in gs._EXPORTS.items():
-        if name != "plots":
-            groups.setdefault(module.split(".")[1], []).append(name)
+    for name in gs.__all__:
+        if name in ("plots", "__version__"):
+            continue
+        module = gs._EXPORTS[name][0] if name in gs._EXPORTS else "grokscope.tasks"
+        groups.setdefault(module.split(".")[1], []).append(name)
     out = ["# The public API", "",
            "`import grokscope as gs`: every name below is `gs.NAME` (loaded on first use; `dir(gs)` lists them).",
            "Figures are `gs.plots.NAME` (below). The layers are described in docs/ARCHITECTURE.md.",

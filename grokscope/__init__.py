@@ -29,16 +29,8 @@ from grokscope import _compat
 __version__ = "0.2.0"
 
 _EXPORTS: dict[str, tuple[str, str]] = {
-    # tasks: the protocol, the dataset contract, the built-in tasks and their configs
-    **{name: ("grokscope.tasks", name) for name in (
-        "Task", "register_task", "get_task", "task_names", "task_of", "CircuitHypothesis", "Stage",
-        "LensTarget", "CounterfactualDraw", "TaskDataset", "Split", "Vocab", "SPLITS", "PROBE_SPLITS",
-        "CompositionKB", "ComparisonKB", "load_paper_format", "save_paper_format",
-        "CompositionConfig", "composition", "generate_composition",
-        "ComparisonConfig", "comparison", "generate_comparison",
-        "ComplexConfig", "complex_reasoning", "derivable_order", "generate_complex",
-        "KHopConfig", "generate_khop", "ModularConfig", "generate_modular", "TreeConfig", "generate_tree",
-    )},
+    # tasks: every public name of grokscope.tasks (its __all__: the protocol, the dataset
+    # contract, each registered built-in task's generator and config) is served below
     # the run layer
     "RunConfig": ("grokscope.runs.config", "RunConfig"),
     "ModelConfig": ("grokscope.runs.config", "ModelConfig"),
@@ -120,11 +112,17 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "write_report": ("grokscope.report.build", "write_report"),
 }
 
-__all__ = ["__version__", *_EXPORTS]
+def _task_names() -> list[str]:
+    return list(importlib.import_module("grokscope.tasks").__all__)
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__all__":  # the tasks' names are the registered tasks' own (read on first use)
+        return ["__version__", *_EXPORTS, *_task_names()]
     if name not in _EXPORTS:
+        if name in _task_names():
+            globals()[name] = getattr(importlib.import_module("grokscope.tasks"), name)
+            return globals()[name]
         raise AttributeError(f"module 'grokscope' has no attribute {name!r}")
     module, attr = _EXPORTS[name]
     obj: Any = importlib.import_module(module)
@@ -135,7 +133,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*__all__, *globals()} - {"annotations", "importlib", "Any"})
+    return sorted({"__version__", *_EXPORTS, *_task_names(), *globals()} - {"annotations", "importlib", "Any"})
 
 
 _compat.install()

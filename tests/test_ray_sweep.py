@@ -14,11 +14,11 @@ import threading
 import time
 
 import pytest
-from grokscope.training.loop import train, train_new
 
 from grokscope.runs.presets import preset
 from grokscope.runs.run import Run
 from grokscope.tasks import get_task
+from grokscope.training.loop import train, train_new
 from grokscope.training.ray_backend import RayOptions
 from grokscope.training.sweep import read_metrics, run_state, run_sweep
 
@@ -40,8 +40,8 @@ A, B = "max_time_s=1000", "max_time_s=2000"
 
 
 def _cli(*args: str, hide_ray: bool = False) -> subprocess.CompletedProcess:
-    code = ("import sys; sys.modules['ray'] = None if %r else sys.modules.get('ray'); "
-            "from grokscope.cli import main; sys.argv = ['grokscope', *sys.argv[1:]]; main()") % hide_ray
+    code = (f"import sys; sys.modules['ray'] = None if {hide_ray!r} else sys.modules.get('ray'); "
+            "from grokscope.cli import main; sys.argv = ['grokscope', *sys.argv[1:]]; main()")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
 
 
