@@ -71,11 +71,14 @@ def phase_diagram(grid: Any, *, title: str | None = None) -> go.Figure:
     ))
     rule = (f"t: first step train >= 0.99. grokking: test ID <= 0.6 at t, >= 0.95 only after {grid.grok_ratio:g} t;"
             "<br>comprehension: test ID >= 0.95 otherwise; memorizing: never; confusion: train never >= 0.99")
+    number = _COLOR_TITLES.get("time_to_grok" if grid.color == "phase" else grid.color, grid.color)
+    rule += f"<br>(n) in a cell: {number.replace('<br>', ' ')}"
     fig.update_layout(
         title={"text": title or f"phases over {grid.x_key} and {grid.y_key}<br><sup>{rule}</sup>"},
         xaxis={"title": {"text": grid.x_key}, "type": "category"},
         yaxis={"title": {"text": grid.y_key}, "type": "category"},
-        plot_bgcolor="white", width=max(520, 150 * len(xs) + 260), height=max(380, 90 * len(ys) + 220),
+        plot_bgcolor="white", width=max(720, 150 * len(xs) + 260), height=max(420, 90 * len(ys) + 260),
+        margin={"t": 150},
     )
     return fig
 
