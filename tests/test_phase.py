@@ -32,6 +32,14 @@ def test_grokking_when_test_comes_after_one_and_a_half_times_the_fit():
     assert classify_phase(recs((100, 0.8, 0.1), (200, 0.99, 0.2), (300, 1.0, 0.5), (400, 1.0, 0.95))) == "grokking"
 
 
+def test_late_but_already_generalising_when_train_fits_is_comprehension():
+    # t_test = 1000 > 1.5 * 100, but test ID was 0.8 > 0.6 when train fitted at step 100
+    rows = recs((100, 1.0, 0.8), (1000, 1.0, 0.96))
+    assert classify_phase(rows) == "comprehension"
+    assert classify_phase(rows, grok_iid_max=0.85) == "grokking"
+    assert classify_phase(recs((100, 1.0, 0.6), (1000, 1.0, 0.96))) == "grokking"  # 0.6 is still low
+
+
 def test_comprehension_at_exactly_one_and_a_half_times_and_when_test_comes_first():
     # t_test = 300 = 1.5 * 200: not later than the bound
     assert classify_phase(recs((100, 0.8, 0.1), (200, 0.99, 0.2), (300, 1.0, 0.95))) == "comprehension"
@@ -50,7 +58,8 @@ def test_rule_parameters_and_no_data():
 
 def test_phase_cell_numbers():
     c = phase_cell(recs((0, 0.0, 0.0), (250, 1.0, 0.1), (1000, 1.0, 0.96), (1250, 1.0, 1.0)))
-    assert c == {"phase": "grokking", "train_saturated_step": 250, "time_to_grok": 1000, "gap": 750,
+    assert c == {"phase": "grokking", "train_saturated_step": 250, "iid_at_saturation": 0.1,
+                 "time_to_grok": 1000, "gap": 750,
                  "final_step": 1250, "final_iid": 1.0, "final_ood": None}
 
 

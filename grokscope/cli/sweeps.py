@@ -20,9 +20,10 @@ def phase(
     """Draw a sweep as a phase diagram: every run a cell over two settings, classified.
 
     The rule (grokscope.training.phase): with t_train the first step train accuracy >= 0.99
-    and t_test the first step test ID accuracy >= 0.95, comprehension: t_test <= 1.5 t_train;
-    grokking: t_test > 1.5 t_train; memorizing: train >= 0.99 but test ID never >= 0.95;
-    confusion: train never >= 0.99 (all within the steps each run trained).
+    and t_test the first step test ID accuracy >= 0.95, grokking: t_test > 1.5 t_train and
+    test ID <= 0.6 at t_train; comprehension: both reached otherwise; memorizing: train
+    >= 0.99 but test ID never >= 0.95; confusion: train never >= 0.99 (all within the steps
+    each run trained).
 
     Example: grokscope phase sweeps/mod --x train_fraction --y weight_decay --color time_to_grok
     """

@@ -69,13 +69,16 @@ def phase_diagram(grid: Any, *, title: str | None = None) -> go.Figure:
         z=z, x=[str(x) for x in xs], y=[str(y) for y in ys], text=text, texttemplate="%{text}",
         customdata=hover, hovertemplate="%{customdata}<extra></extra>", xgap=2, ygap=2, **kw,
     ))
-    rule = (f"t: first step train >= 0.99. comprehension: test ID >= 0.95 by {grid.grok_ratio:g} t;"
-            "<br>grokking: test ID >= 0.95 later; memorizing: never; confusion: train never >= 0.99")
+    rule = (f"t: first step train >= 0.99. grokking: test ID <= 0.6 at t, >= 0.95 only after {grid.grok_ratio:g} t;"
+            "<br>comprehension: test ID >= 0.95 otherwise; memorizing: never; confusion: train never >= 0.99")
+    number = _COLOR_TITLES.get("time_to_grok" if grid.color == "phase" else grid.color, grid.color)
+    rule += f"<br>(n) in a cell: {number.replace('<br>', ' ')}"
     fig.update_layout(
         title={"text": title or f"phases over {grid.x_key} and {grid.y_key}<br><sup>{rule}</sup>"},
         xaxis={"title": {"text": grid.x_key}, "type": "category"},
         yaxis={"title": {"text": grid.y_key}, "type": "category"},
-        plot_bgcolor="white", width=max(520, 150 * len(xs) + 260), height=max(380, 90 * len(ys) + 220),
+        plot_bgcolor="white", width=max(720, 150 * len(xs) + 260), height=max(420, 90 * len(ys) + 260),
+        margin={"t": 150},
     )
     return fig
 
@@ -88,5 +91,5 @@ def _hover(c: dict[str, Any] | None) -> str:
         return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
     return (f"{c['run']}<br>phase: {c['phase']}<br>train >= 0.99 at step {f(c.get('train_saturated_step'))}"
-            f"<br>test ID >= 0.95 at step {f(c.get('time_to_grok'))}<br>final step {f(c.get('final_step'))}: "
+            f" (test ID then {f(c.get('iid_at_saturation'))})<br>test ID >= 0.95 at step {f(c.get('time_to_grok'))}<br>final step {f(c.get('final_step'))}: "
             f"test ID {f(c.get('final_iid'))}, OOD {f(c.get('final_ood'))}")

@@ -13,6 +13,8 @@ from typing import Any
 
 TRAIN_SATURATED = 0.99
 TEST_GENERALIZED = 0.95
+GROKS_IID_AT_SATURATION = 0.6
+"""A run groks only if test ID was at most this when train accuracy saturated."""
 
 
 def summarize_metrics(
@@ -26,7 +28,7 @@ def summarize_metrics(
         ``train_saturated_step`` (first step with train_inferred >= train_threshold),
         ``iid_at_saturation`` (test ID accuracy then), ``iid_generalized_step`` (first
         step with test ID >= test_threshold), ``grokking_gap`` (their difference),
-        ``groks`` (saturation came first, test ID <= 0.6 then, and it later reached the
+        ``groks`` (saturation came first, test ID <= ``GROKS_IID_AT_SATURATION`` (0.6) then, and it later reached the
         threshold), final and best accuracies, ``max_ood``, the final step and wall time,
         and ``collapses`` (evaluations where train accuracy fell by more than 0.3).
     """
@@ -52,7 +54,7 @@ def summarize_metrics(
     if out["train_saturated_step"] is not None and out["iid_generalized_step"] is not None:
         out["grokking_gap"] = out["iid_generalized_step"] - out["train_saturated_step"]
         out["groks"] = bool(
-            out["grokking_gap"] > 0 and out["iid_at_saturation"] is not None and out["iid_at_saturation"] <= 0.6
+            out["grokking_gap"] > 0 and out["iid_at_saturation"] is not None and out["iid_at_saturation"] <= GROKS_IID_AT_SATURATION
         )
     last = metrics[-1]
     out["final_step"] = last["step"]

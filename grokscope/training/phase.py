@@ -8,9 +8,11 @@ The rule (:func:`classify_phase`), from a run's evaluation records, with
 
 - **confusion**: train accuracy never reached 0.99 (``t_train`` is None);
 - **memorizing**: train reached 0.99, test ID never reached 0.95;
-- **grokking**: both, and test ID came late: ``t_test > 1.5 * t_train``;
-- **comprehension**: both, test ID no later than ``1.5 * t_train`` (it generalised
-  while, or soon after, it fitted the training set).
+- **grokking**: both, test ID came late, ``t_test > 1.5 * t_train``, and it was still
+  low when train fitted: test ID at ``t_train`` <= 0.6 (so the cells that grok are the
+  runs whose ``groks`` is true in the sweep table, :mod:`grokscope.runs.grokking`);
+- **comprehension**: both, otherwise: test ID reached 0.95 by ``1.5 * t_train``, or it
+  was already above 0.6 when train fitted (it generalised while it fitted).
 
 These are the four phases of Liu et al. ("Towards Understanding Grokking: An Effective
 Theory of Representation Learning", NeurIPS 2022), measured within the steps the run
@@ -35,7 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grokscope.runs.grokking import TEST_GENERALIZED, TRAIN_SATURATED, summarize_metrics
+from grokscope.runs.grokking import (
+    GROKS_IID_AT_SATURATION,
+    TEST_GENERALIZED,
+    TRAIN_SATURATED,
+    summarize_metrics,
+)
 from grokscope.training.sweep import flatten_config, read_metrics
 
 PHASES = ("comprehension", "grokking", "memorizing", "confusion")
@@ -59,6 +66,7 @@ def classify_phase(
     train_threshold: float = TRAIN_SATURATED,
     test_threshold: float = TEST_GENERALIZED,
     grok_ratio: float = GROK_RATIO,
+    grok_iid_max: float = GROKS_IID_AT_SATURATION,
 ) -> str | None:
     """The phase of one run from its evaluation records (the rule in the module docstring).
 
@@ -66,7 +74,8 @@ def classify_phase(
         metrics: ``metrics.jsonl`` records, in step order (``step``, ``acc``).
         train_threshold: train accuracy that counts as fitted (0.99).
         test_threshold: test ID accuracy that counts as generalised (0.95).
-        grok_ratio: grokking when ``t_test > grok_ratio * t_train`` (1.5).
+        grok_ratio: grokking needs ``t_test > grok_ratio * t_train`` (1.5).
+        grok_iid_max: ... and test ID at ``t_train`` at most this (0.6).
 
     Returns:
         One of :data:`PHASES`, or None for a run with no records.
@@ -85,7 +94,9 @@ def classify_phase(
         return "confusion"
     if t_test is None:
         return "memorizing"
-    return "grokking" if t_test > grok_ratio * t_train else "comprehension"
+    late = t_test > grok_ratio * t_train
+    low_at_fit = s["iid_at_saturation"] is not None and s["iid_at_saturation"] <= grok_iid_max
+    return "grokking" if late and low_at_fit else "comprehension"
 
 
 def phase_cell(metrics: list[dict[str, Any]], **rule: float) -> dict[str, Any]:
@@ -98,6 +109,7 @@ def phase_cell(metrics: list[dict[str, Any]], **rule: float) -> dict[str, Any]:
     return {
         "phase": classify_phase(metrics, **rule),
         "train_saturated_step": t_train,
+        "iid_at_saturation": s["iid_at_saturation"],
         "time_to_grok": t_test,
         "gap": t_test - t_train if t_train is not None and t_test is not None else None,
         "final_step": s.get("final_step"),
