@@ -40,8 +40,8 @@ A, B = "max_time_s=1000", "max_time_s=2000"
 
 
 def _cli(*args: str, hide_ray: bool = False) -> subprocess.CompletedProcess:
-    code = ("import sys; sys.modules['ray'] = None if %r else sys.modules.get('ray'); "
-            "from grokscope.cli import main; sys.argv = ['grokscope', *sys.argv[1:]]; main()") % hide_ray
+    hide = "sys.modules['ray'] = None; " if hide_ray else ""
+    code = f"import sys; {hide}from grokscope.cli import main; sys.argv = ['grokscope', *sys.argv[1:]]; main()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
 
 
