@@ -37,13 +37,13 @@ def _main(
 ) -> None:
     _state["debug"] = debug
     # Torch reads OMP_NUM_THREADS when it is first imported, which the commands do lazily.
-    # One thread by default, as training: with the other core busy, 2 threads run 2-10x slower.
+    # One thread by default, as training. With the other core busy, 2 threads collapse: training
+    # steps at 0.52x (docs/MEASUREMENTS.md), a cold report's discovery at 25-76 s per checkpoint
+    # against 3-6 s with one thread (measured on a fresh clone while a training held the other core).
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     else:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
