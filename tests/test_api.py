@@ -235,3 +235,17 @@ assert "grokscope" not in sys.modules
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
     theirs = torch.load(tmp_path / "out.pt", weights_only=True)
     assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_tracing_warns_when_clean_equals_counterfactual(shipped):
+    import dataclasses
+
+    _, ds, model = shipped
+    cfs = gs.make_counterfactuals(ds, "train_inferred", n=16, perturbations=["h"])
+    same = {"h": dataclasses.replace(cfs["h"], corrupt=cfs["h"].clean.clone())}
+    with pytest.warns(gs.errors.NoisyResultWarning, match="tracing under 'h'"):
+        res = gs.trace(model, same)
+    assert res.reliable == {"h": False} and res.to_dict(per_example=False)["reliable"] == {"h": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gs.errors.NoisyResultWarning)
+        assert gs.trace(model, cfs).reliable == {"h": True}

@@ -314,3 +314,36 @@ def site_hook_names(site: str, n_layers: int) -> list[str]:
     if site == "head":
         return [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
     raise ValueError(f"unknown site kind {site!r}; choose one of {', '.join(SITE_KINDS)}")
+
+
+MIN_GAP_SE = 3.0
+"""A clean/corrupt gap counts as signal when it is at least this many standard errors."""
+MIN_GAP_SHARE = 0.05
+"""... and at least this share of the larger of the mean |clean| and |corrupt| metrics."""
+
+
+def gap_reliable(clean: torch.Tensor, corrupt: torch.Tensor) -> tuple[bool, str]:
+    """Whether the mean clean - corrupt metric gap is large enough for fractions of it to mean anything.
+
+    The rule: the mean per-example gap must be at least :data:`MIN_GAP_SE` standard errors
+    from zero (its spread over examples) and at least :data:`MIN_GAP_SHARE` of
+    ``max(|mean clean|, |mean corrupt|)``. Clean == corrupt fails both.
+
+    Returns:
+        ``(reliable, reason)``; the reason is empty when reliable.
+
+    Example:
+        >>> gap_reliable(torch.tensor([3.0, 3.2, 2.9]), torch.tensor([-1.0, -0.8, -1.2]))
+        (True, '')
+        >>> gap_reliable(torch.ones(4), torch.ones(4))[0]
+        False
+    """
+    diff = (clean.double() - corrupt.double()).flatten()
+    gap = float(diff.mean())
+    se = float(diff.std(unbiased=True) / diff.numel() ** 0.5) if diff.numel() > 1 else 0.0
+    scale = max(abs(float(clean.double().mean())), abs(float(corrupt.double().mean())))
+    if abs(gap) <= MIN_GAP_SE * se or abs(gap) <= MIN_GAP_SHARE * scale or abs(gap) < 1e-9:
+        return False, (f"the clean - corrupt metric gap is {gap:.3g} (standard error {se:.3g}, metric scale "
+                       f"{scale:.3g}); a fraction of it is noise (rule: |gap| >= {MIN_GAP_SE:g} SE and >= "
+                       f"{MIN_GAP_SHARE:g} x scale)")
+    return True, ""

@@ -42,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from grokscope.display import Summarized
+from grokscope.errors import NoisyResultWarning
 from grokscope.lens.logit import resid_hook_names
 from grokscope.patching.counterfactuals import (  # noqa: F401  (re-exported: the tracing API)
     Counterfactuals,
@@ -64,6 +66,7 @@ from grokscope.patching.engine import (  # noqa: F401  (re-exported)
     PatchOutput,
     Readout,
     Site,
+    gap_reliable,
     run_patches,
     site_hook_names,
 )
@@ -150,6 +153,14 @@ class TraceResult(Summarized):
     readout_clean_ranks: dict[str, dict[str, Int[torch.Tensor, " example"]]] = field(default_factory=dict)
 
 
+    @property
+    def reliable(self) -> dict[str, bool]:
+        """Per perturbation: is the clean - counterfactual logit-difference gap signal
+        (:func:`grokscope.patching.engine.gap_reliable`)? Where it is not, ``logit_diff``
+        (a fraction of that gap) is noise."""
+        return {p: gap_reliable(self.ld_clean[p], self.ld_cf[p])[0] if len(self.ld_clean[p]) else False
+                for p in self.perturbations}
+
     def summary(self) -> dict[str, Any]:
         """Site, perturbations, the grid, and each perturbation's strongest site."""
         peak = {}
@@ -182,6 +193,7 @@ class TraceResult(Summarized):
             "axes": ["perturbation", "layer", *(["head_index"] if self.site == "head" else []), "pos"],
             "strength": self.strength.tolist(),
             "logit_diff": self.logit_diff.tolist(),
+            "reliable": self.reliable,
             "n_examples": {p: len(self.counterfactuals[p]) for p in self.perturbations},
             "n_invalid": {p: self.counterfactuals[p].n_invalid for p in self.perturbations},
             "clean_accuracy": {p: self.clean_accuracy(p) for p in self.perturbations},
@@ -314,6 +326,11 @@ def trace(
         for r in readouts:
             ro_ranks[r.name][pert] = out.readout_ranks[r.name].T.reshape(n, *grid)
             ro_clean[r.name][pert] = base.readout_ranks[r.name][0]
+    for pert in perts:
+        ok, why = gap_reliable(res["ld_clean"][pert], res["ld_cf"][pert]) if len(res["ld_clean"][pert]) else (True, "")
+        if not ok:
+            warnings.warn(f"tracing under {pert!r}: {why}; its logit_diff effects are noise (result.reliable)",
+                          NoisyResultWarning, stacklevel=2)
     return TraceResult(
         site=site,
         perturbations=perts,
