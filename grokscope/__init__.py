@@ -110,6 +110,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     # figures and reports
     "plots": ("grokscope.plots", ""),
     "write_report": ("grokscope.report.build", "write_report"),
+    "write_sweep_report": ("grokscope.report.sweep", "write_sweep_report"),
 }
 
 def _task_names() -> list[str]:

@@ -139,3 +139,17 @@ def test_phase_command(sweep_dir, tmp_path):
     assert (tmp_path / "fig" / "ph.html").is_file() and (tmp_path / "fig" / "ph.json").is_file()
     bad = subprocess.run([*cli[:-2], "--color", "speed"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "time_to_grok" in bad.stderr
+
+
+def test_sweep_report_page_holds_the_table_the_diagram_and_every_runs_curves(sweep_dir):
+    from grokscope.report.sweep import write_sweep_report
+
+    path = write_sweep_report(sweep_dir, "train_fraction", "train.weight_decay")
+    page = path.read_text()
+    assert path == sweep_dir / "report.html"
+    for run, phase in [("train_fraction=0.3_weight_decay=1.0", "grokking"), ("train_fraction=0.6_weight_decay=1.0", "comprehension"),
+                       ("train_fraction=0.3_weight_decay=3.0", "confusion")]:
+        row = page[page.index(f"<td class=\"l\">{run}</td>"):]
+        assert phase in row[: row.index("</tr>")]
+    assert 'id="fig-phase"' in page and 'id="fig-curves"' in page
+    assert page.count("<tr>") == 1 + 5  # header + one row per run

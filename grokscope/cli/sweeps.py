@@ -16,6 +16,8 @@ def phase(
     color: str = typer.Option("time_to_grok", "--color", help="Cell colour: time_to_grok, gap, final_iid, final_ood or phase."),
     out: Path | None = typer.Option(None, "--out", help="Figure path without suffix (default SWEEP_DIR/phase-X-Y); "
                                     "writes .html, .png (if kaleido can export) and .json."),
+    report: bool = typer.Option(False, "--report", help="Also write SWEEP_DIR/report.html: the table, the diagram "
+                                "and every run's accuracy curves on one page."),
 ) -> None:
     """Draw a sweep as a phase diagram: every run a cell over two settings, classified.
 
@@ -25,7 +27,7 @@ def phase(
     >= 0.99 but test ID never >= 0.95; confusion: train never >= 0.99 (all within the steps
     each run trained).
 
-    Example: grokscope phase sweeps/mod --x train_fraction --y weight_decay --color time_to_grok
+    Example: grokscope phase sweeps/mod --x train_fraction --y weight_decay --color time_to_grok --report
     """
     from grokscope.plots.phase import phase_diagram
     from grokscope.runs.run import atomic_write_json
@@ -53,3 +55,7 @@ def phase(
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         typer.echo(f"no PNG (HTML only): plotly could not export an image ({first[:160]}); "
                    "pip install kaleido (and a Chrome/Chromium it can use) for PNGs", err=True)
+    if report:
+        from grokscope.report.sweep import write_sweep_report
+
+        typer.echo(f"report: {write_sweep_report(sweep_dir, x, y, color=color)}")
