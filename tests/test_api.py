@@ -249,3 +249,19 @@ def test_tracing_warns_when_clean_equals_counterfactual(shipped):
     with warnings.catch_warnings():
         warnings.simplefilter("error", gs.errors.NoisyResultWarning)
         assert gs.trace(model, cfs).reliable == {"h": True}
+
+
+def test_usage_errors_are_one_line_like_every_other_error(monkeypatch, capsys):
+    import sys
+
+    from grokscope import cli
+
+    for argv, want in [(["train", "--preset", "quickstart", "--out", "/tmp/x", "--max-steps", "abc"], "'--max-steps'"),
+                       (["report", "--nope"], "No such option: --nope")]:
+        monkeypatch.setattr(sys, "argv", ["grokscope", *argv])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            cli.main()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and want in err[0], err
+        assert "--help" in err[0]

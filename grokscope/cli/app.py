@@ -66,8 +66,11 @@ def main() -> None:
         typer.echo("aborted", err=True)
         sys.exit(130)
     except Exception as e:  # usage errors (click exceptions) arrive here with standalone_mode=False
-        if hasattr(e, "show") and hasattr(e, "exit_code"):
-            e.show()
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            # one line, as every other error: "error: Invalid value for '--max-steps': 'abc' is not a valid integer."
+            ctx = getattr(e, "ctx", None)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            typer.echo(f"error: {e.format_message()}{where}", err=True)
             sys.exit(e.exit_code)
         raise
 
