@@ -219,17 +219,22 @@ def pair_accuracy(logits: Float[torch.Tensor, "a b vocab"], pairs: torch.Tensor 
 
 
 @torch.no_grad()
-def all_pair_logits(model: TransformerBridge, dataset: TaskDataset, *, residues_only: bool = True) -> Float[torch.Tensor, "a b c"]:
-    """The model's logits at ``=`` for every pair: ``[a, b, c]`` over the residues
-    (p x p x p), or over the whole vocabulary with ``residues_only=False``."""
+def all_pair_tokens(dataset: TaskDataset) -> tuple[torch.Tensor, int]:
+    """Every input ``<a><b><=>`` of modular addition, ``a`` major: ``([p * p, 3] token ids, p)``."""
     from grokscope.tasks.builtin.modular import modulus
     from grokscope.tasks.vocab import EQUALS
 
-    vocab = dataset.vocab
-    p = modulus(dataset)
+    vocab, p = dataset.vocab, modulus(dataset)
     res = torch.as_tensor(vocab.value_ids)
     a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
-    tokens = torch.stack([res[a.flatten()], res[b.flatten()], torch.full((p * p,), vocab[EQUALS])], dim=1)
+    return torch.stack([res[a.flatten()], res[b.flatten()], torch.full((p * p,), vocab[EQUALS])], dim=1), p
+
+
+def all_pair_logits(model: TransformerBridge, dataset: TaskDataset, *, residues_only: bool = True) -> Float[torch.Tensor, "a b c"]:
+    """The model's logits at ``=`` for every pair: ``[a, b, c]`` over the residues
+    (p x p x p), or over the whole vocabulary with ``residues_only=False``."""
+    tokens, p = all_pair_tokens(dataset)
+    res = torch.as_tensor(dataset.vocab.value_ids)
     device = next(model.parameters()).device
     out = []
     for lo in range(0, len(tokens), 4096):

@@ -6,7 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from grokscope.progress.fourier import fourier_basis, frequency_power, key_frequencies
+from grokscope.progress.fourier import (
+    all_pair_tokens,
+    fourier_basis,
+    frequency_power,
+    key_frequencies,
+)
 
 if TYPE_CHECKING:
     from jaxtyping import Float
@@ -31,13 +36,7 @@ def pair_activations(model: TransformerBridge, dataset: TaskDataset, layer: int 
         >>> acts["neurons"].shape                              # doctest: +SKIP
         torch.Size([512, 113, 113])
     """
-    from grokscope.tasks.builtin.modular import modulus
-    from grokscope.tasks.vocab import EQUALS
-
-    vocab, p = dataset.vocab, modulus(dataset)
-    res = torch.as_tensor(vocab.value_ids)
-    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
-    tokens = torch.stack([res[a.flatten()], res[b.flatten()], torch.full((p * p,), vocab[EQUALS])], dim=1)
+    tokens, p = all_pair_tokens(dataset)
     pattern, post = f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.mlp.hook_post"
     attn, neurons = [], []
     for lo in range(0, len(tokens), 4096):
@@ -89,13 +88,7 @@ def head_frequencies(model: TransformerBridge, dataset: TaskDataset, layer: int 
         ``power_b`` (per frequency), ``key_a``, ``key_b``, ``norm_a``, ``norm_b`` (the
         non-constant norm of the output along ``a`` and ``b``).
     """
-    from grokscope.tasks.builtin.modular import modulus
-    from grokscope.tasks.vocab import EQUALS
-
-    vocab, p = dataset.vocab, modulus(dataset)
-    res = torch.as_tensor(vocab.value_ids)
-    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
-    tokens = torch.stack([res[a.flatten()], res[b.flatten()], torch.full((p * p,), vocab[EQUALS])], dim=1)
+    tokens, p = all_pair_tokens(dataset)
     pattern, z_hook = f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.attn.hook_z"
     pats, zs = [], []
     for lo in range(0, len(tokens), 4096):

@@ -277,7 +277,7 @@ def generate_comparison(cfg: ComparisonConfig) -> TaskDataset:
     )
 
 
-# --------------------------------------------------------------------------- complex
+# --------------------------------------------------------------------------- the registered task
 
 
 class ComparisonTask(Task):
