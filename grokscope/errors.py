@@ -4,7 +4,8 @@ existing ``except ValueError`` / ``except FileNotFoundError`` still catches it.
 - :class:`GrokscopeError`: the base of every error grokscope raises on purpose;
 - :class:`ConfigError` (a ``ValueError``): a bad config value or key, the message names
   the allowed values or the closest valid key;
-- :class:`RunNotFoundError` (a ``FileNotFoundError``): a missing run, step or file;
+- :class:`grokscope.RunError` (a ``ValueError``, in :mod:`grokscope.runs.run`): a run that
+  cannot be read as asked, naming what is there (e.g. the available steps);
 - :class:`GrokscopeWarning` (a ``UserWarning``): a result that may not mean what it says,
   e.g. :class:`NoisyResultWarning` when a clean/corrupt metric gap is too small.
 
@@ -27,10 +28,6 @@ class GrokscopeError(Exception):
 
 class ConfigError(GrokscopeError, ValueError):
     """A config value or key that grokscope refuses (the message says what is allowed)."""
-
-
-class RunNotFoundError(GrokscopeError, FileNotFoundError):
-    """A run directory, checkpoint step or file that does not exist."""
 
 
 class GrokscopeWarning(UserWarning):

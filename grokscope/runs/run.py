@@ -68,23 +68,37 @@ class RunError(GrokscopeError, ValueError):
     """A run directory that cannot be read as asked; the message says what to do."""
 
 
-def _check_model_section(cfg_path: Path, config: RunConfig, model: dict[str, Any], data: dict[str, Any]) -> None:
+_CHEAP_SHAPE = ("n_layers", "d_model", "n_heads", "d_mlp")
+
+
+def _check_model_section(cfg_path: Path, config: RunConfig, model: dict[str, Any], data: dict[str, Any],
+                         *, full: bool = False) -> None:
     """``config.json["model"]`` (the TransformerLens config, kept so plain TransformerLens can
     load a checkpoint) is derived from ``config.json["run"]["model"]``, the one source of the
-    architecture: an unknown key or a value that disagrees is refused, not ignored."""
-    from grokscope.runs.model import bridge_config_dict
+    architecture: an unknown key or a value that disagrees is refused, not ignored.
 
-    try:
-        expected = bridge_config_dict(config.model, int(data["d_vocab"]), int(data["n_ctx"]), config.seed)
-    except (KeyError, TypeError, ValueError):
-        return  # an older data section: nothing to derive from
-    unknown = set(model) - set(expected)
-    if unknown:
-        raise RunError(f"{cfg_path}: {unknown_key_message('model', unknown, expected)}")
-    shape = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx", "act_fn", "normalization_type")
-    bad = [k for k in shape if k in model and model[k] != expected.get(k)]
+    Opening a run compares the shape keys that need no TransformerLens; ``full`` (when a
+    model is built, TransformerLens being imported anyway) checks every key against the
+    config TransformerLens derives. A missing shape key (a typo) triggers the full check.
+    """
+    cheap = {k: getattr(config.model, k) for k in _CHEAP_SHAPE}
+    cheap.update(d_vocab=data.get("d_vocab"), n_ctx=data.get("n_ctx"))
+    if not full and all(k in model for k in cheap):
+        bad = {k: cheap[k] for k in cheap if model[k] != cheap[k]}
+    else:
+        from grokscope.runs.model import bridge_config_dict
+
+        try:
+            expected = bridge_config_dict(config.model, int(data["d_vocab"]), int(data["n_ctx"]), config.seed)
+        except (KeyError, TypeError, ValueError):
+            return  # an older data section: nothing to derive from
+        unknown = set(model) - set(expected)
+        if unknown:
+            raise RunError(f"{cfg_path}: {unknown_key_message('model', unknown, expected)}")
+        shape = (*cheap, "d_head", "act_fn", "normalization_type")
+        bad = {k: expected.get(k) for k in shape if k in model and model[k] != expected.get(k)}
     if bad:
-        diffs = ", ".join(f"{k} {model[k]!r} (run.model gives {expected[k]!r})" for k in bad)
+        diffs = ", ".join(f"{k} {model[k]!r} (run.model gives {v!r})" for k, v in bad.items())
         raise RunError(f"{cfg_path}: the model section disagrees with run.model, the architecture's one "
                        f"source: {diffs}; restore config.json, or make the two sections agree")
 
@@ -284,6 +298,8 @@ class Run(Summarized):
     def build_model(self, device: str | None = None) -> TransformerBridge:
         """A freshly initialised model of this run's shape (the run's init seed)."""
         from grokscope.runs.model import build_model
+
+        _check_model_section(self.path / CONFIG_FILE, self.config, self.model_config, self.data_info, full=True)
 
         return build_model(
             self.config.model, self.data_info["d_vocab"], self.data_info["n_ctx"], self.config.seed, device=device
