@@ -327,3 +327,22 @@ def test_r2_note_reads_the_papers_claim_off_the_series_or_says_nothing():
     assert "among relations 0.500, 0.600" in note
     s.lens_undecodable = {"r2@r2": "why", "r2@r2/rel": "why"}
     assert r2_note(s, 100) == ""
+
+
+def test_report_on_two_worker_processes_has_the_same_content(runs, reports, tmp_path):
+    """A cold report whose checkpoints ran in two spawned processes equals the one-process report."""
+    import shutil
+
+    from grokscope.series.cache import CACHE_DIR_NAME
+
+    src = runs["composition"].path
+    copy = tmp_path / "run"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns(CACHE_DIR_NAME))
+    rep = write_report(Run.open(copy), tmp_path / "out", n=N, progress=False, workers=2)
+    assert rep.series.cache_misses == 0  # every analysis came from the workers
+    a = _strict(reports["composition"].summary.read_text())
+    b = _strict(rep.summary.read_text())
+    for doc in (a, b):
+        doc.pop("run", None)
+        doc.get("analysis", {}).pop("cache", None)
+    assert a == b

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -27,6 +28,9 @@ def report(
     seed: int = typer.Option(0, "--seed", help="Seed that draws the examples (the same at every checkpoint)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute everything instead of reading RUN/.grokscope-cache."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1,
+        help="Processes that analyse checkpoints side by side, one thread each (default: the --threads setting)."),
 ) -> None:
     """Analyse every checkpoint and write report.html (self-contained) and summary.json.
 
@@ -43,7 +47,10 @@ def report(
         raise UserError(f"--steps: {e}") from None
     if not chosen:
         raise UserError(f"{run.path}: holds no checkpoint yet; train it first")
-    rep = write_report(run, out, steps=chosen, n=examples, seed=seed, progress=not quiet, cache=not no_cache)
+    if workers is None:
+        workers = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
+    rep = write_report(run, out, steps=chosen, n=examples, seed=seed, progress=not quiet, cache=not no_cache,
+                       workers=workers)
     s = rep.series
     final = s.checkpoints[-1]
     typer.echo(f"report of {run.path} ({s.task}, {len(s.steps)} checkpoints, {examples} examples each)")

@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Bool, Float, Int
 
-from grokscope.discovery.edges import FLOAT_BUDGET, RowMetric, _check_model, _device, _Fork, _head_writes
+from grokscope.discovery.edges import (
+    FLOAT_BUDGET,
+    RowMetric,
+    _check_model,
+    _device,
+    _Fork,
+    _head_writes,
+)
 from grokscope.discovery.graph import ComponentGraph
 
 if TYPE_CHECKING:

@@ -234,6 +234,7 @@ def write_report(
     cache: bool = True,
     device: str | None = None,
     discovery: bool = True,
+    workers: int = 1,
 ) -> Report:
     """Analyse a run and write ``report.html`` and ``summary.json`` into ``out``.
 
@@ -250,6 +251,10 @@ def write_report(
         device: where models are loaded (None: CPU).
         discovery: add the "Discovered circuit" section (edge-level discovery at every
             analysed checkpoint, on train_inferred and test_inferred_iid; cached).
+        workers: with more than one (and ``cache``), every checkpoint's analyses and
+            discoveries first run in that many one-thread processes, filling the cache
+            the phases then read (:func:`grokscope.report.parallel.prefill`); the
+            content is the same.
 
     Returns:
         A :class:`Report` with both paths.
@@ -260,11 +265,17 @@ def write_report(
     from grokscope.patching.hypothesis import DEFAULT_THRESHOLD
 
     run = run if isinstance(run, Run) else Run.open(run)
-    series = analyse_series(
-        run, steps, split=split, n=n, seed=seed,
-        threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
-        progress=progress, cache=cache, device=device,
-    )
+    analysis = {"split": split, "n": n, "seed": seed, "device": device,
+                "threshold": DEFAULT_THRESHOLD if threshold is None else threshold}
+    if workers > 1 and cache:
+        from grokscope.discovery.series import DEFAULT_SPLITS
+        from grokscope.report.parallel import prefill
+        from grokscope.series.engine import parse_steps
+
+        prefill(run, parse_steps(steps, run.steps()), workers=workers, analysis=analysis,
+                discovery_splits=DEFAULT_SPLITS if discovery else (), n=n, seed=seed, device=device,
+                progress=progress)
+    series = analyse_series(run, steps, progress=progress, cache=cache, **analysis)
     out_dir = Path(out) if out is not None else default_out_dir(run)
     out_dir.mkdir(parents=True, exist_ok=True)
     disc = None
