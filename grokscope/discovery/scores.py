@@ -36,12 +36,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float, Int
 
-from grokscope.discovery.edges import (
-    patch_edge_sets,
-    patch_single_edges,
-    reader_gradients,
-    writer_activations,
-)
+from grokscope.discovery.batched import patch_edge_groups, patch_edge_sets, patch_single_edges
+from grokscope.discovery.edges import reader_gradients, writer_activations
 from grokscope.discovery.graph import ComponentGraph, GraphNode
 from grokscope.patching.engine import MIN_GAP_SE, MIN_GAP_SHARE, gap_reliable  # noqa: F401  (re-exported)
 
@@ -52,7 +48,8 @@ if TYPE_CHECKING:
 
 METHODS = ("eap", "eap-ig", "exact")
 METRICS = ("logit_diff", "logprob")
-ABLATIONS = ("counterfactual", "mean")
+ABLATIONS = ("counterfactual", "mean", "zero")
+POSITIONS = ("last", "sum")
 DEFAULT_IG_STEPS = 5
 """EAP-IG path points. Measured (``benchmarks/discovery.py --all-curves``, shipped
 composition run, 300 facts, h'/r1'/r2'): the faithfulness-curve area (CPR) of the
@@ -77,21 +74,51 @@ class Metric:
     """
 
     kind: str
-    answer: Int[torch.Tensor, " example"]
+    answer: Int[torch.Tensor, " example"] | None
     cf_answer: Int[torch.Tensor, " example"] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in METRICS:
-            raise ValueError(f"unknown metric {self.kind!r}; choose one of {', '.join(METRICS)}")
+            raise ValueError(f"unknown metric {self.kind!r}; choose one of {', '.join(METRICS)} or pass a callable "
+                             "metric(logits[batch, d_vocab], example) -> Tensor[batch]")
+        if self.answer is None:
+            raise ValueError(f"the {self.kind} metric needs the answers (answer=...)")
         if self.kind == "logit_diff" and self.cf_answer is None:
-            raise ValueError("the logit_diff metric needs the counterfactual answers")
+            raise ValueError("the logit_diff metric needs the counterfactual answers (cf_answer=...); "
+                             "without them use metric='logprob' or a callable metric")
 
     def __call__(self, logits: Float[torch.Tensor, "row d_vocab"], example: Int[torch.Tensor, " row"]) -> Float[torch.Tensor, " row"]:
-        ans = self.answer.to(logits.device)[example]
+        ans = self.answer.to(logits.device)[example]  # type: ignore[union-attr]
         if self.kind == "logprob":
             return logits.float().log_softmax(-1).gather(-1, ans[:, None])[:, 0]
         cf = self.cf_answer.to(logits.device)[example]  # type: ignore[union-attr]
         return logits.gather(-1, ans[:, None])[:, 0] - logits.gather(-1, cf[:, None])[:, 0]
+
+
+class CallableMetric:
+    """A user's ``metric(logits[batch, d_vocab], example) -> Tensor[batch]``, its output checked."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.name = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, logits: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
+        out = self.fn(logits, example)
+        if not isinstance(out, torch.Tensor) or out.shape != (len(logits),):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"metric {self.name} must return a tensor of shape [batch] = [{len(logits)}], got {shape}")
+        return out
+
+
+def as_metric(metric: Any, corruption: Corruption) -> Any:
+    """A metric name (``logit_diff``, ``logprob``) or a callable, as a per-row metric."""
+    if callable(metric):
+        return CallableMetric(metric)
+    return corruption.metric(metric)
+
+
+def metric_name(metric: Any) -> str:
+    return metric if isinstance(metric, str) else getattr(metric, "__name__", type(metric).__name__)
 
 
 @dataclass
@@ -99,25 +126,31 @@ class Corruption:
     """Clean inputs and what their edges are patched with.
 
     Attributes:
-        clean: ``[example, pos]`` clean inputs.
-        corrupt: ``[example, pos]`` counterfactual inputs (None for mean ablation).
-        answer, cf_answer: ``[example]`` answer tokens of the clean and the corrupt input.
-        ablation: ``counterfactual`` or ``mean``.
+        clean: ``[example, pos]`` clean inputs (right-padded when prompts differ in length).
+        corrupt: ``[example, pos]`` counterfactual inputs (None for mean or zero ablation).
+        answer, cf_answer: ``[example]`` answer tokens of the clean and the corrupt input
+            (None where the metric needs none: a callable metric; ``logprob`` needs no ``cf_answer``).
+        ablation: ``counterfactual``, ``mean`` (each writer replaced by its mean over the
+            examples whose prompt covers that position) or ``zero``.
         name: a label (the perturbation, e.g. ``h``), used in reports.
         roles: role -> input position (for reports).
         score_pos: ``[example]`` the input position whose logits are scored, per example
-            (None: the last position). The graph then has a logits reader at each
-            position that occurs.
+            (None: the last position, or with ``attention_mask`` each prompt's last real
+            token). The graph then has a logits reader at each position that occurs.
+        attention_mask: ``[example, pos]`` 1 for real tokens, 0 for right padding (None: all
+            real). Attention is causal, so a real token never reads a pad: the model runs
+            unmasked and pads are never scored; the mean ablation averages real tokens only.
     """
 
     clean: Int[torch.Tensor, "example pos"]
     corrupt: Int[torch.Tensor, "example pos"] | None
-    answer: Int[torch.Tensor, " example"]
-    cf_answer: Int[torch.Tensor, " example"]
+    answer: Int[torch.Tensor, " example"] | None = None
+    cf_answer: Int[torch.Tensor, " example"] | None = None
     ablation: str = "counterfactual"
     name: str = ""
     roles: dict[str, int] = field(default_factory=dict)
     score_pos: Int[torch.Tensor, " example"] | None = None
+    attention_mask: Int[torch.Tensor, "example pos"] | None = None
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
@@ -126,6 +159,24 @@ class Corruption:
             raise ValueError("counterfactual corruption needs corrupt inputs of the clean inputs' shape")
         if len(self.clean) == 0:
             raise ValueError("no examples (the split had no valid counterfactuals?)")
+        for name in ("answer", "cf_answer"):
+            v = getattr(self, name)
+            if v is not None:
+                v = torch.as_tensor(v, dtype=torch.long).flatten()
+                if v.shape != (len(self.clean),):
+                    raise ValueError(f"{name} must be one token per example ({len(self.clean)}), got shape {tuple(v.shape)}")
+                setattr(self, name, v)
+        if self.attention_mask is not None:
+            mask = torch.as_tensor(self.attention_mask).to(torch.long)
+            if mask.shape != self.clean.shape:
+                raise ValueError(f"attention_mask must have the clean inputs' shape {tuple(self.clean.shape)}, "
+                                 f"got {tuple(mask.shape)}")
+            if bool((mask[:, 1:] > mask[:, :-1]).any()) or bool((mask[:, 0] == 0).any()):
+                raise ValueError("attention_mask must be right padding (1s, then 0s, at least one 1 per example); "
+                                 "tokenize with padding_side='right'")
+            self.attention_mask = mask
+            if self.score_pos is None:
+                self.score_pos = mask.sum(1) - 1
         if self.score_pos is not None:
             sp = torch.as_tensor(self.score_pos, dtype=torch.long).flatten()
             n_pos = self.clean.shape[1]
@@ -145,10 +196,13 @@ class Corruption:
         return Metric(kind, self.answer, self.cf_answer)
 
     def to_dict(self) -> dict[str, Any]:
+        def lst(t: torch.Tensor | None) -> Any:
+            return None if t is None else t.tolist()
+
         return {"ablation": self.ablation, "name": self.name, "roles": dict(self.roles),
-                "clean": self.clean.tolist(), "corrupt": None if self.corrupt is None else self.corrupt.tolist(),
-                "answer": self.answer.tolist(), "cf_answer": self.cf_answer.tolist(),
-                "score_pos": None if self.score_pos is None else self.score_pos.tolist()}
+                "clean": self.clean.tolist(), "corrupt": lst(self.corrupt),
+                "answer": lst(self.answer), "cf_answer": lst(self.cf_answer),
+                "score_pos": lst(self.score_pos), "attention_mask": lst(self.attention_mask)}
 
 
 @dataclass
@@ -166,6 +220,9 @@ class Activations:
             counterfactual this is the corrupt run).
         clean_tokens: ``[example, pos]`` the clean inputs.
         score_pos: ``[example]`` where each example's logits are read (None: the last position).
+        positions: ``last`` (one node per component and position) or ``sum`` (one node per
+            component; scores and circuits are over :meth:`ComponentGraph.summed_graph`).
+        batch_size: rows per forward pass (None: from a float budget).
     """
 
     graph: ComponentGraph
@@ -176,26 +233,58 @@ class Activations:
     corrupt_metric: torch.Tensor
     clean_tokens: torch.Tensor
     score_pos: torch.Tensor | None = None
+    positions: str = "last"
+    batch_size: int | None = None
+
+    @property
+    def scored_graph(self) -> ComponentGraph:
+        """The graph scores and circuits live on (summed over positions for ``positions="sum"``)."""
+        return self.graph.summed_graph() if self.positions == "sum" else self.graph
+
+    def expand(self, keep: torch.Tensor) -> torch.Tensor:
+        """``[..., edge]`` of :attr:`scored_graph` as ``[..., edge]`` of the per-position graph."""
+        if self.positions != "sum":
+            return keep
+        return keep[..., self.graph.position_map()]
 
 
-def prepare(model: TransformerBridge, corruption: Corruption, metric: str = "logit_diff") -> Activations:
-    """Writer values of the clean and corrupt inputs, and the two baseline metrics."""
+def prepare(model: TransformerBridge, corruption: Corruption, metric: Any = "logit_diff", *,
+            positions: str = "last", batch_size: int | None = None) -> Activations:
+    """Writer values of the clean and corrupt inputs, and the two baseline metrics.
+
+    Args:
+        metric: ``logit_diff``, ``logprob`` or a callable ``metric(logits[batch, d_vocab],
+            example) -> Tensor[batch]`` (``example``: the batch's indices into the examples).
+        positions: ``last`` (per-position graph) or ``sum`` (one node per component).
+        batch_size: rows per forward pass (None: from a float budget).
+    """
+    if positions not in POSITIONS:
+        raise ValueError(f"unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
     sp = corruption.score_pos
     graph = ComponentGraph.of(model, corruption.clean.shape[1], None if sp is None else sorted(set(sp.tolist())))
-    m = corruption.metric(metric)
+    m = as_metric(metric, corruption)
     ex = torch.arange(len(corruption.clean))
-    clean_w, clean_logits = writer_activations(model, graph, corruption.clean, with_logits=True, score_pos=sp)
+    wbs = batch_size or 1024
+    clean_w, clean_logits = writer_activations(model, graph, corruption.clean, wbs, with_logits=True, score_pos=sp)
     clean_metric = m(clean_logits, ex.to(clean_logits.device)).float().cpu()
     if corruption.ablation == "counterfactual":
         # every edge patched is the corrupt run (tests/test_discovery.py checks the engine agrees)
-        corrupt_w, corrupt_logits = writer_activations(model, graph, corruption.corrupt, with_logits=True,  # type: ignore[arg-type]
-                                                       score_pos=sp)
+        corrupt_w, corrupt_logits = writer_activations(model, graph, corruption.corrupt, wbs,  # type: ignore[arg-type]
+                                                       with_logits=True, score_pos=sp)
         corrupt_metric = m(corrupt_logits, ex.to(corrupt_logits.device)).float().cpu()
     else:
-        corrupt_w = clean_w.mean(0, keepdim=True).expand_as(clean_w)
+        if corruption.ablation == "zero":
+            corrupt_w = torch.zeros_like(clean_w[:1]).expand_as(clean_w)
+        elif corruption.attention_mask is None:
+            corrupt_w = clean_w.mean(0, keepdim=True).expand_as(clean_w)
+        else:  # the mean over the examples whose prompt reaches each position
+            mask = corruption.attention_mask.to(clean_w.device, clean_w.dtype)[:, :, None, None]
+            corrupt_w = ((clean_w * mask).sum(0, keepdim=True) / mask.sum(0, keepdim=True).clamp(min=1)).expand_as(clean_w)
         corrupt_metric = patch_edge_sets(model, graph, corruption.clean, corrupt_w,
-                                         torch.zeros(1, graph.n_edges, dtype=torch.bool), m, score_pos=sp)[0]
-    return Activations(graph, clean_w, corrupt_w, m, clean_metric, corrupt_metric, corruption.clean, sp)
+                                         torch.zeros(1, graph.n_edges, dtype=torch.bool), m, score_pos=sp,
+                                         batch_size=batch_size)[0]
+    return Activations(graph, clean_w, corrupt_w, m, clean_metric, corrupt_metric, corruption.clean, sp,
+                       positions, batch_size)
 
 
 @dataclass
@@ -242,7 +331,7 @@ def score_edges(
     corruption: Corruption,
     method: str = "eap-ig",
     *,
-    metric: str = "logit_diff",
+    metric: Any = "logit_diff",
     ig_steps: int = DEFAULT_IG_STEPS,
     acts: Activations | None = None,
     batch_size: int = GRAD_BATCH,
@@ -253,10 +342,10 @@ def score_edges(
         model: the model (eval mode).
         corruption: clean inputs and their corruption.
         method: ``eap``, ``eap-ig`` or ``exact``.
-        metric: ``logit_diff`` or ``logprob``.
+        metric: ``logit_diff``, ``logprob`` or a callable (see :func:`prepare`).
         ig_steps: path points for ``eap-ig``.
-        acts: :func:`prepare` output to reuse.
-        batch_size: rows per gradient pass.
+        acts: :func:`prepare` output to reuse (its ``positions`` picks the graph scored).
+        batch_size: rows per gradient pass (``acts.batch_size`` wins when set).
 
     Returns:
         :class:`EdgeScores`.
@@ -274,31 +363,52 @@ def score_edges(
     acts = acts or prepare(model, corruption, metric)
     graph = acts.graph
     if method == "exact":
-        per = patch_single_edges(model, graph, corruption.clean, acts.corrupt_writers, acts.clean_writers,
-                                 acts.metric, acts.clean_metric, score_pos=acts.score_pos)
-        scores = (acts.clean_metric.float().cpu()[None, :] - per).mean(1)
-        return EdgeScores(graph, scores, method, 1, time.perf_counter() - t0)
+        if acts.positions == "sum":
+            scores = exact_summed(model, acts)
+        else:
+            per = patch_single_edges(model, graph, acts.clean_tokens, acts.corrupt_writers, acts.clean_writers,
+                                     acts.metric, acts.clean_metric, score_pos=acts.score_pos, batch_size=acts.batch_size)
+            scores = (acts.clean_metric.float().cpu()[None, :] - per).mean(1)
+        return EdgeScores(acts.scored_graph, scores, method, 1, time.perf_counter() - t0)
 
-    n = len(corruption.clean)
+    n = len(acts.clean_tokens)
     steps = ig_steps if method == "eap-ig" else 1
     alphas = torch.tensor([0.0]) if method == "eap" else (torch.arange(steps) + 1.0) / steps
     e_clean, e_corrupt = _embeddings(acts.clean_writers), _embeddings(acts.corrupt_writers)
     delta = acts.clean_writers - acts.corrupt_writers  # [example, pos, writer, d]
     total = torch.zeros(graph.n_pos, graph.n_readers, graph.n_writers, dtype=torch.float64)
     per_row = graph.n_pos * graph.n_readers * int(model.cfg.d_model)
-    per_batch = max(1, min(batch_size, GRAD_FLOAT_BUDGET // per_row) // steps)
+    rows = acts.batch_size or batch_size
+    per_batch = max(1, min(rows, GRAD_FLOAT_BUDGET // per_row) // steps)
     for lo in range(0, n, per_batch):
         ex = torch.arange(lo, min(n, lo + per_batch))
         rows_ex = ex.repeat(steps)
         a = alphas.repeat_interleave(len(ex)).to(e_clean.device)[:, None, None]
         embed = e_corrupt[rows_ex] + a * (e_clean[rows_ex] - e_corrupt[rows_ex])
-        _, grads = reader_gradients(model, graph, corruption.clean[rows_ex], acts.metric, rows_ex, embed=embed,
-                                       score_pos=acts.score_pos)
-        g = grads.reshape(steps, len(ex), *grads.shape[1:]).mean(0)  # [example, pos, reader, d]
-        total += torch.einsum("npwd,nprd->prw", delta[ex], g.to(delta.dtype)).double().cpu()
+        _, grads = reader_gradients(model, graph, acts.clean_tokens[rows_ex], acts.metric, rows_ex, embed=embed,
+                                    score_pos=acts.score_pos)
+        g = grads.reshape(steps, len(ex), *grads.shape[1:]).float().mean(0)  # [example, pos, reader, d]
+        total += torch.einsum("npwd,nprd->prw", delta[ex].float(), g).double().cpu()
     p, r, w = graph.edge_index.unbind(1)
     scores = (total[p, r, w] / n).float()
-    return EdgeScores(graph, scores, method, steps, time.perf_counter() - t0)
+    if acts.positions == "sum":
+        scores = torch.zeros(acts.scored_graph.n_edges).index_add_(0, graph.position_map(), scores)
+    return EdgeScores(acts.scored_graph, scores, method, steps, time.perf_counter() - t0)
+
+
+def exact_summed(model: TransformerBridge, acts: Activations, edges: Any = None) -> Float[torch.Tensor, " edge"]:
+    """Exact effect of each edge of the summed graph: the edge patched at every position at once.
+
+    Returns:
+        ``[edge]`` mean effect over examples (rows follow ``edges``, default all edges).
+    """
+    summed = acts.graph.summed_graph()
+    ids = torch.arange(summed.n_edges) if edges is None else torch.as_tensor(list(edges), dtype=torch.long)
+    pmap = acts.graph.position_map()
+    groups = [torch.nonzero(pmap == e).flatten() for e in ids.tolist()]
+    per = patch_edge_groups(model, acts.graph, acts.clean_tokens, acts.corrupt_writers, groups, acts.metric,
+                            score_pos=acts.score_pos, batch_size=acts.batch_size)
+    return (acts.clean_metric.float().cpu()[None, :] - per).mean(1)
 
 
 def _average_ranks(x: torch.Tensor) -> torch.Tensor:
