@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from grokscope.discovery.batched import patch_single_edges
 from grokscope.discovery.faithfulness import (
     EdgeCircuit,
     FaithfulnessCurve,
@@ -41,7 +40,7 @@ from grokscope.discovery.scores import (
     Activations,
     Corruption,
     EdgeScores,
-    exact_summed,
+    exact_effects,
     gap_reliable,
     metric_name,
     prepare,
@@ -279,13 +278,7 @@ def discover(
         exact = scores.scores.clone()
     elif measure_circuit_edges > 0 and bool(circuit.keep.any()):
         ids = [int(e) for e in scores.order() if circuit.keep[e]][:measure_circuit_edges]
-        if acts.positions == "sum":
-            exact[ids] = exact_summed(model, acts, ids)
-        else:
-            per = patch_single_edges(model, acts.graph, corruption.clean, acts.corrupt_writers, acts.clean_writers,
-                                     acts.metric, acts.clean_metric, edges=ids, score_pos=acts.score_pos,
-                                     batch_size=batch_size)
-            exact[ids] = (acts.clean_metric.float().cpu()[None, :] - per).mean(1)
+        exact[ids] = exact_effects(model, acts, ids)
     return Discovery(corruption, scores, circuit, curve, exact, float(acts.clean_metric.double().mean()),
                      float(acts.corrupt_metric.double().mean()), name, step, reliable)
 

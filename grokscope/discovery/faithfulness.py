@@ -124,8 +124,10 @@ def recovered(
     """
     if keep.ndim == 1:
         keep = keep[None]
-    m = patch_edge_sets(model, acts.graph, acts.clean_tokens, acts.corrupt_writers, acts.expand(keep), acts.metric,
-                        score_pos=acts.score_pos, batch_size=acts.batch_size).double()
+    full = acts.expand(keep)
+    m = torch.cat([patch_edge_sets(model, sub.graph, sub.clean_tokens, sub.corrupt_writers, full, sub.metric,
+                                   score_pos=sub.score_pos, batch_size=sub.batch_size)
+                   for _, sub in acts.chunks(model)], dim=1).double()
     lo, hi = float(acts.corrupt_metric.double().mean()), float(acts.clean_metric.double().mean())
     mean = m.mean(1)
     if abs(hi - lo) < 1e-12:  # no gap: nothing to recover (discover() warns and marks it unreliable)

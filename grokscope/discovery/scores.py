@@ -39,6 +39,7 @@ from jaxtyping import Float, Int
 from grokscope.discovery.batched import patch_edge_groups, patch_edge_sets, patch_single_edges
 from grokscope.discovery.edges import reader_gradients, writer_activations
 from grokscope.discovery.graph import ComponentGraph, GraphNode
+from grokscope.discovery.metrics import CallableMetric, as_metric, metric_name  # noqa: F401  (re-exported)
 from grokscope.patching.engine import MIN_GAP_SE, MIN_GAP_SHARE, gap_reliable  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -93,32 +94,6 @@ class Metric:
             return logits.float().log_softmax(-1).gather(-1, ans[:, None])[:, 0]
         cf = self.cf_answer.to(logits.device)[example]  # type: ignore[union-attr]
         return logits.gather(-1, ans[:, None])[:, 0] - logits.gather(-1, cf[:, None])[:, 0]
-
-
-class CallableMetric:
-    """A user's ``metric(logits[batch, d_vocab], example) -> Tensor[batch]``, its output checked."""
-
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-        self.name = getattr(fn, "__name__", type(fn).__name__)
-
-    def __call__(self, logits: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
-        out = self.fn(logits, example)
-        if not isinstance(out, torch.Tensor) or out.shape != (len(logits),):
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"metric {self.name} must return a tensor of shape [batch] = [{len(logits)}], got {shape}")
-        return out
-
-
-def as_metric(metric: Any, corruption: Corruption) -> Any:
-    """A metric name (``logit_diff``, ``logprob``) or a callable, as a per-row metric."""
-    if callable(metric):
-        return CallableMetric(metric)
-    return corruption.metric(metric)
-
-
-def metric_name(metric: Any) -> str:
-    return metric if isinstance(metric, str) else getattr(metric, "__name__", type(metric).__name__)
 
 
 @dataclass
@@ -222,12 +197,15 @@ class Activations:
         score_pos: ``[example]`` where each example's logits are read (None: the last position).
         positions: ``last`` (one node per component and position) or ``sum`` (one node per
             component; scores and circuits are over :meth:`ComponentGraph.summed_graph`).
-        batch_size: rows per forward pass (None: from a float budget).
+        batch_size: rows per forward pass (None: from a float budget). When set, writer
+            values are not held for every example: :meth:`chunks` computes them for
+            ``batch_size`` examples at a time, so peak memory does not grow with the examples.
+        corruption: the examples (for :meth:`chunks`).
     """
 
     graph: ComponentGraph
-    clean_writers: torch.Tensor
-    corrupt_writers: torch.Tensor
+    clean_writers: torch.Tensor | None
+    corrupt_writers: torch.Tensor | None
     metric: Metric
     clean_metric: torch.Tensor
     corrupt_metric: torch.Tensor
@@ -235,6 +213,33 @@ class Activations:
     score_pos: torch.Tensor | None = None
     positions: str = "last"
     batch_size: int | None = None
+    corruption: Corruption | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.clean_tokens)
+
+    def chunks(self, model: TransformerBridge) -> Any:
+        """``(first example, Activations of a slice of examples)`` covering every example once:
+        ``self`` whole when its writers are held, else ``batch_size`` examples at a time with their
+        writers computed now (the metric sees the examples' indices into all of them)."""
+        if self.clean_writers is not None:
+            yield 0, self
+            return
+        from grokscope.discovery.chunked import Offset
+
+        c, bs = self.corruption, int(self.batch_size or 1)
+        assert c is not None
+        for lo in range(0, self.n, bs):
+            sl = slice(lo, min(self.n, lo + bs))
+            sp = None if self.score_pos is None else self.score_pos[sl]
+            clean_w = writer_activations(model, self.graph, c.clean[sl], bs)
+            if c.ablation == "counterfactual":
+                corrupt_w = writer_activations(model, self.graph, c.corrupt[sl], bs)  # type: ignore[index]
+            else:
+                corrupt_w = self.corrupt_writers.expand_as(clean_w)
+            yield lo, Activations(self.graph, clean_w, corrupt_w, Offset(self.metric, lo), self.clean_metric[sl],
+                                  self.corrupt_metric[sl], c.clean[sl], sp, self.positions, self.batch_size)
 
     @property
     def scored_graph(self) -> ComponentGraph:
@@ -260,9 +265,15 @@ def prepare(model: TransformerBridge, corruption: Corruption, metric: Any = "log
     """
     if positions not in POSITIONS:
         raise ValueError(f"unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sp = corruption.score_pos
     graph = ComponentGraph.of(model, corruption.clean.shape[1], None if sp is None else sorted(set(sp.tolist())))
     m = as_metric(metric, corruption)
+    if batch_size is not None:
+        from grokscope.discovery.chunked import prepare_chunked
+
+        return prepare_chunked(model, corruption, graph, m, positions, batch_size)
     ex = torch.arange(len(corruption.clean))
     wbs = batch_size or 1024
     clean_w, clean_logits = writer_activations(model, graph, corruption.clean, wbs, with_logits=True, score_pos=sp)
@@ -363,32 +374,28 @@ def score_edges(
     acts = acts or prepare(model, corruption, metric)
     graph = acts.graph
     if method == "exact":
-        if acts.positions == "sum":
-            scores = exact_summed(model, acts)
-        else:
-            per = patch_single_edges(model, graph, acts.clean_tokens, acts.corrupt_writers, acts.clean_writers,
-                                     acts.metric, acts.clean_metric, score_pos=acts.score_pos, batch_size=acts.batch_size)
-            scores = (acts.clean_metric.float().cpu()[None, :] - per).mean(1)
-        return EdgeScores(acts.scored_graph, scores, method, 1, time.perf_counter() - t0)
+        return EdgeScores(acts.scored_graph, exact_effects(model, acts), method, 1, time.perf_counter() - t0)
 
-    n = len(acts.clean_tokens)
+    n = acts.n
     steps = ig_steps if method == "eap-ig" else 1
     alphas = torch.tensor([0.0]) if method == "eap" else (torch.arange(steps) + 1.0) / steps
-    e_clean, e_corrupt = _embeddings(acts.clean_writers), _embeddings(acts.corrupt_writers)
-    delta = acts.clean_writers - acts.corrupt_writers  # [example, pos, writer, d]
     total = torch.zeros(graph.n_pos, graph.n_readers, graph.n_writers, dtype=torch.float64)
     per_row = graph.n_pos * graph.n_readers * int(model.cfg.d_model)
     rows = acts.batch_size or batch_size
     per_batch = max(1, min(rows, GRAD_FLOAT_BUDGET // per_row) // steps)
-    for lo in range(0, n, per_batch):
-        ex = torch.arange(lo, min(n, lo + per_batch))
-        rows_ex = ex.repeat(steps)
-        a = alphas.repeat_interleave(len(ex)).to(e_clean.device)[:, None, None]
-        embed = e_corrupt[rows_ex] + a * (e_clean[rows_ex] - e_corrupt[rows_ex])
-        _, grads = reader_gradients(model, graph, acts.clean_tokens[rows_ex], acts.metric, rows_ex, embed=embed,
-                                    score_pos=acts.score_pos)
-        g = grads.reshape(steps, len(ex), *grads.shape[1:]).float().mean(0)  # [example, pos, reader, d]
-        total += torch.einsum("npwd,nprd->prw", delta[ex].float(), g).double().cpu()
+    for _, sub in acts.chunks(model):
+        e_clean, e_corrupt = _embeddings(sub.clean_writers), _embeddings(sub.corrupt_writers)
+        delta = sub.clean_writers - sub.corrupt_writers  # [example, pos, writer, d]
+        for lo in range(0, sub.n, per_batch):
+            ex = torch.arange(lo, min(sub.n, lo + per_batch))
+            rows_ex = ex.repeat(steps)
+            a = alphas.repeat_interleave(len(ex)).to(e_clean.device)[:, None, None]
+            embed = e_corrupt[rows_ex] + a * (e_clean[rows_ex] - e_corrupt[rows_ex])
+            _, grads = reader_gradients(model, graph, sub.clean_tokens[rows_ex], sub.metric, rows_ex, embed=embed,
+                                        score_pos=sub.score_pos)
+            g = grads.reshape(steps, len(ex), *grads.shape[1:]).float().mean(0)  # [example, pos, reader, d]
+            total += torch.einsum("npwd,nprd->prw", delta[ex].float(), g).double().cpu()
+            del grads, g
     p, r, w = graph.edge_index.unbind(1)
     scores = (total[p, r, w] / n).float()
     if acts.positions == "sum":
@@ -396,19 +403,37 @@ def score_edges(
     return EdgeScores(acts.scored_graph, scores, method, steps, time.perf_counter() - t0)
 
 
-def exact_summed(model: TransformerBridge, acts: Activations, edges: Any = None) -> Float[torch.Tensor, " edge"]:
-    """Exact effect of each edge of the summed graph: the edge patched at every position at once.
+def exact_effects(model: TransformerBridge, acts: Activations, edges: Any = None) -> Float[torch.Tensor, " edge"]:
+    """Exact effect of each edge of ``acts.scored_graph``: ``m(clean) - m(that edge patched)``,
+    averaged over examples (an edge of the summed graph is patched at every position at once).
 
     Returns:
-        ``[edge]`` mean effect over examples (rows follow ``edges``, default all edges).
+        ``[edge]`` (rows follow ``edges``, default all edges).
     """
-    summed = acts.graph.summed_graph()
-    ids = torch.arange(summed.n_edges) if edges is None else torch.as_tensor(list(edges), dtype=torch.long)
-    pmap = acts.graph.position_map()
-    groups = [torch.nonzero(pmap == e).flatten() for e in ids.tolist()]
-    per = patch_edge_groups(model, acts.graph, acts.clean_tokens, acts.corrupt_writers, groups, acts.metric,
-                            score_pos=acts.score_pos, batch_size=acts.batch_size)
-    return (acts.clean_metric.float().cpu()[None, :] - per).mean(1)
+    g = acts.scored_graph
+    ids = torch.arange(g.n_edges) if edges is None else torch.as_tensor(list(edges), dtype=torch.long)
+    total = torch.zeros(len(ids), dtype=torch.float64)
+    groups = None
+    if acts.positions == "sum":
+        pmap = acts.graph.position_map()
+        groups = [torch.nonzero(pmap == e).flatten() for e in ids.tolist()]
+    for _, sub in acts.chunks(model):
+        if groups is not None:
+            per = patch_edge_groups(model, sub.graph, sub.clean_tokens, sub.corrupt_writers, groups, sub.metric,
+                                    score_pos=sub.score_pos, batch_size=sub.batch_size)
+        else:
+            per = patch_single_edges(model, sub.graph, sub.clean_tokens, sub.corrupt_writers, sub.clean_writers,
+                                     sub.metric, sub.clean_metric, edges=ids.tolist(), score_pos=sub.score_pos,
+                                     batch_size=sub.batch_size)
+        total += (sub.clean_metric.float().cpu()[None, :] - per).double().sum(1)
+    return (total / acts.n).float()
+
+
+def exact_summed(model: TransformerBridge, acts: Activations, edges: Any = None) -> Float[torch.Tensor, " edge"]:
+    """:func:`exact_effects` of a summed graph (``acts.positions == "sum"``)."""
+    if acts.positions != "sum":
+        raise ValueError("exact_summed needs Activations prepared with positions='sum'")
+    return exact_effects(model, acts, edges)
 
 
 def _average_ranks(x: torch.Tensor) -> torch.Tensor:
