@@ -42,6 +42,10 @@ def hf_model(arch: str, seed: int = 0):
         kw = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
               "intermediate_size": 64, "max_position_embeddings": 32, **common}
         cfg, cls = (tf.LlamaConfig(**kw), tf.LlamaForCausalLM) if arch == "llama" else (tf.Qwen2Config(**kw), tf.Qwen2ForCausalLM)
+    elif arch == "gemma2":  # post-attention / post-feedforward norms: not describable by the graph
+        cfg = tf.Gemma2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                              intermediate_size=64, max_position_embeddings=32, pad_token_id=0, **common)
+        cls = tf.Gemma2ForCausalLM
     else:
         raise ValueError(arch)
     cfg._attn_implementation = "eager"

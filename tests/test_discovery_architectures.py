@@ -11,7 +11,8 @@ config and booted through TransformerBridge, checked against plain HF + torch au
   recovered fraction equals one HF forward with every other edge patched;
 * an attention-only model (TransformerLens's native one: HF has none) against autograd and
   patching through plain ``run_with_hooks``;
-* a shape that cannot be described raises one error that names it.
+* a shape that cannot be described raises one error that names it (Gemma 2's post-attention
+  norms: the writers no longer add up to the residual stream).
 """
 
 from __future__ import annotations
@@ -201,7 +202,10 @@ def test_attention_only_exact_equals_run_with_hooks(attn):
     assert checked >= 10 and exact.abs().max() > 1e-2
 
 
-def test_an_unsupported_shape_raises_one_error_naming_it(attn):
+def test_an_unsupported_shape_raises_one_error_naming_it(attn, tmp_path):
+    gemma = bridge(save("gemma2", tmp_path))
+    with pytest.raises(UnsupportedModelError, match="do not add up to the residual stream.*Gemma 2/3"):
+        discover(gemma, _data(2), method="eap", top=5)
     model, c, _ = attn
 
     class NoSplit:

@@ -114,9 +114,11 @@ def writer_activations(
         raise ValueError(f"tokens must be [example, {graph.n_pos}], got {tuple(tokens.shape)}")
     device = _device(model)
     out, logits_out = [], []
+    last = f"blocks.{graph.n_layers - 1}.hook_resid_post"
     with torch.no_grad():
         for lo in range(0, len(tokens), batch_size):
-            logits, cache = model.run_with_cache(tokens[lo : lo + batch_size].to(device), names_filter=writer_hook_names(graph))
+            names = writer_hook_names(graph) + ([last] if with_logits else [])
+            logits, cache = model.run_with_cache(tokens[lo : lo + batch_size].to(device), names_filter=names)
             logits_out.append(scored_logits(logits, score_pos, torch.arange(lo, lo + len(logits))))
             parts = [cache["hook_embed"][:, :, None]]
             for layer in range(graph.n_layers):
@@ -125,12 +127,30 @@ def writer_activations(
                     parts.append(cache[f"blocks.{layer}.hook_mlp_out"][:, :, None])
             acts = torch.cat(parts, dim=2)
             assert acts.shape[2] == graph.n_writers
+            if with_logits:
+                _check_writers_sum(cache[last], acts)
             out.append(acts)
             del cache
     acts = torch.cat(out) if out else torch.empty(0, graph.n_pos, graph.n_writers, model.cfg.d_model, device=device)
     if with_logits:
         return acts, (torch.cat(logits_out) if logits_out else torch.empty(0, model.cfg.d_vocab, device=device))
     return acts
+
+
+def _check_writers_sum(resid: torch.Tensor, writers: torch.Tensor) -> None:
+    """The writers must add up to the residual stream, up to what no input changes (biases,
+    position embeddings): else a block transforms its outputs before adding them (Gemma 2/3's
+    post-attention norms, sandwich norms) and edges would not be what the graph says."""
+    if len(resid) < 2:
+        return
+    rest = (resid - writers.sum(2)).float()
+    spread = float((rest - rest[:1]).abs().amax())
+    tol = (1e-3 if resid.dtype == torch.float32 or resid.dtype == torch.float64 else 3e-2) * float(resid.abs().amax())
+    if spread > tol + 1e-5:
+        raise UnsupportedModelError(
+            f"the writers (embedding, each head's hook_z @ W_O, each MLP's hook_mlp_out) do not add up to the "
+            f"residual stream (they miss by {spread:.3g}, varying with the input): blocks that transform their "
+            "outputs before the residual add (e.g. Gemma 2/3 post-attention norms) are not supported")
 
 
 class _Fork:
