@@ -43,8 +43,9 @@ def patch_edge_sets(
 ) -> Float[torch.Tensor, "config example"]:
     """The metric with every edge outside each kept set patched, per example.
 
-    Whichever is smaller, the kept or the patched edges, is what the batch lists, so a
-    nearly full and a nearly empty circuit are both cheap.
+    The patched edges are a dense ``[pos, reader, writer]`` mask shared by every row, so
+    memory does not grow with the number of edges patched (a circuit's complement can
+    hold most of a large graph).
 
     Args:
         model: the model.
@@ -53,8 +54,7 @@ def patch_edge_sets(
         corrupt: ``[example, pos, writer, d_model]`` replacement writer values.
         keep: ``[config, edge]`` the edges each configuration keeps.
         metric: the per-row metric.
-        batch_size: rows per forward pass (default: from :func:`rows_per_batch` and the
-            number of listed edges).
+        batch_size: at most this many rows per forward pass (also bounded by :func:`rows_per_batch`).
 
     Returns:
         ``[config, example]`` metric values.
@@ -62,17 +62,18 @@ def patch_edge_sets(
     n = len(clean)
     d = int(model.cfg.d_model)
     out = torch.empty(keep.shape[0], n)
+    # the live writers, the replacements and their difference: three buffers of rows_per_batch's size
+    bs = max(1, min(batch_size or n, rows_per_batch(graph, d) // 3))
+    p_, r_, w_ = graph.edge_index.unbind(1)
     for c in range(keep.shape[0]):
-        complement = int(keep[c].sum()) <= graph.n_edges // 2
-        listed = torch.nonzero(keep[c] if complement else ~keep[c]).flatten()
-        per_row = max(1, len(listed))
-        bs = batch_size or max(1, min(rows_per_batch(graph, d), FLOAT_BUDGET // (per_row * d)))
+        patched = torch.zeros(graph.n_pos, graph.n_readers, graph.n_writers)
+        off = ~keep[c]
+        patched[p_[off], r_[off], w_[off]] = 1.0
+        none = torch.empty(0, dtype=torch.long)
         for lo in range(0, n, bs):
             ex = torch.arange(lo, min(n, lo + bs))
-            pr = torch.arange(len(ex)).repeat_interleave(len(listed))
-            pe = listed.repeat(len(ex))
             out[c, lo : lo + len(ex)] = patched_metric(
-                model, graph, clean[ex], ex, corrupt, pr, pe, metric, complement=complement, score_pos=score_pos
+                model, graph, clean[ex], ex, corrupt, none, none, metric, score_pos=score_pos, dense=patched
             ).float().cpu()
     return out
 
@@ -105,7 +106,7 @@ def patch_single_edges(
     same = (corrupt[:, p.to(dev), w.to(dev)] == clean_writers[:, p.to(dev), w.to(dev)]).all(-1).T.cpu()  # [edge, example]
     out = clean_metric.float().cpu()[None, :].repeat(len(edge_ids), 1)
     je, ie = torch.nonzero(~same, as_tuple=True)
-    bs = batch_size or rows_per_batch(graph, d)
+    bs = min(batch_size or len(je) or 1, rows_per_batch(graph, d))
     for lo in range(0, len(je), bs):
         jb, ib = je[lo : lo + bs], ie[lo : lo + bs]
         vals = patched_metric(
@@ -138,7 +139,7 @@ def patch_edge_groups(
     rows = [(j, i) for j in range(len(groups)) for i in range(n)]
     out = torch.empty(len(groups), n)
     longest = max((len(g) for g in groups), default=1)
-    bs = batch_size or max(1, min(rows_per_batch(graph, d), FLOAT_BUDGET // (max(1, longest) * d)))
+    bs = max(1, min(batch_size or len(rows) or 1, rows_per_batch(graph, d), FLOAT_BUDGET // (max(1, longest) * d)))
     for lo in range(0, len(rows), bs):
         chunk = rows[lo : lo + bs]
         jb = torch.tensor([j for j, _ in chunk])
