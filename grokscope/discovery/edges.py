@@ -349,6 +349,7 @@ def patched_metric(
     group_of, head_of = (t.to(device) for t in _reader_layout(graph))
     bound = graph.bound.to(device)
     e_pos, e_reader, e_writer = graph.edge_index.to(device).unbind(1)
+    valid = graph.valid if dense is not None else None
     pr = e_reader[pair_edge]
     pair_group = group_of[pr]
     live = torch.zeros(rows, P, W, d, device=device, dtype=corrupt.dtype)
@@ -364,7 +365,16 @@ def patched_metric(
             m = dense[:, reader0 : reader0 + n_heads, :b].to(device, corrupt.dtype)  # [pos, head, writer]
             if not bool(m.any()):
                 return None
-            return torch.einsum("pnw,rpwd->rpnd", m, corrupt[example, :, :b] - live[:, :, :b])
+            ok = valid[:, reader0 : reader0 + n_heads, :b].to(device, corrupt.dtype)
+            kept = ok - m
+            on_p, on_k = m.any(0).any(0), kept.any(0).any(0)  # writers with a patched / kept edge here
+            diff = corrupt[example, :, :b] - live[:, :, :b]  # [row, pos, writer, d]
+            if int(on_k.sum()) < int(on_p.sum()):  # mostly patched: all of them, minus the few kept
+                out = diff.sum(2)[:, :, None, :] * ok[None, :, :, 0, None]
+                if bool(on_k.any()):
+                    out = out - torch.einsum("pnw,rpwd->rpnd", kept[:, :, on_k], diff[:, :, on_k])
+                return out
+            return torch.einsum("pnw,rpwd->rpnd", m[:, :, on_p], diff[:, :, on_p])
         if complement:
             b = int(bound[reader0])
             base = corrupt[example, :, :b].sum(2) - live[:, :, :b].sum(2)  # [row, pos, d]
