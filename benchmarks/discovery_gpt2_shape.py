@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 ONE = r"""
-import json, resource, sys, time, torch
+import json, sys, time, torch
 cfg = json.loads(sys.argv[1])
 torch.manual_seed(0)
 import transformers as tf
@@ -49,8 +49,11 @@ t_score = time.perf_counter() - t
 t = time.perf_counter()
 rec = float(recovered(model, acts, select(sc, max(1, sc.graph.n_edges // 100)))[0][0])
 t_circuit = time.perf_counter() - t
-peak = (torch.cuda.max_memory_allocated() / 2**20 if cfg["device"] == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+def peak_mb():  # this process's own high-water resident set (ru_maxrss starts at the parent's)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+peak = torch.cuda.max_memory_allocated() / 2**20 if cfg["device"] == "cuda" else peak_mb()
 print(json.dumps({**cfg, "edges": sc.graph.n_edges, "score_s": round(t_score, 2), "circuit_s": round(t_circuit, 2),
                   "recovered_top1pct": round(rec, 3), "peak_mb": round(peak)}))
 """
