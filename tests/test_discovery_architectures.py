@@ -216,3 +216,14 @@ def test_an_unsupported_shape_raises_one_error_naming_it(attn, tmp_path):
         ComponentGraph.of(NoSplit(), 4)
     with pytest.raises(UnsupportedModelError, match="no TransformerLens blocks"):
         ComponentGraph.of(type("M", (), {"cfg": model.cfg})(), 4)
+
+
+def test_attention_only_circuits_measured_densely_equal_the_pair_engine(attn):
+    from grokscope.discovery import batched, edge_sets
+
+    model, c, acts = attn
+    g = acts.graph
+    keep = torch.rand(3, g.n_edges, generator=torch.Generator().manual_seed(0)) < torch.tensor([0.05, 0.5, 0.95])[:, None]
+    dense = edge_sets.patch_edge_sets(model, g, c.clean, acts.corrupt_writers, keep, acts.metric)
+    pairs = batched.patch_edge_sets(model, g, c.clean, acts.corrupt_writers, keep, acts.metric)
+    assert torch.allclose(dense, pairs, atol=1e-5) and float((dense[0] - dense[2]).abs().max()) > 1e-2

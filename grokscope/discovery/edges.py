@@ -316,7 +316,6 @@ def patched_metric(
     *,
     complement: bool = False,
     score_pos: Int[torch.Tensor, " example"] | None = None,
-    dense: Float[torch.Tensor, "pos reader writer"] | None = None,
 ) -> Float[torch.Tensor, " row"]:
     """The metric of each row with its edges patched, in one forward pass.
 
@@ -332,9 +331,6 @@ def patched_metric(
         complement: False: the pairs are the patched edges (every other edge is
             clean). True: the pairs are the edges kept; every other edge is patched.
         score_pos: ``[example]`` the position each example's logits are read at (None: the last).
-        dense: ``[pos, reader, writer]`` 1 where an edge is patched, the same for every row
-            (a circuit's complement): memory does not grow with the number of patched edges.
-            The pairs are then not used.
 
     Returns:
         ``[row]`` the metric of each patched run.
@@ -349,7 +345,6 @@ def patched_metric(
     group_of, head_of = (t.to(device) for t in _reader_layout(graph))
     bound = graph.bound.to(device)
     e_pos, e_reader, e_writer = graph.edge_index.to(device).unbind(1)
-    valid = graph.valid if dense is not None else None
     pr = e_reader[pair_edge]
     pair_group = group_of[pr]
     live = torch.zeros(rows, P, W, d, device=device, dtype=corrupt.dtype)
@@ -360,21 +355,6 @@ def patched_metric(
         sel = pair_group == group
         n_heads = graph.n_readers_of(group % 4) if group % 4 < 3 and group < 4 * L else 1
         out = None
-        if dense is not None:
-            b = int(bound[reader0])
-            m = dense[:, reader0 : reader0 + n_heads, :b].to(device, corrupt.dtype)  # [pos, head, writer]
-            if not bool(m.any()):
-                return None
-            ok = valid[:, reader0 : reader0 + n_heads, :b].to(device, corrupt.dtype)
-            kept = ok - m
-            on_p, on_k = m.any(0).any(0), kept.any(0).any(0)  # writers with a patched / kept edge here
-            diff = corrupt[example, :, :b] - live[:, :, :b]  # [row, pos, writer, d]
-            if int(on_k.sum()) < int(on_p.sum()):  # mostly patched: all of them, minus the few kept
-                out = diff.sum(2)[:, :, None, :] * ok[None, :, :, 0, None]
-                if bool(on_k.any()):
-                    out = out - torch.einsum("pnw,rpwd->rpnd", kept[:, :, on_k], diff[:, :, on_k])
-                return out
-            return torch.einsum("pnw,rpwd->rpnd", m[:, :, on_p], diff[:, :, on_p])
         if complement:
             b = int(bound[reader0])
             base = corrupt[example, :, :b].sum(2) - live[:, :, :b].sum(2)  # [row, pos, d]

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float, Int
 
-from grokscope.discovery.batched import patch_edge_groups, patch_edge_sets, patch_single_edges
+from grokscope.discovery.batched import patch_edge_groups, patch_single_edges
+from grokscope.discovery.edge_sets import patch_edge_sets
 from grokscope.discovery.edges import reader_gradients, writer_activations
 from grokscope.discovery.graph import ComponentGraph, GraphNode
 from grokscope.discovery.metrics import CallableMetric, as_metric, metric_name  # noqa: F401  (re-exported)
