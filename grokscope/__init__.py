@@ -84,6 +84,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Discovery": ("grokscope.discovery.circuit", "Discovery"),
     "discover": ("grokscope.discovery.circuit", "discover"),
     "describe_edges": ("grokscope.discovery.circuit", "describe_edges"),
+    "encode_prompts": ("grokscope.discovery.inputs", "encode"),
+    "PromptError": ("grokscope.discovery.inputs", "PromptError"),
+    "UnsupportedModelError": ("grokscope.discovery.shapes", "UnsupportedModelError"),
     "DiscoverySeries": ("grokscope.discovery.series", "DiscoverySeries"),
     "discovery_series": ("grokscope.discovery.series", "discovery_series"),
     # the series engine

@@ -1,7 +1,9 @@
 """Edge-level circuit discovery on any TransformerBridge model; names no task.
 
 - :mod:`.graph`: the component graph (:class:`ComponentGraph`: writers, readers, edges);
-- :mod:`.edges`: edges patched and differentiated through hooks (exact, batched);
+- :mod:`.shapes`: which model shapes the graph describes (GPT-2, GPT-NeoX, Llama/Qwen2 GQA, attention-only);
+- :mod:`.edges`: edges patched and differentiated through hooks; :mod:`.batched`: many patched runs;
+- :mod:`.inputs`: a researcher's prompts (strings, padded token ids) as a :class:`Corruption`;
 - :mod:`.scores`: :class:`Corruption`, :func:`score_edges` (EAP, EAP-IG, exact);
 - :mod:`.faithfulness`: circuit selection, :func:`faithfulness_curve`, :class:`EdgeCircuit`;
 - :mod:`.circuit`: :func:`discover` -> :class:`Discovery` (graph, scores, smallest faithful circuit);
@@ -17,6 +19,7 @@ from grokscope.discovery.faithfulness import (
     smallest_circuit,
 )
 from grokscope.discovery.graph import ComponentGraph, GraphNode
+from grokscope.discovery.inputs import PromptError, encode
 from grokscope.discovery.scores import (
     Corruption,
     EdgeScores,
@@ -26,8 +29,9 @@ from grokscope.discovery.scores import (
     top_overlap,
 )
 from grokscope.discovery.series import DiscoverySeries, checkpoint_discovery, discovery_series
+from grokscope.discovery.shapes import UnsupportedModelError
 
 __all__ = ["ComponentGraph", "GraphNode", "Corruption", "EdgeScores", "prepare", "score_edges", "spearman",
            "top_overlap", "EdgeCircuit", "FaithfulnessCurve", "circuit_of_size", "faithfulness_curve",
            "smallest_circuit", "Discovery", "discover", "describe_edges", "DiscoverySeries",
-           "checkpoint_discovery", "discovery_series"]
+           "checkpoint_discovery", "discovery_series", "encode", "PromptError", "UnsupportedModelError"]

@@ -27,6 +27,7 @@ from grokscope.discovery.edges import (
     _device,
     _Fork,
     _head_writes,
+    scored_logits,
 )
 from grokscope.discovery.graph import ComponentGraph
 
@@ -58,6 +59,8 @@ def masked_metric(
     masks: Float[torch.Tensor, "config pos reader writer"],
     config: Int[torch.Tensor, " row"],
     metric: RowMetric,
+    *,
+    score_pos: Int[torch.Tensor, " example"] | None = None,
 ) -> Float[torch.Tensor, " row"]:
     """The metric of each row with the edges of its configuration's mask patched, in one
     forward pass.
@@ -70,6 +73,7 @@ def masked_metric(
         config: ``[row]`` the configuration of each row; rows of one configuration are
             contiguous (each configuration's patch is then one matrix product per position).
         metric: the per-row metric.
+        score_pos: ``[example]`` the position each example's logits are read at (None: the last).
     """
     _check_model(model, graph)
     device = _device(model)
@@ -89,19 +93,33 @@ def masked_metric(
     live = torch.zeros(rows, P, W, d, device=device, dtype=dtype)
     resid: dict[int, torch.Tensor] = {}
     bound = graph.bound.tolist()
+    valid = graph.valid.to(device=device, dtype=dtype)
 
     def delta(r0: int, n: int) -> torch.Tensor | None:
-        """``[row, pos, n, d_model]`` the patch of readers ``r0 .. r0 + n - 1`` (None: none patched)."""
+        """``[row, pos, n, d_model]`` the patch of readers ``r0 .. r0 + n - 1`` (None: none patched).
+
+        Where most of a configuration's edges into these readers are patched, every writer's
+        difference is added and the few kept taken back: only the writers with a patched (or
+        kept) edge enter the product, so a small circuit in a large graph is cheap."""
         b = bound[r0]
         m = masks[:, :, r0 : r0 + n, :b]  # [config, pos, n, writer]
         used = m.flatten(1).any(1).tolist()
         if not any(used[c] for c, _, _ in segments):
             return None
+        ok = valid[:, r0 : r0 + n, :b]
         out = torch.zeros(rows, P, n, d, device=device, dtype=dtype)
         for c, lo, hi in segments:
-            if used[c]:
-                diff = repl[lo:hi, :, :b] - live[lo:hi, :, :b]
-                out[lo:hi] = torch.einsum("pnw,rpwd->rpnd", m[c], diff)
+            if not used[c]:
+                continue
+            kept = ok - m[c]
+            on_p, on_k = m[c].flatten(0, 1).any(0), kept.flatten(0, 1).any(0)  # writers with a patched / kept edge
+            diff = repl[lo:hi, :, :b] - live[lo:hi, :, :b]
+            if int(on_k.sum()) < int(on_p.sum()):
+                out[lo:hi] = diff.sum(2)[:, :, None, :] * ok[None, :, :, 0, None]
+                if bool(on_k.any()):
+                    out[lo:hi] -= torch.einsum("pnw,rpwd->rpnd", kept[:, :, on_k], diff[:, :, on_k])
+            else:
+                out[lo:hi] = torch.einsum("pnw,rpwd->rpnd", m[c][:, :, on_p], diff[:, :, on_p])
         return out
 
     def cap_embed(t: torch.Tensor, hook: Any) -> None:
@@ -116,7 +134,7 @@ def masked_metric(
 
     def cap_mlp(layer: int) -> Any:
         def hook(t: torch.Tensor, hook: Any) -> None:
-            live[:, :, graph.mlp_writer(layer)] = t.detach()
+            live[:, :, graph.mlp_writer(layer)] = t.detach()  # type: ignore[index]
 
         return hook
 
@@ -128,11 +146,12 @@ def masked_metric(
 
     def qkv(layer: int, which: int) -> Any:
         def hook(t: torch.Tensor, hook: Any) -> torch.Tensor:
-            dl = delta(graph.qkv_reader(layer, which, 0), H)
+            n = graph.n_readers_of(which)  # query heads, or key/value heads
+            dl = delta(graph.qkv_reader(layer, which, 0), n)
             if dl is None:
                 return t
             r0 = graph.qkv_reader(layer, which, 0)
-            touched = masks[:, :, r0 : r0 + H].any(-1)[config]  # [row, pos, head]
+            touched = masks[:, :, r0 : r0 + n].any(-1)[config]  # [row, pos, head]
             new = fork.project(layer, which, resid[layer][:, :, None, :] + dl)
             return torch.where(touched[..., None], new.to(t.dtype), t)
 
@@ -151,12 +170,13 @@ def masked_metric(
         for j in range(3):
             hooks.append((f"blocks.{layer}.attn.{'qkv'[j]}.hook_out", qkv(layer, j)))
         hooks.append((f"blocks.{layer}.attn.hook_z", cap_z(layer)))
-        hooks.append((f"blocks.{layer}.ln2.hook_in", add(graph.mlp_reader(layer))))
-        hooks.append((f"blocks.{layer}.hook_mlp_out", cap_mlp(layer)))
+        if graph.mlp:
+            hooks.append((f"blocks.{layer}.ln2.hook_in", add(graph.mlp_reader(layer))))
+            hooks.append((f"blocks.{layer}.hook_mlp_out", cap_mlp(layer)))
     hooks.append((f"blocks.{L - 1}.hook_resid_post", add(graph.logits_reader)))
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         logits = model(tokens)
-        return metric(logits[:, graph.read_pos], example)
+        return metric(scored_logits(logits, score_pos, example), example)
 
 
 def patch_edge_sets(
@@ -168,6 +188,7 @@ def patch_edge_sets(
     metric: RowMetric,
     *,
     batch_size: int | None = None,
+    score_pos: Int[torch.Tensor, " example"] | None = None,
 ) -> Float[torch.Tensor, "config example"]:
     """The metric with every edge outside each kept set patched, per example.
 
@@ -180,7 +201,8 @@ def patch_edge_sets(
         metric: the per-row metric.
         batch_size: rows (configuration x example pairs) per forward pass (default: as
             many as keep the largest buffer, ``[row, pos, writer, d_model]``, within
-            :data:`~grokscope.discovery.edges.FLOAT_BUDGET` floats).
+            :data:`~grokscope.discovery.edges.FLOAT_BUDGET` floats; a smaller ``batch_size`` caps it).
+        score_pos: ``[example]`` the position each example's logits are read at (None: the last).
 
     Returns:
         ``[config, example]`` metric values.
@@ -194,11 +216,12 @@ def patch_edge_sets(
     n, C = len(clean), keep.shape[0]
     d = int(model.cfg.d_model)
     masks = patched_masks(graph, keep.cpu())
-    bs = batch_size or max(1, FLOAT_BUDGET // (graph.n_pos * graph.n_writers * d * 3))
+    bs = max(1, min(batch_size or C * n, FLOAT_BUDGET // (graph.n_pos * graph.n_writers * d * 3)))
     out = torch.empty(C * n)
     cfg_of = torch.arange(C).repeat_interleave(n)
     ex_of = torch.arange(n).repeat(C)
     for lo in range(0, C * n, bs):
         c, ex = cfg_of[lo : lo + bs], ex_of[lo : lo + bs]
-        out[lo : lo + len(c)] = masked_metric(model, graph, clean[ex], ex, corrupt, masks, c, metric).float().cpu()
+        out[lo : lo + len(c)] = masked_metric(model, graph, clean[ex], ex, corrupt, masks, c, metric,
+                                              score_pos=score_pos).float().cpu()
     return out.reshape(C, n)
