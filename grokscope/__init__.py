@@ -84,6 +84,11 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Discovery": ("grokscope.discovery.circuit", "Discovery"),
     "discover": ("grokscope.discovery.circuit", "discover"),
     "describe_edges": ("grokscope.discovery.circuit", "describe_edges"),
+    "refine": ("grokscope.discovery.methods", "refine"),
+    "MibGraph": ("grokscope.discovery.mib", "MibGraph"),
+    "to_mib": ("grokscope.discovery.mib", "to_mib"),
+    "write_mib": ("grokscope.discovery.mib", "write_mib"),
+    "read_mib": ("grokscope.discovery.mib", "read_mib"),
     "DiscoverySeries": ("grokscope.discovery.series", "DiscoverySeries"),
     "discovery_series": ("grokscope.discovery.series", "discovery_series"),
     # the series engine

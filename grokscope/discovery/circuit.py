@@ -129,6 +129,16 @@ class Discovery(Summarized):
         rows = [dataclasses.asdict(e) for e in self.edge_records(k, circuit_only=circuit_only)]
         return pd.DataFrame(rows, columns=[f.name for f in dataclasses.fields(Edge)])
 
+    def to_mib(self, d_model: int | None = None) -> Any:
+        """The scores and the circuit in the EAP-IG / MIB graph format (:func:`grokscope.discovery.mib.to_mib`).
+
+        Example:
+            >>> d.to_mib(d_model=model.cfg.d_model).to_dict()["edges"]["m0->logits"]   # doctest: +SKIP
+        """
+        from grokscope.discovery.mib import to_mib
+
+        return to_mib(self, d_model=d_model)
+
     def to_dict(self) -> dict[str, Any]:
         g = self.graph
         P, W, R = g.n_pos, g.n_writers, g.n_readers
@@ -198,7 +208,8 @@ def discover(
     Args:
         model: the model (eval mode).
         corruption: clean inputs and their corruption.
-        method: ``eap``, ``eap-ig`` or ``exact``.
+        method: ``eap``, ``eap-ig``, ``eap-ig-activations``, ``eap-ig-exact`` or ``exact``
+            (:data:`grokscope.discovery.scores.METHODS`).
         metric: ``logit_diff`` or ``logprob``.
         ig_steps: EAP-IG path points.
         top: a fixed budget of edges (None: the smallest circuit recovering ``recover``).
@@ -223,13 +234,18 @@ def discover(
     else:
         circuit = smallest_circuit(model, acts, scores, recover, selection=selection, curve=curve)
     exact = torch.full((acts.graph.n_edges,), float("nan"))
+    measured = getattr(scores, "measured", None)  # eap-ig-exact: its top edges are already exact
+    if measured is not None:
+        exact[measured] = scores.scores[measured].float()
     if method == "exact":
         exact = scores.scores.clone()
     elif measure_circuit_edges > 0 and bool(circuit.keep.any()):
         ids = [int(e) for e in scores.order() if circuit.keep[e]][:measure_circuit_edges]
-        per = patch_single_edges(model, acts.graph, corruption.clean, acts.corrupt_writers, acts.clean_writers,
-                                 acts.metric, acts.clean_metric, edges=ids)
-        exact[ids] = (acts.clean_metric.float().cpu()[None, :] - per).mean(1)
+        ids = [e for e in ids if exact[e] != exact[e]]
+        if ids:
+            per = patch_single_edges(model, acts.graph, corruption.clean, acts.corrupt_writers, acts.clean_writers,
+                                     acts.metric, acts.clean_metric, edges=ids)
+            exact[ids] = (acts.clean_metric.float().cpu()[None, :] - per).mean(1)
     return Discovery(corruption, scores, circuit, curve, exact, float(acts.clean_metric.double().mean()),
                      float(acts.corrupt_metric.double().mean()), metric, step, reliable)
 

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,9 @@ if TYPE_CHECKING:
 
     from grokscope.patching.tracing import Counterfactuals
 
-METHODS = ("eap", "eap-ig", "exact")
+METHODS = ("eap", "eap-ig", "eap-ig-activations", "eap-ig-exact", "exact")
+"""Every method's name; the last ones besides ``exact`` live in :mod:`grokscope.discovery.methods`
+(:func:`register_method`)."""
 METRICS = ("logit_diff", "logprob")
 ABLATIONS = ("counterfactual", "mean")
 DEFAULT_IG_STEPS = 5
@@ -64,6 +67,20 @@ GRAD_BATCH = 1024
 """Rows (path point x example) per forward + backward pass, at most."""
 GRAD_FLOAT_BUDGET = 1 << 26
 """Floats the reader gradients of one batch may hold (``rows x pos x reader x d_model``)."""
+
+
+_REGISTERED: dict[str, Callable[..., EdgeScores]] = {}
+
+
+def register_method(name: str, fn: Callable[..., EdgeScores]) -> None:
+    """Make ``score_edges(..., method=name)`` call ``fn(model, corruption, *, acts, ig_steps, batch_size)``.
+
+    Example:
+        >>> register_method("eap-ig-exact", refine_fn)       # doctest: +SKIP
+    """
+    if name in ("eap", "eap-ig", "exact"):
+        raise ValueError(f"{name!r} is built in; register another name")
+    _REGISTERED[name] = fn
 
 
 @dataclass(frozen=True)
@@ -235,9 +252,10 @@ def score_edges(
     Args:
         model: the model (eval mode).
         corruption: clean inputs and their corruption.
-        method: ``eap``, ``eap-ig`` or ``exact``.
+        method: ``eap``, ``eap-ig``, ``exact`` or a registered method (:data:`METHODS`:
+            ``eap-ig-activations``, ``eap-ig-exact``; :mod:`grokscope.discovery.methods`).
         metric: ``logit_diff`` or ``logprob``.
-        ig_steps: path points for ``eap-ig``.
+        ig_steps: path points for ``eap-ig`` (and the registered IG methods).
         acts: :func:`prepare` output to reuse.
         batch_size: rows per gradient pass.
 
@@ -253,6 +271,9 @@ def score_edges(
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method == "eap-ig" and ig_steps < 1:
         raise ValueError(f"ig_steps must be >= 1, got {ig_steps}")
+    if method in _REGISTERED:
+        return _REGISTERED[method](model, corruption, acts=acts or prepare(model, corruption, metric),
+                                   ig_steps=ig_steps, batch_size=batch_size)
     t0 = time.perf_counter()
     acts = acts or prepare(model, corruption, metric)
     graph = acts.graph
