@@ -25,6 +25,7 @@ from grokscope.discovery.scores import (
     register_method,
     score_edges,
 )
+from grokscope.errors import GrokscopeWarning
 from grokscope.runs.config import ModelConfig
 from grokscope.runs.model import build_model
 
@@ -100,7 +101,7 @@ def test_refined_scores_are_exact_where_measured_and_the_rule_holds(tiny):
     exact = score_edges(model, c, "exact", acts=acts).scores
     est = score_edges(model, c, "eap-ig", ig_steps=5, acts=acts)
     r = refine(model, c, est, acts=acts, coverage=0.9)
-    assert isinstance(r, RefinedScores) and r.method == "eap-ig-exact" and r.rounds >= 1
+    assert isinstance(r, RefinedScores) and r.method == "eap-ig-exact" and r.rounds >= 1 and r.met
     m = r.measured
     assert 8 <= int(m.sum()) < acts.graph.n_edges
     assert torch.allclose(r.scores[m], exact[m], atol=1e-5)
@@ -148,8 +149,9 @@ def test_registry_serves_score_edges_and_discover(tiny):
 def test_max_measured_caps_the_rounds(tiny):
     model, c, acts = tiny
     est = score_edges(model, c, "eap", acts=acts)
-    r = refine(model, c, est, acts=acts, coverage=1.0, max_measured=5, min_round=3)
-    assert int(r.measured.sum()) == 5 and r.rounds == 1  # coverage 1 asks for every edge at once: capped
+    with pytest.warns(GrokscopeWarning, match="max_measured=5"):
+        r = refine(model, c, est, acts=acts, coverage=1.0, max_measured=5, min_round=3)
+    assert int(r.measured.sum()) == 5 and r.rounds == 1 and not r.met  # coverage 1 asks for every edge: capped
     assert repr(r).startswith("<RefinedScores method=eap-exact") and len(repr(r)) <= 300
     order = torch.sort(est.scores.abs(), descending=True, stable=True).indices
     assert set(torch.nonzero(r.measured).flatten().tolist()) == set(order[:5].tolist())
