@@ -89,6 +89,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "to_mib": ("grokscope.discovery.mib", "to_mib"),
     "write_mib": ("grokscope.discovery.mib", "write_mib"),
     "read_mib": ("grokscope.discovery.mib", "read_mib"),
+    "measure_mib": ("grokscope.discovery.mib", "measure_mib"),
     "DiscoverySeries": ("grokscope.discovery.series", "DiscoverySeries"),
     "discovery_series": ("grokscope.discovery.series", "discovery_series"),
     # the series engine

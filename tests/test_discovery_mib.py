@@ -19,6 +19,7 @@ from grokscope.discovery.graph import ComponentGraph
 from grokscope.discovery.mib import (
     MibFormatError,
     from_mib,
+    measure_mib,
     mib_edge_names,
     mib_node_names,
     mib_path,
@@ -161,6 +162,8 @@ def test_a_circuit_found_elsewhere_is_measured_here():
     assert bool(keeps[0].all()) and not bool(keeps[1].any())
     rec, _ = recovered(model, acts, keeps)
     assert rec.tolist() == pytest.approx([1.0, 0.0], abs=1e-5)
+    full = measure_mib(model, c, from_mib(everything), acts=acts)
+    assert full.recovered == pytest.approx(1.0, abs=1e-5) and full.size == g.n_edges
     # a circuit exported from here and read back recovers what the circuit itself recovers
     sc = score_edges(model, c, "eap", acts=acts)
     top = torch.zeros(g.n_edges, dtype=torch.bool)

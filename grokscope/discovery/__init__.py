@@ -21,7 +21,15 @@ from grokscope.discovery.faithfulness import (
 )
 from grokscope.discovery.graph import ComponentGraph, GraphNode
 from grokscope.discovery.methods import RefinedScores, ig_activation_scores, refine
-from grokscope.discovery.mib import MibFormatError, MibGraph, from_mib, read_mib, to_mib, write_mib
+from grokscope.discovery.mib import (
+    MibFormatError,
+    MibGraph,
+    from_mib,
+    measure_mib,
+    read_mib,
+    to_mib,
+    write_mib,
+)
 from grokscope.discovery.scores import (
     Corruption,
     EdgeScores,
@@ -37,4 +45,4 @@ __all__ = ["ComponentGraph", "GraphNode", "Corruption", "EdgeScores", "prepare",
            "top_overlap", "EdgeCircuit", "FaithfulnessCurve", "circuit_of_size", "faithfulness_curve",
            "smallest_circuit", "Discovery", "discover", "describe_edges", "DiscoverySeries",
            "checkpoint_discovery", "discovery_series", "RefinedScores", "ig_activation_scores", "refine",
-           "MibGraph", "MibFormatError", "to_mib", "write_mib", "from_mib", "read_mib"]
+           "MibGraph", "MibFormatError", "to_mib", "write_mib", "from_mib", "read_mib", "measure_mib"]

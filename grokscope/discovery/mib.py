@@ -22,15 +22,15 @@ dropped: MIB's graph has one node per head / MLP, summed over positions. So
   ``prune`` leaves them; ``logits`` always. The sign convention is EAP-IG's: positive
   means the edge carries the clean-vs-corrupt difference in the metric's direction.
   MIB's directory layout for a submission is :func:`mib_path`.
-* **import** (:func:`from_mib`, then :meth:`MibGraph.keep`): an MIB edge in the graph
-  keeps that writer -> reader edge at every position, which a grokscope faithfulness
-  measurement (:func:`grokscope.discovery.faithfulness.recovered`) then patches.
+* **import** (:func:`from_mib` / :func:`read_mib`, then :meth:`MibGraph.keep`): an MIB
+  edge in the graph keeps that writer -> reader edge at every position, which a grokscope
+  faithfulness measurement then patches (:func:`measure_mib`: every other edge patched,
+  the recovered fraction of the metric).
 
 Example:
     >>> d = discover(model, corruption)                                     # doctest: +SKIP
     >>> write_mib(d, "circuits/eap-ig-exact_patching_edge/mytask_mymodel/importances.json")  # doctest: +SKIP
-    >>> keep = read_mib("their_importances.json").keep(d.graph)             # doctest: +SKIP
-    >>> recovered(model, prepare(model, corruption), keep)                  # doctest: +SKIP
+    >>> measure_mib(model, corruption, read_mib("their_importances.json")).recovered  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -38,14 +38,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Float
 
+from grokscope.discovery.faithfulness import EdgeCircuit, recovered
 from grokscope.discovery.graph import ComponentGraph
-from grokscope.discovery.scores import EdgeScores
+from grokscope.discovery.scores import Activations, Corruption, EdgeScores, prepare
 from grokscope.errors import GrokscopeError
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 MIB_FILE = "importances.json"
 """The file name MIB's attribution scripts write and its evaluation reads."""
@@ -275,3 +279,23 @@ def mib_path(root: str | Path, method: str, task: str, model: str, *, ablation: 
 def mib_scores(graph: ComponentGraph, scores: Float[torch.Tensor, " edge"]) -> dict[str, float]:
     """Per-position scores summed to MIB's position-free edges (edge name -> score)."""
     return _summed(graph, scores)
+
+
+def measure_mib(
+    model: TransformerBridge, corruption: Corruption, mib: MibGraph, *, acts: Activations | None = None
+) -> EdgeCircuit:
+    """An imported circuit measured here: every edge outside it patched, the recovered fraction.
+
+    Args:
+        model: the model the circuit was found on (eval mode).
+        corruption: the clean inputs and what the other edges are patched with.
+        mib: the circuit (:func:`read_mib`).
+        acts: :func:`grokscope.discovery.scores.prepare` output to reuse.
+
+    Returns:
+        :class:`EdgeCircuit` (``selection="mib"``; its ``budget`` is its size on this graph).
+    """
+    acts = acts or prepare(model, corruption)
+    keep = mib.keep(acts.graph)
+    rec, _ = recovered(model, acts, keep)
+    return EdgeCircuit(keep, int(keep.sum()), float(rec[0]), None, "mib")
