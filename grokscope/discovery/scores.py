@@ -14,7 +14,10 @@ the clean and the corrupt input, in metric units, averaged over examples:
   points of the straight corrupt -> clean path of the token embeddings, ``alpha = k / K``
   for ``k = 1..K`` (the right Riemann sum; on the shipped composition run it agrees
   with exact patching a little better than the midpoints). :data:`DEFAULT_IG_STEPS`
-  comes from a measurement (see ``benchmarks/discovery.py``).
+  comes from a measurement (see ``benchmarks/discovery.py``). This is MIB's
+  "EAP-IG-inputs" (its code takes ``k = 0..K-1``); MIB's "EAP-IG-activations" is
+  ``eap-ig-activations``, and ``eap-ig-exact`` refines EAP-IG by exact patching of its top
+  edges (:mod:`grokscope.discovery.methods`, registered by name: :func:`register_method`).
 
 Corruptions: ``"counterfactual"`` (the task's counterfactual input, one token changed)
 and ``"mean"`` (every writer replaced by its mean over the clean examples; the IG path
