@@ -90,6 +90,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "write_mib": ("grokscope.discovery.mib", "write_mib"),
     "read_mib": ("grokscope.discovery.mib", "read_mib"),
     "measure_mib": ("grokscope.discovery.mib", "measure_mib"),
+    "encode_prompts": ("grokscope.discovery.inputs", "encode"),
+    "PromptError": ("grokscope.discovery.inputs", "PromptError"),
+    "UnsupportedModelError": ("grokscope.discovery.shapes", "UnsupportedModelError"),
     "DiscoverySeries": ("grokscope.discovery.series", "DiscoverySeries"),
     "discovery_series": ("grokscope.discovery.series", "discovery_series"),
     # the series engine

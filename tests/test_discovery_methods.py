@@ -155,3 +155,22 @@ def test_max_measured_caps_the_rounds(tiny):
     assert repr(r).startswith("<RefinedScores method=eap-exact") and len(repr(r)) <= 300
     order = torch.sort(est.scores.abs(), descending=True, stable=True).indices
     assert set(torch.nonzero(r.measured).flatten().tolist()) == set(order[:5].tolist())
+
+
+def test_chunked_and_summed_activations_give_the_same_numbers(tiny):
+    model, c, acts = tiny
+    whole = ig_activation_scores(model, c, ig_steps=2, acts=acts)
+    chunked = ig_activation_scores(model, c, ig_steps=2, acts=prepare(model, c, batch_size=2))
+    assert torch.allclose(whole.scores, chunked.scores, atol=1e-5)
+    summed = ig_activation_scores(model, c, ig_steps=2, acts=prepare(model, c, positions="sum"))
+    by_hand = torch.zeros(summed.graph.n_edges).index_add_(0, acts.graph.position_map(), whole.scores)
+    assert summed.graph.n_edges < acts.graph.n_edges and torch.allclose(summed.scores, by_hand, atol=1e-5)
+
+
+def test_refine_on_a_summed_graph_measures_exactly_there(tiny):
+    model, c, _ = tiny
+    acts = prepare(model, c, positions="sum", batch_size=3)
+    exact = score_edges(model, c, "exact", acts=acts).scores
+    r = score_edges(model, c, "eap-ig-exact", acts=acts)
+    assert r.graph.n_edges == len(exact) and r.measured.any()
+    assert torch.allclose(r.scores[r.measured], exact[r.measured], atol=1e-5)

@@ -172,3 +172,19 @@ def test_a_circuit_found_elsewhere_is_measured_here():
     assert bool((back | ~top).all())  # every exported edge comes back (at every position)
     r_back, r_top = recovered(model, acts, torch.stack([back, top]))[0].tolist()
     assert 0.0 <= min(r_back, r_top) and r_back != pytest.approx(0.0)
+
+
+def test_a_summed_graph_exports_the_same_document():
+    g = ComponentGraph(2, 2, n_pos=3)
+    gen = torch.Generator().manual_seed(2)
+    per_pos = EdgeScores(g, torch.randn(g.n_edges, generator=gen), "eap-ig")
+    s = g.summed_graph()
+    summed = EdgeScores(s, torch.zeros(s.n_edges).index_add_(0, g.position_map(), per_pos.scores), "eap-ig")
+    keep = torch.zeros(s.n_edges, dtype=torch.bool)
+    keep[:5] = True
+    a = to_mib(summed, keep).to_dict()
+    b = to_mib(per_pos, keep[g.position_map()]).to_dict()
+    assert a["nodes"] == b["nodes"]
+    for k, v in a["edges"].items():
+        assert v["in_graph"] == b["edges"][k]["in_graph"] and v["score"] == pytest.approx(b["edges"][k]["score"], abs=1e-5)
+    assert torch.equal(from_mib(a).keep(s), keep)

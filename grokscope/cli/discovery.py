@@ -55,7 +55,7 @@ def progress(
 
 
 def discover(
-    run_dir: Path = typer.Argument(..., help="Run directory."),
+    run_dir: Path | None = typer.Argument(None, help="Run directory (or give --model and --prompts instead)."),
     step: int | None = typer.Option(None, "--step", help="Checkpoint step (default: latest)."),
     all_steps: bool = typer.Option(False, "--all", help="Every checkpoint (cached in RUN/.grokscope-cache)."),
     split: str = typer.Option("train_inferred", "--split", help="train_inferred, test_inferred_iid or test_inferred_ood."),
@@ -70,11 +70,18 @@ def discover(
     json_out: Path | None = typer.Option(None, "--json", help="Also write everything (examples' token ids, nodes with hook names, every edge's score, the circuit, the faithfulness curve) as JSON."),
     compare: Path | None = typer.Option(None, "--compare", help="Another run of the same shape (e.g. another seed, or trained with a gradient filter): discover its circuit the same way and print its overlap with this run's (with --all: the last checkpoint's)."),
     compare_step: int | None = typer.Option(None, "--compare-step", help="The other run's checkpoint (default: its latest)."),
+    model: str | None = typer.Option(None, "--model", help="A model that is not a grokscope run: a local HF directory or an HF model name, booted through TransformerBridge (needs --prompts)."),
+    prompts: Path | None = typer.Option(None, "--prompts", help="With --model: a JSONL file, each line {\"clean\": ..., \"corrupt\": ..., \"answer\": ..., \"cf_answer\": ...} (corrupt and cf_answer optional: without corrupt, mean ablation)."),
+    positions: str = typer.Option("last", "--positions", help="With --model: last (a node per component and position) or sum (one per head / MLP)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="With --model: examples per slice (bounds peak memory)."),
+    device: str | None = typer.Option(None, "--device", help="With --model: cpu or cuda (default: cuda when available)."),
+    figure: Path | None = typer.Option(None, "--figure", help="Also write the circuit figure (gs.plots.discovered_graph) as HTML."),
 ) -> None:
     """Discover the circuit: score every edge (EAP-IG), keep the smallest faithful set.
 
     Example: grokscope discover checkpoints/composition-small --perturb h --recover 0.9 --json circuit.json
     Example: grokscope discover runs/plain --compare runs/filtered
+    Example: grokscope discover --model ./my-hf-model --prompts prompts.jsonl --json circuit.json --figure circuit.html
     """
     from grokscope.discovery.scores import DEFAULT_IG_STEPS, METHODS, METRICS
     from grokscope.discovery.series import checkpoint_discovery, jaccard
@@ -84,6 +91,18 @@ def discover(
         raise UserError(f"--method {method!r} is unknown; allowed values: {', '.join(METHODS)}")
     if metric not in METRICS:
         raise UserError(f"--metric {metric!r} is unknown; allowed values: {', '.join(METRICS)}")
+    if model is not None or prompts is not None:
+        if run_dir is not None:
+            raise UserError("give either a RUN directory or --model with --prompts, not both")
+        if model is None or prompts is None:
+            raise UserError("--model and --prompts go together: the model and the prompts to discover its circuit on")
+        k = DEFAULT_IG_STEPS if ig_steps is None else ig_steps
+        _discover_model(model, prompts, method=method, ig_steps=k, metric=metric, top=top, recover=recover,
+                        perturb=perturb, positions=positions, batch_size=batch_size, device=device,
+                        json_out=json_out, figure=figure)
+        return
+    if run_dir is None:
+        raise UserError("give a RUN directory, or --model with --prompts")
     if not 0 < recover <= 1:
         raise UserError(f"--recover must lie in (0, 1], got {recover}")
     if top is not None and top < 1:
@@ -103,22 +122,8 @@ def discover(
             raise UserError(f"no example of --split {split} has a valid {d['perturbation']} counterfactual; try another split")
         docs.append(d)
         c = d["circuit"]
-        typer.echo(f"{run.path} step {s}: {d['method']} on {len(d['examples']['clean'])} {split} examples, "
-                   f"{d['corruption']['ablation']} {d['perturbation']}, metric {d['metric']} "
-                   f"(clean {d['clean_metric']:.3f}, all edges patched {d['corrupt_metric']:.3f})")
-        typer.echo(f"  circuit: {c['size']} of {d['graph']['n_edges']} edges ({100 * c['fraction_of_edges']:.1f}%), "
-                   f"recovers {c['recovered']:.3f}; curve CPR {d['curve']['cpr']:.3f}, CMD {d['curve']['cmd']:.3f}")
-        nodes = d["nodes"]
-        rows = []
-        for e in c["edges"][:15]:
-            ed = d["edges"][e]
-            src, dst = nodes[ed["src"]], nodes[ed["dst"]]
-            rows.append([src["hook_name"], src["head"], dst["hook_name"], dst["head"], src["position"], ed["score"], ed["exact"]])
-        _grid("  strongest circuit edges", [str(i + 1) for i in range(len(rows))],
-              ["writer hook", "head", "reader hook", "head", "pos", "score", "exact"], rows)
-        sh = d["shares"]
-        typer.echo("  |attribution| by position: " + ", ".join(f"{k_} {v:.2f}" for k_, v in sh["position"].items())
-                   + "; by kind: " + ", ".join(f"{k_} {v:.2f}" for k_, v in sh["kind"].items()))
+        _print_discovery(f"{run.path} step {s}: {d['method']} on {len(d['examples']['clean'])} {split} examples, "
+                         f"{d['corruption']['ablation']} {d['perturbation']}", d)
     if compare is not None:
         _compare(run, docs[-1], compare, compare_step, split=split, perturbation=pert, ablation=ablation, n=examples,
                  seed=seed, method=method, ig_steps=k, metric=metric, top=top, recover=recover)
@@ -131,6 +136,127 @@ def discover(
     if json_out:
         _write_json(json_out, {"run": str(run.path), "analysis": "discovery",
                                "checkpoints": docs} if len(docs) > 1 else {"run": str(run.path), "analysis": "discovery", **docs[0]})
+    if figure:
+        _write_figure(figure, docs[-1], f"{run.path} step {docs[-1]['step']}")
+
+
+def _print_discovery(header: str, d: dict) -> None:
+    """The discovery's summary lines and its strongest circuit edges."""
+    c = d["circuit"]
+    typer.echo(f"{header}, metric {d['metric']} (clean {d['clean_metric']:.3f}, all edges patched {d['corrupt_metric']:.3f})")
+    typer.echo(f"  circuit: {c['size']} of {d['graph']['n_edges']} edges ({100 * c['fraction_of_edges']:.1f}%), "
+               f"recovers {c['recovered']:.3f}; curve CPR {d['curve']['cpr']:.3f}, CMD {d['curve']['cmd']:.3f}")
+    nodes = d["nodes"]
+    rows = []
+    for e in c["edges"][:15]:
+        ed = d["edges"][e]
+        src, dst = nodes[ed["src"]], nodes[ed["dst"]]
+        rows.append([src["hook_name"], src["head"], dst["hook_name"], dst["head"], src["position"], ed["score"], ed["exact"]])
+    _grid("  strongest circuit edges", [str(i + 1) for i in range(len(rows))],
+          ["writer hook", "head", "reader hook", "head", "pos", "score", "exact"], rows)
+    sh = d["shares"]
+    typer.echo("  |attribution| by position: " + ", ".join(f"{k_} {v:.2f}" for k_, v in sh["position"].items())
+               + "; by kind: " + ", ".join(f"{k_} {v:.2f}" for k_, v in sh["kind"].items()))
+
+
+def _write_figure(path: Path, doc: dict, title: str) -> None:
+    from grokscope.plots import discovered_graph
+
+    if doc["graph"].get("summed"):
+        raise UserError("--figure draws a circuit over input positions: use --positions last")
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    discovered_graph(doc, title=title).write_html(str(path), include_plotlyjs=True)
+    typer.echo(f"figure written to {path}")
+
+
+PROMPT_KEYS = ("clean", "corrupt", "answer", "cf_answer")
+
+
+def _read_prompts(path: Path) -> dict[str, list]:
+    """The JSONL prompts as columns; one line's problem is one error naming the line."""
+    import json
+
+    if not path.is_file():
+        raise UserError(f"--prompts {path}: no such file")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--prompts {path} line {i}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("clean"), str) or "answer" not in row:
+            raise UserError(f"--prompts {path} line {i}: needs a \"clean\" string and an \"answer\" "
+                            f"(keys: {', '.join(PROMPT_KEYS)})")
+        extra = set(row) - set(PROMPT_KEYS)
+        if extra:
+            raise UserError(f"--prompts {path} line {i}: unknown key(s) {', '.join(sorted(extra))}; allowed: {', '.join(PROMPT_KEYS)}")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"--prompts {path}: no prompts")
+    cols: dict[str, list] = {}
+    for key in PROMPT_KEYS:
+        have = [key in r for r in rows]
+        if any(have) and not all(have):
+            raise UserError(f"--prompts {path}: line {have.index(False) + 1} has no \"{key}\" while others do")
+        cols[key] = [r[key] for r in rows] if all(have) else None  # type: ignore[assignment]
+    return cols
+
+
+def _boot(model: str, device: str | None):
+    """A local HF directory or an HF model name, booted through TransformerBridge, in eval mode."""
+    import torch
+
+    path = Path(model)
+    if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise UserError(f"--model {model}: no such directory (give a local HF directory or an HF model name)")
+    if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+        raise UserError(f"--model {model} is a grokscope run: pass it as RUN (grokscope discover {model})")
+    from transformer_lens.model_bridge import TransformerBridge
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return TransformerBridge.boot_transformers(model, device=dev).eval()
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--model {model}: cannot be loaded as an HF model ({first})") from None
+
+
+def _discover_model(model: str, prompts: Path, *, method: str, ig_steps: int, metric: str, top: int | None,
+                    recover: float, perturb: str | None, positions: str, batch_size: int | None, device: str | None,
+                    json_out: Path | None, figure: Path | None) -> None:
+    """``grokscope discover --model M --prompts P``: the same output as for a run."""
+    from grokscope.discovery.circuit import discover as discover_circuit
+    from grokscope.discovery.inputs import PromptError
+    from grokscope.discovery.scores import POSITIONS
+
+    if positions not in POSITIONS:
+        raise UserError(f"--positions {positions!r} is unknown; allowed values: {', '.join(POSITIONS)}")
+    if perturb not in (None, "mean", "zero"):
+        raise UserError(f"--perturb {perturb!r}: with --model use mean or zero (or give corrupt prompts)")
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    cols = _read_prompts(prompts)
+    if perturb is not None and cols["corrupt"] is not None:
+        raise UserError(f"--perturb {perturb}: the prompts have corrupt versions; drop --perturb or the corrupt prompts")
+    if metric == "logit_diff" and cols["cf_answer"] is None:
+        metric = "logprob"  # nothing to take the difference with
+    bridge = _boot(model, device)
+    try:
+        d = discover_circuit(bridge, cols["clean"], cols["corrupt"], answer=cols["answer"], cf_answer=cols["cf_answer"],
+                             ablation=perturb, metric=metric, positions=positions, method=method, ig_steps=ig_steps,
+                             batch_size=batch_size, top=top, recover=recover)
+    except PromptError as e:
+        raise UserError(f"--prompts {prompts}: {e}") from None
+    doc = d.to_dict()
+    doc["perturbation"] = d.corruption.ablation
+    _print_discovery(f"{model}: {doc['method']} on {len(cols['clean'])} prompts, {d.corruption.ablation}", doc)
+    if json_out:
+        _write_json(json_out, {"model": model, "analysis": "discovery", **doc})
+    if figure:
+        _write_figure(figure, doc, str(model))
 
 
 def _compare(run, doc: dict, other_dir: Path, other_step: int | None, **kw) -> None:

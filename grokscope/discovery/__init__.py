@@ -1,7 +1,9 @@
 """Edge-level circuit discovery on any TransformerBridge model; names no task.
 
 - :mod:`.graph`: the component graph (:class:`ComponentGraph`: writers, readers, edges);
-- :mod:`.edges`: edges patched and differentiated through hooks (exact, batched);
+- :mod:`.shapes`: which model shapes the graph describes (GPT-2, GPT-NeoX, Llama/Qwen2 GQA, attention-only);
+- :mod:`.edges`: edges patched and differentiated through hooks; :mod:`.batched`: many patched runs;
+- :mod:`.inputs`: a researcher's prompts (strings, padded token ids) as a :class:`Corruption`;
 - :mod:`.scores`: :class:`Corruption`, :func:`score_edges` (EAP, EAP-IG, exact), :func:`register_method`;
 - :mod:`.methods`: EAP-IG on activations, and EAP-IG refined by exact patching of the top edges
   (``eap-ig-activations``, ``eap-ig-exact``);
@@ -20,6 +22,7 @@ from grokscope.discovery.faithfulness import (
     smallest_circuit,
 )
 from grokscope.discovery.graph import ComponentGraph, GraphNode
+from grokscope.discovery.inputs import PromptError, encode
 from grokscope.discovery.methods import RefinedScores, ig_activation_scores, refine
 from grokscope.discovery.mib import (
     MibFormatError,
@@ -40,9 +43,11 @@ from grokscope.discovery.scores import (
     top_overlap,
 )
 from grokscope.discovery.series import DiscoverySeries, checkpoint_discovery, discovery_series
+from grokscope.discovery.shapes import UnsupportedModelError
 
 __all__ = ["ComponentGraph", "GraphNode", "Corruption", "EdgeScores", "prepare", "score_edges", "register_method", "spearman",
            "top_overlap", "EdgeCircuit", "FaithfulnessCurve", "circuit_of_size", "faithfulness_curve",
            "smallest_circuit", "Discovery", "discover", "describe_edges", "DiscoverySeries",
-           "checkpoint_discovery", "discovery_series", "RefinedScores", "ig_activation_scores", "refine",
+           "checkpoint_discovery", "discovery_series", "encode", "PromptError", "UnsupportedModelError",
+           "RefinedScores", "ig_activation_scores", "refine",
            "MibGraph", "MibFormatError", "to_mib", "write_mib", "from_mib", "read_mib", "measure_mib"]

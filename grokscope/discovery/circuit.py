@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from grokscope.discovery.edges import patch_single_edges
 from grokscope.discovery.faithfulness import (
     EdgeCircuit,
     FaithfulnessCurve,
@@ -41,7 +40,9 @@ from grokscope.discovery.scores import (
     Activations,
     Corruption,
     EdgeScores,
+    exact_effects,
     gap_reliable,
+    metric_name,
     prepare,
     score_edges,
 )
@@ -111,7 +112,7 @@ class Discovery(Summarized):
         for e in idx.tolist():
             w, r = g.edge_nodes(e)
             x = float(self.exact[e])
-            out.append(Edge(e, g.edge_name(e), w.name, r.name, w.position, float(scores[e]),
+            out.append(Edge(e, g.edge_name(e), w.name, r.name, None if g.summed else w.position, float(scores[e]),
                             None if x != x else x, bool(keep[e]),
                             abs(float(scores[e])) / total if bool(keep[e]) else 0.0))
         return out
@@ -144,20 +145,23 @@ class Discovery(Summarized):
         P, W, R = g.n_pos, g.n_writers, g.n_readers
         writer_ids = {(p, w): p * W + w for p in range(P) for w in range(W)}
         nodes: list[dict[str, Any]] = []
+        unplaced = {"position": None} if g.summed else {}
         ws = self.scores.writer_scores()
         for p in range(P):
             for w in range(W):
-                nodes.append({"id": writer_ids[(p, w)], **g.writer_node(p, w).to_dict(), "score": float(ws[p, w])})
+                nodes.append({"id": writer_ids[(p, w)], **g.writer_node(p, w).to_dict(), **unplaced,
+                              "score": float(ws[p, w])})
         reader_score = torch.zeros(P, R)
         pe, re_, _ = g.edge_index.unbind(1)
         reader_score.index_put_((pe, re_), self.scores.scores.float(), accumulate=True)
         reader_ids: dict[tuple[int, int], int] = {}
         for p in range(P):
             for r in range(R):
-                if r == g.logits_reader and p != g.read_pos:
+                if r == g.logits_reader and p not in g.read_positions:
                     continue
                 reader_ids[(p, r)] = len(nodes)
-                nodes.append({"id": len(nodes), **g.reader_node(p, r).to_dict(), "score": float(reader_score[p, r])})
+                nodes.append({"id": len(nodes), **g.reader_node(p, r).to_dict(), **unplaced,
+                              "score": float(reader_score[p, r])})
         edges = []
         for e, (p, r, w) in enumerate(g.edge_index.tolist()):
             x = float(self.exact[e])
@@ -173,8 +177,7 @@ class Discovery(Summarized):
             "metric": self.metric,
             "corruption": {"ablation": c.ablation, "name": c.name, "roles": dict(c.roles)},
             "graph": g.to_dict(),
-            "examples": {"clean": c.clean.tolist(), "corrupt": None if c.corrupt is None else c.corrupt.tolist(),
-                         "answer": c.answer.tolist(), "cf_answer": c.cf_answer.tolist()},
+            "examples": {k: v for k, v in c.to_dict().items() if k not in ("ablation", "name", "roles")},
             "clean_metric": self.clean_metric,
             "reliable": self.reliable,
             "corrupt_metric": self.corrupt_metric,
@@ -192,26 +195,54 @@ class Discovery(Summarized):
 
 def discover(
     model: TransformerBridge,
-    corruption: Corruption,
-    method: str = "eap-ig",
+    clean: Any,
+    corrupt: Any = None,
     *,
-    metric: str = "logit_diff",
+    answer: Any = None,
+    cf_answer: Any = None,
+    attention_mask: Any = None,
+    ablation: str | None = None,
+    metric: Any = None,
+    positions: str = "last",
+    method: str = "eap-ig",
     ig_steps: int = DEFAULT_IG_STEPS,
+    batch_size: int | None = None,
     top: int | None = None,
     recover: float = DEFAULT_RECOVER,
     selection: str = "top",
     measure_circuit_edges: int = 200,
     step: int | None = None,
 ) -> Discovery:
-    """Score, select and measure a circuit.
+    """Score every edge, select the smallest faithful circuit, measure it.
+
+    Takes what a researcher has: prompts as strings (tokenized with the model's
+    tokenizer, right-padded, each scored at its own last real token; see
+    :func:`grokscope.discovery.inputs.encode`), token tensors (with ``attention_mask``
+    for right-padded prompts of different lengths), or a ready :class:`Corruption`
+    (``discover(model, corruption)`` and ``discover(model, corruption, "exact")`` keep working).
 
     Args:
-        model: the model (eval mode).
-        corruption: clean inputs and their corruption.
+        model: any ``TransformerBridge`` (HF-booted or native) or grokscope model, in eval mode.
+        clean: prompts (list of strings or ``[example, pos]`` token ids) or a :class:`Corruption`.
+        corrupt: counterfactual prompts of the same form (each as many tokens as its clean
+            prompt); None with ``ablation="mean"`` or ``"zero"``.
+        answer, cf_answer: ``[example]`` token ids or single-token strings.
+        attention_mask: ``[example, pos]`` for token-id prompts (1 real, 0 right padding).
+        ablation: ``counterfactual`` (default with ``corrupt``), ``mean`` (default without:
+            each writer replaced by its mean over the prompts) or ``zero``.
+        metric: ``logit_diff`` (needs ``answer`` and ``cf_answer``), ``logprob`` (needs
+            ``answer``) or a callable ``metric(logits, example) -> Tensor[batch]`` with
+            ``logits`` ``[batch, d_vocab]`` at each prompt's scoring position and ``example``
+            the batch's indices into the prompts. None: ``logit_diff`` when counterfactual
+            answers are given, else ``logprob``.
+        positions: ``last`` (a node per component and position; the prediction read at
+            each prompt's scoring position) or ``sum`` (one node per head / MLP, scores and
+            patches summed over positions, as EAP-IG and MIB do for prompts of different lengths).
         method: ``eap``, ``eap-ig``, ``eap-ig-activations``, ``eap-ig-exact`` or ``exact``
             (:data:`grokscope.discovery.scores.METHODS`).
-        metric: ``logit_diff`` or ``logprob``.
-        ig_steps: EAP-IG path points.
+        ig_steps: EAP-IG path points (default :data:`DEFAULT_IG_STEPS`, from a measurement).
+        batch_size: rows (examples x path points, or patched runs) per forward pass: peak
+            memory is bounded by it, not by the number of prompts (None: from a float budget).
         top: a fixed budget of edges (None: the smallest circuit recovering ``recover``).
         recover: the recovered fraction to reach when ``top`` is None.
         selection: ``top`` or ``greedy``.
@@ -221,8 +252,28 @@ def discover(
 
     Returns:
         A :class:`Discovery`.
+
+    Example:
+        >>> d = discover(model, ["When Mary and John went out, John gave a drink to"],
+        ...              ["When Mary and John went out, Mary gave a drink to"],
+        ...              answer=[" Mary"], cf_answer=[" John"])            # doctest: +SKIP
+        >>> d.edges(10)                                                    # doctest: +SKIP
     """
-    acts: Activations = prepare(model, corruption, metric)
+    from grokscope.discovery.inputs import encode
+
+    if isinstance(clean, Corruption):
+        if isinstance(corrupt, str):  # the old positional method: discover(model, corruption, "exact")
+            method, corrupt = corrupt, None
+        if corrupt is not None or answer is not None or cf_answer is not None or attention_mask is not None:
+            raise ValueError("discover(model, corruption): the Corruption already holds the prompts and answers")
+        corruption = clean
+    else:
+        corruption = encode(model, clean, corrupt, answer=answer, cf_answer=cf_answer,
+                            attention_mask=attention_mask, ablation=ablation)
+    if metric is None:
+        metric = "logit_diff" if corruption.cf_answer is not None else "logprob"
+    name = metric_name(metric)
+    acts: Activations = prepare(model, corruption, metric, positions=positions, batch_size=batch_size)
     reliable, why = gap_reliable(acts.clean_metric, acts.corrupt_metric)
     if not reliable:
         warnings.warn(f"discovery{'' if step is None else f' at step {step}'}: {why}; the result is marked "
@@ -233,7 +284,7 @@ def discover(
         circuit = circuit_of_size(model, acts, scores, top, selection)
     else:
         circuit = smallest_circuit(model, acts, scores, recover, selection=selection, curve=curve)
-    exact = torch.full((acts.graph.n_edges,), float("nan"))
+    exact = torch.full((scores.graph.n_edges,), float("nan"))
     measured = getattr(scores, "measured", None)  # eap-ig-exact: its top edges are already exact
     if measured is not None:
         exact[measured] = scores.scores[measured].float()
@@ -243,11 +294,9 @@ def discover(
         ids = [int(e) for e in scores.order() if circuit.keep[e]][:measure_circuit_edges]
         ids = [e for e in ids if exact[e] != exact[e]]
         if ids:
-            per = patch_single_edges(model, acts.graph, corruption.clean, acts.corrupt_writers, acts.clean_writers,
-                                     acts.metric, acts.clean_metric, edges=ids)
-            exact[ids] = (acts.clean_metric.float().cpu()[None, :] - per).mean(1)
+            exact[ids] = exact_effects(model, acts, ids)
     return Discovery(corruption, scores, circuit, curve, exact, float(acts.clean_metric.double().mean()),
-                     float(acts.corrupt_metric.double().mean()), metric, step, reliable)
+                     float(acts.corrupt_metric.double().mean()), name, step, reliable)
 
 
 def attribution_shares(
@@ -280,10 +329,7 @@ def _edge_span(g: ComponentGraph, e: int) -> tuple[int, int, int]:
     """``(position, first, last)``: the residual states ``S[first..last, position]`` an edge travels."""
     p, r, w = (int(x) for x in g.edge_index[e])
     first = int(g.writer_layer[w]) + 1
-    if r == g.logits_reader:
-        last = g.n_layers
-    else:
-        last = r // (3 * g.n_heads + 1)
+    last = g.reader_layer(r)
     return p, first, max(first, last)
 
 
@@ -336,7 +382,7 @@ class Edge:
         index: its index in the graph (``ComponentGraph.edge_index`` row).
         name: ``writer->reader@position`` (:meth:`ComponentGraph.edge_name`), e.g. ``m0->a2.h1<v>@3``.
         source, target: the writer's and the reader's node names (``m0``, ``a2.h1<v>``).
-        position: the input position both sit at.
+        position: the input position both sit at (None in a graph summed over positions).
         score: the method's attribution score.
         exact: the exact effect of patching this edge alone (None where not measured).
         in_circuit: whether the selected circuit holds it.
@@ -347,7 +393,7 @@ class Edge:
     name: str
     source: str
     target: str
-    position: int
+    position: int | None
     score: float
     exact: float | None
     in_circuit: bool

@@ -32,13 +32,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 
-from grokscope.discovery.graph import ComponentGraph
+from grokscope.discovery.graph import ComponentGraph, UnsupportedModelError
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -61,11 +61,23 @@ def _check_model(model: TransformerBridge, graph: ComponentGraph) -> None:
         raise ValueError("put the model in eval mode (model.eval()) before patching: dropout would differ per run")
 
 
+def scored_logits(
+    logits: Float[torch.Tensor, "row pos d_vocab"],
+    score_pos: Int[torch.Tensor, " example"] | None,
+    example: Int[torch.Tensor, " row"],
+) -> Float[torch.Tensor, "row d_vocab"]:
+    """Each row's logits at its example's scoring position (``score_pos[example]``; None: the last)."""
+    if score_pos is None:
+        return logits[:, -1]
+    pos = score_pos.to(logits.device)[example.to(logits.device)]
+    return logits[torch.arange(len(logits), device=logits.device), pos]
+
+
 def writer_hook_names(graph: ComponentGraph) -> list[str]:
     """The hooks whose values make up every writer's contribution."""
     names = ["hook_embed"]
     for layer in range(graph.n_layers):
-        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
+        names += [f"blocks.{layer}.attn.hook_z"] + ([f"blocks.{layer}.hook_mlp_out"] if graph.mlp else [])
     return names
 
 
@@ -80,6 +92,7 @@ def writer_activations(
     batch_size: int = 1024,
     *,
     with_logits: bool = False,
+    score_pos: Int[torch.Tensor, " example"] | None = None,
 ) -> Any:
     """Every writer's contribution to the residual stream, per example and position.
 
@@ -89,6 +102,7 @@ def writer_activations(
         tokens: ``[example, pos]`` inputs.
         batch_size: examples per forward pass.
         with_logits: also return the logits at the prediction position.
+        score_pos: ``[example]`` the position each example's logits are read at (None: the last).
 
     Returns:
         ``[example, pos, writer, d_model]`` on the model's device (writer order: see
@@ -99,24 +113,44 @@ def writer_activations(
     if tokens.ndim != 2 or tokens.shape[1] != graph.n_pos:
         raise ValueError(f"tokens must be [example, {graph.n_pos}], got {tuple(tokens.shape)}")
     device = _device(model)
-    H = graph.n_heads
     out, logits_out = [], []
+    last = f"blocks.{graph.n_layers - 1}.hook_resid_post"
     with torch.no_grad():
         for lo in range(0, len(tokens), batch_size):
-            logits, cache = model.run_with_cache(tokens[lo : lo + batch_size].to(device), names_filter=writer_hook_names(graph))
-            logits_out.append(logits[:, graph.read_pos])
+            names = writer_hook_names(graph) + ([last] if with_logits else [])
+            logits, cache = model.run_with_cache(tokens[lo : lo + batch_size].to(device), names_filter=names)
+            logits_out.append(scored_logits(logits, score_pos, torch.arange(lo, lo + len(logits))))
             parts = [cache["hook_embed"][:, :, None]]
             for layer in range(graph.n_layers):
                 parts.append(_head_writes(model, layer, cache[f"blocks.{layer}.attn.hook_z"]))
-                parts.append(cache[f"blocks.{layer}.hook_mlp_out"][:, :, None])
+                if graph.mlp:
+                    parts.append(cache[f"blocks.{layer}.hook_mlp_out"][:, :, None])
             acts = torch.cat(parts, dim=2)
-            assert acts.shape[2] == 1 + graph.n_layers * (H + 1)
+            assert acts.shape[2] == graph.n_writers
+            if with_logits:
+                _check_writers_sum(cache[last], acts)
             out.append(acts)
             del cache
     acts = torch.cat(out) if out else torch.empty(0, graph.n_pos, graph.n_writers, model.cfg.d_model, device=device)
     if with_logits:
         return acts, (torch.cat(logits_out) if logits_out else torch.empty(0, model.cfg.d_vocab, device=device))
     return acts
+
+
+def _check_writers_sum(resid: torch.Tensor, writers: torch.Tensor) -> None:
+    """The writers must add up to the residual stream, up to what no input changes (biases,
+    position embeddings): else a block transforms its outputs before adding them (Gemma 2/3's
+    post-attention norms, sandwich norms) and edges would not be what the graph says."""
+    if len(resid) < 2:
+        return
+    rest = (resid - writers.sum(2)).float()
+    spread = float((rest - rest[:1]).abs().amax())
+    tol = (1e-3 if resid.dtype == torch.float32 or resid.dtype == torch.float64 else 3e-2) * float(resid.abs().amax())
+    if spread > tol + 1e-5:
+        raise UnsupportedModelError(
+            f"the writers (embedding, each head's hook_z @ W_O, each MLP's hook_mlp_out) do not add up to the "
+            f"residual stream (they miss by {spread:.3g}, varying with the input): blocks that transform their "
+            "outputs before the residual add (e.g. Gemma 2/3 post-attention norms) are not supported")
 
 
 class _Fork:
@@ -126,20 +160,25 @@ class _Fork:
         self.ln: list[torch.nn.Module] = []
         self.w: list[list[torch.Tensor]] = []
         self.b: list[list[torch.Tensor | None]] = []
-        H = graph.n_heads
         for layer in range(graph.n_layers):
             block = model.blocks[layer]
-            ln = getattr(block.ln1, "original_component", None)
+            ln = getattr(getattr(block, "ln1", None), "original_component", None)
             if ln is None:
-                raise NotImplementedError(f"blocks.{layer}.ln1 has no module to apply per head")
+                raise UnsupportedModelError(f"blocks.{layer}.ln1 has no module to apply per head (a block without "
+                                            "a pre-attention norm is not supported)")
             self.ln.append(ln)
             ws, bs = [], []
-            for name in ("q", "k", "v"):
-                lin = getattr(block.attn, name).original_component
+            for which, name in enumerate(("q", "k", "v")):
+                lin = getattr(getattr(block.attn, name), "original_component", None)
                 if not isinstance(lin, torch.nn.Linear):
-                    raise NotImplementedError(f"blocks.{layer}.attn.{name} is {type(lin).__name__}, not nn.Linear")
-                ws.append(lin.weight.reshape(H, -1, lin.weight.shape[-1]).transpose(1, 2))  # [head, d_model, d_head]
-                bs.append(None if lin.bias is None else lin.bias.reshape(H, -1))
+                    raise UnsupportedModelError(f"blocks.{layer}.attn.{name} is {type(lin).__name__}, not nn.Linear: "
+                                                "per-head query/key/value readers need a linear projection")
+                n = graph.n_readers_of(which)
+                if lin.weight.shape[0] % n:
+                    raise UnsupportedModelError(f"blocks.{layer}.attn.{name} has {lin.weight.shape[0]} outputs, "
+                                                f"not a multiple of its {n} heads")
+                ws.append(lin.weight.reshape(n, -1, lin.weight.shape[-1]).transpose(1, 2))  # [head, d_model, d_head]
+                bs.append(None if lin.bias is None else lin.bias.reshape(n, -1))
             self.w.append(ws)
             self.b.append(bs)
 
@@ -152,14 +191,15 @@ class _Fork:
 
 
 def _reader_layout(graph: ComponentGraph) -> tuple[Int[torch.Tensor, " reader"], Int[torch.Tensor, " reader"]]:
-    """Hook group (``4 * layer + {q:0, k:1, v:2, mlp:3}``, logits ``4L``) and head of each reader."""
-    H = graph.n_heads
+    """Hook group (``4 * layer + {q:0, k:1, v:2, mlp:3}``, logits ``4L``) and head of each reader
+    (the query head for a query, the key/value head for a key or value, 0 otherwise)."""
     group = torch.empty(graph.n_readers, dtype=torch.long)
     head = torch.zeros(graph.n_readers, dtype=torch.long)
+    j_of = {"q_input": 0, "k_input": 1, "v_input": 2, "mlp_in": 3}
     for r in range(graph.n_readers - 1):
-        layer, rest = divmod(r, 3 * H + 1)
-        group[r] = 4 * layer + (3 if rest == 3 * H else rest // H)
-        head[r] = 0 if rest == 3 * H else rest % H
+        node = graph.reader_node(0, r)
+        group[r] = 4 * node.layer + j_of[node.kind]  # type: ignore[operator]
+        head[r] = node.head or 0
     group[-1] = 4 * graph.n_layers
     return group, head
 
@@ -181,6 +221,8 @@ def reader_gradients(
     metric: RowMetric,
     example: Int[torch.Tensor, " row"],
     embed: Float[torch.Tensor, "row pos d_model"] | None = None,
+    *,
+    score_pos: Int[torch.Tensor, " example"] | None = None,
 ) -> tuple[Float[torch.Tensor, " row"], Float[torch.Tensor, "row pos reader d_model"]]:
     """``d metric / d input`` of every reader, per row, from one forward and one backward.
 
@@ -193,6 +235,7 @@ def reader_gradients(
         example: ``[row]`` example index of each row (passed to ``metric``).
         embed: ``[row, pos, d_model]`` token embeddings to use instead of the tokens'
             (``hook_embed`` is overridden): the points of an integrated-gradient path.
+        score_pos: ``[example]`` the position each example's logits are read at (None: the last).
 
     Returns:
         ``(metric per row, gradients [row, pos, reader, d_model])``.
@@ -200,13 +243,14 @@ def reader_gradients(
     _check_model(model, graph)
     device = _device(model)
     tokens = tokens.to(device)
-    rows, P, H, L = tokens.shape[0], graph.n_pos, graph.n_heads, graph.n_layers
+    rows, P, L = tokens.shape[0], graph.n_pos, graph.n_layers
     d = int(model.cfg.d_model)
     dtype = next(model.parameters()).dtype
     fork = _Fork(model, graph)
     resid: dict[int, torch.Tensor] = {}
-    eps_qkv = [[torch.zeros(rows, P, H, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3)] for _ in range(L)]
-    eps_mlp = [torch.zeros(rows, P, d, device=device, dtype=dtype, requires_grad=True) for _ in range(L)]
+    eps_qkv = [[torch.zeros(rows, P, graph.n_readers_of(j), d, device=device, dtype=dtype, requires_grad=True)
+                for j in range(3)] for _ in range(L)]
+    eps_mlp = [torch.zeros(rows, P, d, device=device, dtype=dtype, requires_grad=True) for _ in range(L if graph.mlp else 0)]
     eps_log = torch.zeros(rows, P, d, device=device, dtype=dtype, requires_grad=True)
 
     def capture(layer: int) -> Any:
@@ -232,11 +276,12 @@ def reader_gradients(
         hooks.append((f"blocks.{layer}.hook_resid_pre", capture(layer)))
         for j in range(3):
             hooks.append((f"blocks.{layer}.attn.{'qkv'[j]}.hook_out", qkv(layer, j)))
-        hooks.append((f"blocks.{layer}.ln2.hook_in", add(eps_mlp[layer])))
+        if graph.mlp:
+            hooks.append((f"blocks.{layer}.ln2.hook_in", add(eps_mlp[layer])))
     hooks.append((f"blocks.{L - 1}.hook_resid_post", add(eps_log)))
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
         logits = model(tokens)
-        values = metric(logits[:, graph.read_pos], example.to(device))
+        values = metric(scored_logits(logits, score_pos, example), example.to(device))
         flat = [e for per in eps_qkv for e in per] + eps_mlp + [eps_log]
         grads = torch.autograd.grad(values.sum(), flat, allow_unused=True)
     out = torch.zeros(rows, P, graph.n_readers, d, device=device, dtype=dtype)
@@ -245,12 +290,14 @@ def reader_gradients(
             g = grads[3 * layer + j]
             if g is not None:
                 lo = graph.qkv_reader(layer, j, 0)
-                out[:, :, lo : lo + H] = g
-        g = grads[3 * L + layer]
-        if g is not None:
-            out[:, :, graph.mlp_reader(layer)] = g
+                out[:, :, lo : lo + graph.n_readers_of(j)] = g
+        if graph.mlp:
+            g = grads[3 * L + layer]
+            if g is not None:
+                out[:, :, graph.mlp_reader(layer)] = g
     if grads[-1] is not None:
-        out[:, graph.read_pos, graph.logits_reader] = grads[-1][:, graph.read_pos]
+        read = list(graph.read_positions)
+        out[:, read, graph.logits_reader] = grads[-1][:, read]
     return values.detach(), out
 
 
@@ -268,6 +315,8 @@ def patched_metric(
     metric: RowMetric,
     *,
     complement: bool = False,
+    score_pos: Int[torch.Tensor, " example"] | None = None,
+    dense: Float[torch.Tensor, "pos reader writer"] | None = None,
 ) -> Float[torch.Tensor, " row"]:
     """The metric of each row with its edges patched, in one forward pass.
 
@@ -282,6 +331,10 @@ def patched_metric(
         metric: the per-row metric.
         complement: False: the pairs are the patched edges (every other edge is
             clean). True: the pairs are the edges kept; every other edge is patched.
+        score_pos: ``[example]`` the position each example's logits are read at (None: the last).
+        dense: ``[pos, reader, writer]`` 1 where an edge is patched, the same for every row
+            (a circuit's complement): memory does not grow with the number of patched edges.
+            The pairs are then not used.
 
     Returns:
         ``[row]`` the metric of each patched run.
@@ -304,14 +357,20 @@ def patched_metric(
     def delta(group: int, reader0: int) -> torch.Tensor | None:
         """``[row, pos, head(1), d_model]`` summed replacement minus live writers at this group."""
         sel = pair_group == group
-        n_heads = H if group % 4 < 3 and group < 4 * L else 1
+        n_heads = graph.n_readers_of(group % 4) if group % 4 < 3 and group < 4 * L else 1
         out = None
+        if dense is not None:
+            b = int(bound[reader0])
+            m = dense[:, reader0 : reader0 + n_heads, :b].to(device, corrupt.dtype)  # [pos, head, writer]
+            if not bool(m.any()):
+                return None
+            return torch.einsum("pnw,rpwd->rpnd", m, corrupt[example, :, :b] - live[:, :, :b])
         if complement:
             b = int(bound[reader0])
             base = corrupt[example, :, :b].sum(2) - live[:, :, :b].sum(2)  # [row, pos, d]
             if group == 4 * L:
                 mask = torch.zeros(P, 1, 1, device=device, dtype=base.dtype)
-                mask[graph.read_pos] = 1
+                mask[list(graph.read_positions)] = 1
                 base = base * mask[None, :, 0]
             out = base[:, :, None, :].expand(rows, P, n_heads, d).clone()
             sign = -1.0
@@ -339,7 +398,7 @@ def patched_metric(
 
     def cap_mlp(layer: int) -> Any:
         def hook(t: torch.Tensor, hook: Any) -> None:
-            live[:, :, graph.mlp_writer(layer)] = t.detach()
+            live[:, :, graph.mlp_writer(layer)] = t.detach()  # type: ignore[index]
 
         return hook
 
@@ -382,97 +441,22 @@ def patched_metric(
         for j in range(3):
             hooks.append((f"blocks.{layer}.attn.{'qkv'[j]}.hook_out", qkv(layer, j)))
         hooks.append((f"blocks.{layer}.attn.hook_z", cap_z(layer)))
-        hooks.append((f"blocks.{layer}.ln2.hook_in", add(4 * layer + 3, graph.mlp_reader(layer))))
-        hooks.append((f"blocks.{layer}.hook_mlp_out", cap_mlp(layer)))
+        if graph.mlp:
+            hooks.append((f"blocks.{layer}.ln2.hook_in", add(4 * layer + 3, graph.mlp_reader(layer))))
+            hooks.append((f"blocks.{layer}.hook_mlp_out", cap_mlp(layer)))
     hooks.append((f"blocks.{L - 1}.hook_resid_post", add(4 * L, graph.logits_reader)))
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         logits = model(tokens)
-        return metric(logits[:, graph.read_pos], example)
+        return metric(scored_logits(logits, score_pos, example), example)
 
 
-def rows_per_batch(graph: ComponentGraph, d_model: int, budget: int = FLOAT_BUDGET, cap: int = 4096) -> int:
-    """Rows per patched forward pass so that the live-writer buffer stays within ``budget`` floats."""
-    return max(1, min(cap, budget // (graph.n_pos * graph.n_writers * d_model)))
+_MOVED = ("rows_per_batch", "patch_edge_sets", "patch_single_edges", "patch_edge_groups")
 
 
-def patch_edge_sets(
-    model: TransformerBridge,
-    graph: ComponentGraph,
-    clean: Int[torch.Tensor, "example pos"],
-    corrupt: Float[torch.Tensor, "example pos writer d_model"],
-    keep: Bool[torch.Tensor, "config edge"],
-    metric: RowMetric,
-    *,
-    batch_size: int | None = None,
-) -> Float[torch.Tensor, "config example"]:
-    """The metric with every edge outside each kept set patched, per example.
+def __getattr__(name: str) -> Any:
+    """The batched patching functions live in :mod:`grokscope.discovery.batched` (still importable from here)."""
+    if name in _MOVED:
+        from grokscope.discovery import batched
 
-    Whichever is smaller, the kept or the patched edges, is what the batch lists, so a
-    nearly full and a nearly empty circuit are both cheap.
-
-    Args:
-        model: the model.
-        graph: its graph.
-        clean: ``[example, pos]`` inputs.
-        corrupt: ``[example, pos, writer, d_model]`` replacement writer values.
-        keep: ``[config, edge]`` the edges each configuration keeps.
-        metric: the per-row metric.
-        batch_size: rows per forward pass (default: from :func:`rows_per_batch` and the
-            number of listed edges).
-
-    Returns:
-        ``[config, example]`` metric values.
-    """
-    n = len(clean)
-    d = int(model.cfg.d_model)
-    out = torch.empty(keep.shape[0], n)
-    for c in range(keep.shape[0]):
-        complement = int(keep[c].sum()) <= graph.n_edges // 2
-        listed = torch.nonzero(keep[c] if complement else ~keep[c]).flatten()
-        per_row = max(1, len(listed))
-        bs = batch_size or max(1, min(rows_per_batch(graph, d), FLOAT_BUDGET // (per_row * d)))
-        for lo in range(0, n, bs):
-            ex = torch.arange(lo, min(n, lo + bs))
-            pr = torch.arange(len(ex)).repeat_interleave(len(listed))
-            pe = listed.repeat(len(ex))
-            out[c, lo : lo + len(ex)] = patched_metric(
-                model, graph, clean[ex], ex, corrupt, pr, pe, metric, complement=complement
-            ).float().cpu()
-    return out
-
-
-def patch_single_edges(
-    model: TransformerBridge,
-    graph: ComponentGraph,
-    clean: Int[torch.Tensor, "example pos"],
-    corrupt: Float[torch.Tensor, "example pos writer d_model"],
-    clean_writers: Float[torch.Tensor, "example pos writer d_model"],
-    metric: RowMetric,
-    clean_metric: Float[torch.Tensor, " example"],
-    *,
-    edges: Sequence[int] | None = None,
-    batch_size: int | None = None,
-) -> Float[torch.Tensor, "edge example"]:
-    """The metric with one edge patched, for every (edge, example) pair, batched.
-
-    A pair whose writer has the same clean and corrupt value is the clean run exactly
-    (patching an identical value) and is filled from ``clean_metric`` without running.
-
-    Returns:
-        ``[edge, example]`` metric values (rows follow ``edges``, default all edges).
-    """
-    edge_ids = torch.arange(graph.n_edges) if edges is None else torch.as_tensor(list(edges), dtype=torch.long)
-    d = int(model.cfg.d_model)
-    p, _, w = graph.edge_index[edge_ids].unbind(1)
-    dev = corrupt.device
-    same = (corrupt[:, p.to(dev), w.to(dev)] == clean_writers[:, p.to(dev), w.to(dev)]).all(-1).T.cpu()  # [edge, example]
-    out = clean_metric.float().cpu()[None, :].repeat(len(edge_ids), 1)
-    je, ie = torch.nonzero(~same, as_tuple=True)
-    bs = batch_size or rows_per_batch(graph, d)
-    for lo in range(0, len(je), bs):
-        jb, ib = je[lo : lo + bs], ie[lo : lo + bs]
-        vals = patched_metric(
-            model, graph, clean[ib], ib, corrupt, torch.arange(len(jb)), edge_ids[jb], metric
-        )
-        out[jb, ib] = vals.float().cpu()
-    return out
+        return getattr(batched, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

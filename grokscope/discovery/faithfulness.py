@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Bool, Float
 
-from grokscope.discovery.edges import patch_edge_sets
+from grokscope.discovery.batched import patch_edge_sets
 from grokscope.discovery.graph import ComponentGraph, prune
 from grokscope.discovery.scores import Activations, EdgeScores
 
@@ -46,7 +46,6 @@ SELECTIONS = ("top", "greedy")
 
 
 def _greedy(graph: ComponentGraph, scores: torch.Tensor, n: int) -> Bool[torch.Tensor, " edge"]:
-    H = graph.n_heads
     incoming: dict[tuple[int, int], list[int]] = {}
     for e, (p, r, _) in enumerate(graph.edge_index.tolist()):
         incoming.setdefault((p, r), []).append(e)
@@ -61,7 +60,8 @@ def _greedy(graph: ComponentGraph, scores: torch.Tensor, n: int) -> Bool[torch.T
             heapq.heappush(heap, (-abs(float(scores[e])), e))
 
     keep = torch.zeros(graph.n_edges, dtype=torch.bool)
-    reach(graph.read_pos, graph.logits_reader)
+    for p in graph.read_positions:
+        reach(p, graph.logits_reader)
     taken = 0
     while heap and taken < n:
         _, e = heapq.heappop(heap)
@@ -70,16 +70,16 @@ def _greedy(graph: ComponentGraph, scores: torch.Tensor, n: int) -> Bool[torch.T
         keep[e] = True
         taken += 1
         p, _, w = (int(x) for x in graph.edge_index[e])
-        if w == 0:
+        node = graph.writer_node(p, w)
+        if node.kind == "embed":
             continue
-        layer, rest = divmod(w - 1, H + 1)
-        if rest == H:
-            reach(p, graph.mlp_reader(layer))
+        if node.kind == "mlp_out":
+            reach(p, graph.mlp_reader(node.layer))  # type: ignore[arg-type]
         else:
-            reach(p, graph.qkv_reader(layer, 0, rest))
+            reach(p, graph.qkv_reader(node.layer, 0, node.head))  # type: ignore[arg-type]
             for q in range(p + 1):
-                reach(q, graph.qkv_reader(layer, 1, rest))
-                reach(q, graph.qkv_reader(layer, 2, rest))
+                reach(q, graph.qkv_reader(node.layer, 1, graph.kv_head(node.head)))  # type: ignore[arg-type]
+                reach(q, graph.qkv_reader(node.layer, 2, graph.kv_head(node.head)))  # type: ignore[arg-type]
     return keep
 
 
@@ -124,7 +124,10 @@ def recovered(
     """
     if keep.ndim == 1:
         keep = keep[None]
-    m = patch_edge_sets(model, acts.graph, acts.clean_tokens, acts.corrupt_writers, keep, acts.metric).double()
+    full = acts.expand(keep)
+    m = torch.cat([patch_edge_sets(model, sub.graph, sub.clean_tokens, sub.corrupt_writers, full, sub.metric,
+                                   score_pos=sub.score_pos, batch_size=sub.batch_size)
+                   for _, sub in acts.chunks(model)], dim=1).double()
     lo, hi = float(acts.corrupt_metric.double().mean()), float(acts.clean_metric.double().mean())
     mean = m.mean(1)
     if abs(hi - lo) < 1e-12:  # no gap: nothing to recover (discover() warns and marks it unreliable)
@@ -178,7 +181,7 @@ def faithfulness_curve(
     selection: str = "top",
 ) -> FaithfulnessCurve:
     """Measure the recovered fraction of the circuit at each size (plus the empty one)."""
-    n_edges = acts.graph.n_edges
+    n_edges = scores.graph.n_edges
     fr = [0.0] + [float(f) for f in fractions]
     budgets = [int(round(f * n_edges)) if f < 1 else n_edges for f in fr]
     budgets = [max(1, b) if f > 0 else 0 for f, b in zip(fr, budgets)]
@@ -233,7 +236,7 @@ def smallest_circuit(
     candidate exactly. The full graph recovers 1, so a circuit is always found.
     """
     curve = curve or faithfulness_curve(model, acts, scores, selection=selection)
-    n_edges = acts.graph.n_edges
+    n_edges = scores.graph.n_edges
     hi = next((b for b, f in zip(curve.budgets, curve.recovered) if f >= threshold), n_edges)
     lower = [b for b, f in zip(curve.budgets, curve.recovered) if b < hi]
     lo = max(lower) if lower else 0

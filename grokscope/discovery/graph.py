@@ -26,12 +26,15 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
+
+from grokscope.discovery.shapes import UnsupportedModelError, model_shape
 
 WRITER_KINDS = ("embed", "attn_head_out", "mlp_out")
 READER_KINDS = ("q_input", "k_input", "v_input", "mlp_in", "logits")
@@ -121,77 +124,164 @@ class ComponentGraph:
 
     Attributes:
         n_layers: blocks (shared blocks count once per use).
-        n_heads: heads per attention layer.
-        n_pos: input positions; the prediction is read at the last one.
+        n_heads: query heads per attention layer.
+        n_pos: input positions (1 for a summed graph).
+        scored: the positions whose logits are scored (each example is scored at one of
+            them: ``Corruption.score_pos``); None: the last position only. The logits
+            reader exists at these positions.
+        n_kv_heads: key/value heads (grouped-query attention: key and value readers are
+            per KV head; query head ``h`` reads KV head ``h // (n_heads // n_kv_heads)``);
+            None: one per query head.
+        mlp: whether blocks have an MLP (False: an attention-only model).
+        parallel: attention and MLP read the same residual (GPT-NeoX / GPT-J blocks):
+            an MLP reads no head of its own layer.
+        summed: one node per component, summed over positions (``positions="sum"``):
+            ``n_pos`` is 1 and every node's position is 0 (its ``position`` is None in JSON).
     """
 
     n_layers: int
     n_heads: int
     n_pos: int
+    scored: tuple[int, ...] | None = None
+    n_kv_heads: int | None = None
+    mlp: bool = True
+    parallel: bool = False
+    summed: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "n_heads", "n_pos"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.scored is not None:
+            s = tuple(sorted({int(p) for p in self.scored}))
+            if not s or s[0] < 0 or s[-1] >= self.n_pos:
+                raise ValueError(f"scored positions must lie in [0, {self.n_pos}), got {self.scored}")
+            object.__setattr__(self, "scored", None if s == (self.n_pos - 1,) else s)
+        if self.n_kv_heads is not None:
+            kv = int(self.n_kv_heads)
+            if kv < 1 or self.n_heads % kv:
+                raise ValueError(f"n_kv_heads must divide n_heads = {self.n_heads}, got {kv}")
+            object.__setattr__(self, "n_kv_heads", None if kv == self.n_heads else kv)
+        if self.summed and self.n_pos != 1:
+            raise ValueError(f"a summed graph has n_pos = 1, got {self.n_pos}")
+        if self.parallel and not self.mlp:
+            raise ValueError("parallel blocks need an MLP")
 
     @classmethod
-    def of(cls, model: Any, n_pos: int) -> ComponentGraph:
-        """The graph of a TransformerLens model (a native ``TransformerBridge``).
+    def of(cls, model: Any, n_pos: int, scored: Any = None) -> ComponentGraph:
+        """The graph of a TransformerLens model (a ``TransformerBridge``, HF-booted or native).
+
+        ``scored``: the positions logits are read at (e.g. ``Corruption.score_pos``; None: the last).
 
         Raises:
-            NotImplementedError: attention-only, parallel attention/MLP or grouped-query
-                models (their readers are not the ones this graph names).
+            UnsupportedModelError: a shape the graph cannot describe (it names the shape).
         """
         cfg = model.cfg
-        if getattr(cfg, "attn_only", False):
-            raise NotImplementedError("attention-only models have no MLP nodes; not supported")
-        if getattr(cfg, "parallel_attn_mlp", False):
-            raise NotImplementedError("parallel attention/MLP blocks are not supported")
-        kv = getattr(cfg, "n_key_value_heads", None)
-        if kv is not None and kv != cfg.n_heads:
-            raise NotImplementedError("grouped-query attention (n_key_value_heads != n_heads) is not supported")
-        return cls(int(cfg.n_layers), int(cfg.n_heads), int(n_pos))
+        sc = None if scored is None else tuple(int(p) for p in torch.as_tensor(scored).flatten().tolist())
+        shape = model_shape(model)
+        return cls(int(cfg.n_layers), int(cfg.n_heads), int(n_pos), sc, **shape)
+
+    def summed_graph(self) -> ComponentGraph:
+        """The same components with one node each, summed over positions."""
+        return dataclasses.replace(self, n_pos=1, scored=None, summed=True)
+
+    def position_map(self) -> Int[torch.Tensor, " edge"]:
+        """For each edge of this per-position graph, its edge in :meth:`summed_graph`."""
+        if self.summed:
+            raise ValueError("this graph is already summed over positions")
+        return self._position_map
+
+    @cached_property
+    def _position_map(self) -> Int[torch.Tensor, " edge"]:
+        _, r, w = self.edge_index.unbind(1)
+        return self.summed_graph().edge_id[0, r, w]
 
     # ------------------------------------------------------------------ sizes and indices
     @property
     def read_pos(self) -> int:
-        return self.n_pos - 1
+        """The last scored position (the only one unless ``scored`` names several)."""
+        return self.n_pos - 1 if self.scored is None else self.scored[-1]
+
+    @property
+    def read_positions(self) -> tuple[int, ...]:
+        """Every position with a logits reader."""
+        return (self.n_pos - 1,) if self.scored is None else self.scored
+
+    @property
+    def n_kv(self) -> int:
+        """Key/value heads per layer."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head."""
+        return self.n_heads // self.n_kv
+
+    @property
+    def _wl(self) -> int:
+        """Writers per layer."""
+        return self.n_heads + int(self.mlp)
+
+    @property
+    def _rl(self) -> int:
+        """Readers per layer."""
+        return self.n_heads + 2 * self.n_kv + int(self.mlp)
 
     @property
     def n_writers(self) -> int:
         """Writers per position."""
-        return 1 + self.n_layers * (self.n_heads + 1)
+        return 1 + self.n_layers * self._wl
 
     @property
     def n_readers(self) -> int:
         """Readers per position (the logits reader included)."""
-        return self.n_layers * (3 * self.n_heads + 1) + 1
+        return self.n_layers * self._rl + 1
 
     def head_writer(self, layer: int, head: int) -> int:
-        return 1 + layer * (self.n_heads + 1) + head
+        return 1 + layer * self._wl + head
 
     def mlp_writer(self, layer: int) -> int:
-        return 1 + layer * (self.n_heads + 1) + self.n_heads
+        if not self.mlp:
+            raise UnsupportedModelError("an attention-only model has no MLP writers")
+        return 1 + layer * self._wl + self.n_heads
 
     def qkv_reader(self, layer: int, which: int, head: int) -> int:
-        """Reader index of head ``head``'s query (``which=0``), key (1) or value (2)."""
-        return layer * (3 * self.n_heads + 1) + which * self.n_heads + head
+        """Reader index of query head ``head``'s query (``which=0``), or of key/value head
+        ``head``'s key (1) or value (2)."""
+        if which == 0:
+            return layer * self._rl + head
+        return layer * self._rl + self.n_heads + (which - 1) * self.n_kv + head
+
+    def n_readers_of(self, which: int) -> int:
+        """Heads with a query (``which=0``), key (1) or value (2) reader per layer."""
+        return self.n_heads if which == 0 else self.n_kv
+
+    def kv_head(self, head: int) -> int:
+        """The key/value head query head ``head`` reads."""
+        return head // self.group_size
 
     def mlp_reader(self, layer: int) -> int:
-        return layer * (3 * self.n_heads + 1) + 3 * self.n_heads
+        if not self.mlp:
+            raise UnsupportedModelError("an attention-only model has no MLP readers")
+        return layer * self._rl + self.n_heads + 2 * self.n_kv
 
     @property
     def logits_reader(self) -> int:
         return self.n_readers - 1
+
+    def reader_layer(self, reader: int) -> int:
+        """Layer of a reader (``n_layers`` for the logits)."""
+        return self.n_layers if reader == self.logits_reader else reader // self._rl
 
     @cached_property
     def bound(self) -> Int[torch.Tensor, " reader"]:
         """``bound[r]``: reader ``r`` reads writers ``0 .. bound[r] - 1``."""
         out = torch.empty(self.n_readers, dtype=torch.long)
         for layer in range(self.n_layers):
-            lo = layer * (3 * self.n_heads + 1)
-            out[lo : lo + 3 * self.n_heads] = 1 + layer * (self.n_heads + 1)
-            out[self.mlp_reader(layer)] = 1 + layer * (self.n_heads + 1) + self.n_heads
+            lo = layer * self._rl
+            out[lo : lo + self._rl] = 1 + layer * self._wl
+            if self.mlp and not self.parallel:
+                out[self.mlp_reader(layer)] = 1 + layer * self._wl + self.n_heads
         out[self.logits_reader] = self.n_writers
         return out
 
@@ -200,7 +290,8 @@ class ComponentGraph:
         """Which (position, reader, writer) triples are edges."""
         w = torch.arange(self.n_writers)
         ok = (w[None, :] < self.bound[:, None]).expand(self.n_pos, -1, -1).clone()
-        ok[: self.read_pos, self.logits_reader] = False
+        ok[:, self.logits_reader] = False
+        ok[list(self.read_positions), self.logits_reader] = True
         return ok
 
     @cached_property
@@ -224,7 +315,7 @@ class ComponentGraph:
     def writer_node(self, position: int, writer: int) -> GraphNode:
         if writer == 0:
             return GraphNode("embed", position)
-        layer, rest = divmod(writer - 1, self.n_heads + 1)
+        layer, rest = divmod(writer - 1, self._wl)
         if rest == self.n_heads:
             return GraphNode("mlp_out", position, layer=layer)
         return GraphNode("attn_head_out", position, layer=layer, head=rest)
@@ -232,11 +323,14 @@ class ComponentGraph:
     def reader_node(self, position: int, reader: int) -> GraphNode:
         if reader == self.logits_reader:
             return GraphNode("logits", position, layer=self.n_layers - 1)
-        layer, rest = divmod(reader, 3 * self.n_heads + 1)
-        if rest == 3 * self.n_heads:
-            return GraphNode("mlp_in", position, layer=layer)
-        which, head = divmod(rest, self.n_heads)
-        return GraphNode(("q_input", "k_input", "v_input")[which], position, layer=layer, head=head)
+        layer, rest = divmod(reader, self._rl)
+        H, K = self.n_heads, self.n_kv
+        if rest < H:
+            return GraphNode("q_input", position, layer=layer, head=rest)
+        if rest < H + 2 * K:
+            which, head = divmod(rest - H, K)
+            return GraphNode(("k_input", "v_input")[which], position, layer=layer, head=head)
+        return GraphNode("mlp_in", position, layer=layer)
 
     def edge_nodes(self, edge: int) -> tuple[GraphNode, GraphNode]:
         p, r, w = (int(x) for x in self.edge_index[edge])
@@ -251,7 +345,7 @@ class ComponentGraph:
             'input->a0.h0<q>@0'
         """
         w, r = self.edge_nodes(edge)
-        return f"{w.name}->{r.name}@{w.position}"
+        return f"{w.name}->{r.name}" if self.summed else f"{w.name}->{r.name}@{w.position}"
 
     def edges_as_nodes(self) -> list[tuple[GraphNode, GraphNode]]:
         """Every edge as a ``(writer, reader)`` node pair, in edge order."""
@@ -300,11 +394,22 @@ class ComponentGraph:
     @cached_property
     def writer_layer(self) -> Int[torch.Tensor, " writer"]:
         """Layer of each writer (-1 for the embedding)."""
-        return torch.tensor([-1] + [(w - 1) // (self.n_heads + 1) for w in range(1, self.n_writers)])
+        return torch.tensor([-1] + [(w - 1) // self._wl for w in range(1, self.n_writers)])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_layers": self.n_layers, "n_heads": self.n_heads, "n_pos": self.n_pos,
-                "read_pos": self.read_pos, "n_edges": self.n_edges}
+        out: dict[str, Any] = {"n_layers": self.n_layers, "n_heads": self.n_heads, "n_pos": self.n_pos,
+                               "read_pos": self.read_pos, "n_edges": self.n_edges}
+        if self.scored is not None:
+            out["read_positions"] = list(self.scored)
+        if self.n_kv_heads is not None:
+            out["n_kv_heads"] = self.n_kv_heads
+        if not self.mlp:
+            out["mlp"] = False
+        if self.parallel:
+            out["parallel"] = True
+        if self.summed:
+            out["summed"] = True
+        return out
 
 
 def prune(graph: ComponentGraph, keep: Bool[torch.Tensor, " edge"]) -> Bool[torch.Tensor, " edge"]:
@@ -334,37 +439,46 @@ def prune(graph: ComponentGraph, keep: Bool[torch.Tensor, " edge"]) -> Bool[torc
     if keep.shape != (graph.n_edges,):
         raise ValueError(f"keep must have shape [{graph.n_edges}], got {tuple(keep.shape)}")
     P, W, R, H, L = graph.n_pos, graph.n_writers, graph.n_readers, graph.n_heads, graph.n_layers
+    kv = torch.tensor([graph.kv_head(h) for h in range(H)])
     kept = torch.zeros(P, R, W, dtype=torch.bool)
     p_, r_, w_ = graph.edge_index.unbind(1)
     kept[p_[keep], r_[keep], w_[keep]] = True
 
     fed = torch.zeros(P, W, dtype=torch.bool)
     fed[:, 0] = True
+
+    def got(reader: int) -> torch.Tensor:  # [pos] the reader has a kept edge from a fed writer
+        return (kept[:, reader] & fed).any(-1)
+
     for layer in range(L):
-        attn_readers = torch.tensor([graph.qkv_reader(layer, j, h) for j in range(3) for h in range(H)])
-        got = (kept[:, attn_readers] & fed[:, None, :]).any(-1).reshape(P, 3, H)  # [pos, qkv, head]
-        kv_any = got[:, 1:].any(1).cummax(0).values  # a key/value at any earlier position
+        q = torch.stack([got(graph.qkv_reader(layer, 0, h)) for h in range(H)], 1)  # [pos, head]
+        k = torch.stack([got(graph.qkv_reader(layer, 1, j)) | got(graph.qkv_reader(layer, 2, j))
+                         for j in range(graph.n_kv)], 1)  # [pos, kv head]
+        kv_any = k.cummax(0).values[:, kv]  # a key/value at any earlier position, per query head
         for h in range(H):
-            fed[:, graph.head_writer(layer, h)] = got[:, 0, h] | kv_any[:, h]
-        m = graph.mlp_reader(layer)
-        fed[:, graph.mlp_writer(layer)] = (kept[:, m] & fed).any(-1)
+            fed[:, graph.head_writer(layer, h)] = q[:, h] | kv_any[:, h]
+        if graph.mlp:
+            fed[:, graph.mlp_writer(layer)] = got(graph.mlp_reader(layer))
 
     useful_r = torch.zeros(P, R, dtype=torch.bool)
-    useful_r[graph.read_pos, graph.logits_reader] = True
+    useful_r[list(graph.read_positions), graph.logits_reader] = True
     useful_w = torch.zeros(P, W, dtype=torch.bool)
 
     def writer_useful(w: int) -> torch.Tensor:
         return (kept[:, :, w] & useful_r).any(-1)
 
     for layer in reversed(range(L)):
-        mw = graph.mlp_writer(layer)
-        useful_w[:, mw] = writer_useful(mw)
-        useful_r[:, graph.mlp_reader(layer)] = useful_w[:, mw]
+        if graph.mlp:
+            mw = graph.mlp_writer(layer)
+            useful_w[:, mw] = writer_useful(mw)
+            useful_r[:, graph.mlp_reader(layer)] = useful_w[:, mw]
+        later_kv = torch.zeros(P, graph.n_kv, dtype=torch.bool)
         for h in range(H):
             hw = graph.head_writer(layer, h)
             useful_w[:, hw] = writer_useful(hw)
-            later = useful_w[:, hw].flip(0).cummax(0).values.flip(0)  # useful at any position >= p
             useful_r[:, graph.qkv_reader(layer, 0, h)] = useful_w[:, hw]
-            useful_r[:, graph.qkv_reader(layer, 1, h)] = later
-            useful_r[:, graph.qkv_reader(layer, 2, h)] = later
+            later_kv[:, kv[h]] |= useful_w[:, hw].flip(0).cummax(0).values.flip(0)  # useful at any position >= p
+        for j in range(graph.n_kv):
+            useful_r[:, graph.qkv_reader(layer, 1, j)] = later_kv[:, j]
+            useful_r[:, graph.qkv_reader(layer, 2, j)] = later_kv[:, j]
     return keep & fed[p_, w_] & useful_r[p_, r_]

@@ -7,7 +7,7 @@ take them by name:
 * ``eap-ig-activations`` (:func:`ig_activation_scores`; MIB's "EAP-IG-activations",
   after Marks et al. 2024): for an edge ``u -> v`` the gradient at ``v`` is averaged
   over ``ig_steps`` points of a path on which *only the layer output that ``u`` belongs
-  to* (the embedding, one attention layer's ``hook_z``, or one MLP's output) moves from
+  to* (the embedding, one attention layer's output, or one MLP's output) moves from
   its corrupt to its clean value, everything else computed from the clean input. Each
   writer group has its own path: ``(2 * n_layers + 1) * ig_steps`` gradient passes per
   example (the path of ``eap-ig``, on the input embeddings, serves all edges at once).
@@ -26,7 +26,9 @@ take them by name:
   patching and its time.
 
 The gradient passes go through :func:`grokscope.discovery.edges.reader_gradients` (hooks on
-the real model); a layer output is moved by one more hook around it.
+the real model); a layer output is moved by one more hook around it. Exact measurements are
+:func:`grokscope.discovery.scores.exact_effects` (chunked, each prompt at its scoring
+position, summed graphs patched at every position).
 
 Example:
     >>> sc = score_edges(model, corruption, "eap-ig-exact")                # doctest: +SKIP
@@ -43,7 +45,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Bool, Float
 
-from grokscope.discovery.edges import patch_single_edges, reader_gradients
+from grokscope.discovery.edges import reader_gradients
+from grokscope.discovery.graph import ComponentGraph
 from grokscope.discovery.scores import (
     DEFAULT_IG_STEPS,
     GRAD_BATCH,
@@ -51,6 +54,7 @@ from grokscope.discovery.scores import (
     Activations,
     Corruption,
     EdgeScores,
+    exact_effects,
     prepare,
     register_method,
     score_edges,
@@ -82,15 +86,15 @@ MIN_ROUND = 8
 # --------------------------------------------------------------------------- EAP-IG on activations
 
 
-def _layer_outputs(model: TransformerBridge, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
-    out: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for lo in range(0, len(tokens), 1024):
-            _, cache = model.run_with_cache(tokens[lo : lo + 1024].to(device), names_filter=hooks)
-            for h in hooks:
-                out[h].append(cache[h])
-    return {h: torch.cat(v) for h, v in out.items()}
+def _writer_groups(graph: ComponentGraph) -> list[tuple[str, list[int]]]:
+    """``(output hook, writer indices)`` of each layer output: the embedding, each attention
+    layer (its heads' writes plus the output bias), each MLP."""
+    groups = [("hook_embed", [0])]
+    for layer in range(graph.n_layers):
+        groups.append((f"blocks.{layer}.hook_attn_out", [graph.head_writer(layer, h) for h in range(graph.n_heads)]))
+        if graph.mlp:
+            groups.append((f"blocks.{layer}.hook_mlp_out", [graph.mlp_writer(layer)]))
+    return groups
 
 
 def ig_activation_scores(
@@ -103,11 +107,16 @@ def ig_activation_scores(
 ) -> EdgeScores:
     """EAP-IG with each writer's own layer output integrated (``eap-ig-activations``).
 
+    On the path point ``alpha`` of a writer's layer, that layer's output (``hook_embed``,
+    ``blocks.{l}.hook_attn_out`` or ``blocks.{l}.hook_mlp_out``, computed from the clean
+    input) is moved to ``corrupt + alpha * (clean - corrupt)`` by subtracting ``(1 - alpha)``
+    times the summed writer differences of that layer; nothing else is replaced.
+
     Args:
         model: the model (eval mode).
-        corruption: clean inputs and their corruption (counterfactual or mean).
-        ig_steps: path points per writer group, ``alpha = k / K`` for ``k = 1..K``.
-        acts: :func:`prepare` output to reuse.
+        corruption: clean inputs and their corruption (counterfactual, mean or zero).
+        ig_steps: path points per writer layer, ``alpha = k / K`` for ``k = 1..K``.
+        acts: :func:`prepare` output to reuse (its ``positions`` picks the graph scored).
         batch_size: rows (path point x example) per gradient pass, at most.
 
     Returns:
@@ -118,48 +127,38 @@ def ig_activation_scores(
     t0 = time.perf_counter()
     acts = acts or prepare(model, corruption)
     graph = acts.graph
-    L, H, n = graph.n_layers, graph.n_heads, len(corruption.clean)
-    z_hooks = [f"blocks.{layer}.attn.hook_z" for layer in range(L)]
-    clean_z = _layer_outputs(model, corruption.clean, z_hooks)
-    if corruption.ablation == "counterfactual":
-        corrupt_z = _layer_outputs(model, corruption.corrupt, z_hooks)  # type: ignore[arg-type]
-    else:
-        corrupt_z = {h: v.mean(0, keepdim=True).expand_as(v) for h, v in clean_z.items()}
-    cw, kw = acts.clean_writers, acts.corrupt_writers
-    delta = cw - kw  # [example, pos, writer, d]
-    # writer groups: (hook name or None for the embedding, clean value, corrupt value, writer indices)
-    groups: list[tuple[str | None, torch.Tensor, torch.Tensor, list[int]]] = [(None, cw[:, :, 0], kw[:, :, 0], [0])]
-    for layer in range(L):
-        h0 = graph.head_writer(layer, 0)
-        groups.append((z_hooks[layer], clean_z[z_hooks[layer]], corrupt_z[z_hooks[layer]], list(range(h0, h0 + H))))
-        m = graph.mlp_writer(layer)
-        groups.append((f"blocks.{layer}.hook_mlp_out", cw[:, :, m], kw[:, :, m], [m]))
     alphas = (torch.arange(ig_steps) + 1.0) / ig_steps
     total = torch.zeros(graph.n_pos, graph.n_readers, graph.n_writers, dtype=torch.float64)
     per_row = graph.n_pos * graph.n_readers * int(model.cfg.d_model)
-    per_batch = max(1, min(batch_size, GRAD_FLOAT_BUDGET // per_row) // ig_steps)
-    for hook, clean_v, corrupt_v, writers in groups:
-        w_idx = torch.tensor(writers)
-        for lo in range(0, n, per_batch):
-            ex = torch.arange(lo, min(n, lo + per_batch))
-            rows_ex = ex.repeat(ig_steps)
-            shape = (-1,) + (1,) * (clean_v.ndim - 1)
-            a = alphas.repeat_interleave(len(ex)).to(clean_v.device).reshape(shape)
-            point = corrupt_v[rows_ex] + a * (clean_v[rows_ex] - corrupt_v[rows_ex])
-            if hook is None:
-                _, grads = reader_gradients(model, graph, corruption.clean[rows_ex], acts.metric, rows_ex, embed=point)
-            else:
-                def put(t: torch.Tensor, hook: Any, point: torch.Tensor = point) -> torch.Tensor:
-                    return point.to(t.dtype)
+    rows = acts.batch_size or batch_size
+    per_batch = max(1, min(rows, GRAD_FLOAT_BUDGET // per_row) // ig_steps)
+    for _, sub in acts.chunks(model):  # every example once (batch_size at a time when set)
+        delta = sub.clean_writers - sub.corrupt_writers  # [example, pos, writer, d]
+        n_sub = sub.n
+        for hook, writers in _writer_groups(graph):
+            w_idx = torch.tensor(writers, device=delta.device)
+            moved = delta[:, :, w_idx].sum(2)  # [example, pos, d]: the layer output's clean - corrupt
+            for lo in range(0, n_sub, per_batch):
+                ex = torch.arange(lo, min(n_sub, lo + per_batch))
+                rows_ex = ex.repeat(ig_steps)
+                a = alphas.repeat_interleave(len(ex)).to(moved.device)[:, None, None]
+                shift = (1 - a) * moved[rows_ex]
 
-                with model.hooks(fwd_hooks=[(hook, put)]):
-                    _, grads = reader_gradients(model, graph, corruption.clean[rows_ex], acts.metric, rows_ex)
-            g = grads.reshape(ig_steps, len(ex), *grads.shape[1:]).mean(0)  # [example, pos, reader, d]
-            d = delta[ex][:, :, w_idx.to(delta.device)]
-            total[:, :, w_idx] += torch.einsum("npwd,nprd->prw", d, g.to(d.dtype)).double().cpu()
+                def move(t: torch.Tensor, hook: Any, shift: torch.Tensor = shift) -> torch.Tensor:
+                    return t - shift.to(t.dtype)
+
+                with model.hooks(fwd_hooks=[(hook, move)]):
+                    _, grads = reader_gradients(model, graph, sub.clean_tokens[rows_ex], sub.metric, rows_ex,
+                                                  score_pos=sub.score_pos)
+                g = grads.reshape(ig_steps, len(ex), *grads.shape[1:]).float().mean(0)  # [example, pos, reader, d]
+                d = delta[ex][:, :, w_idx].float()
+                total[:, :, w_idx.cpu()] += torch.einsum("npwd,nprd->prw", d, g).double().cpu()
+                del grads, g
     p, r, w = graph.edge_index.unbind(1)
-    scores = (total[p, r, w] / n).float()
-    return EdgeScores(graph, scores, "eap-ig-activations", ig_steps, time.perf_counter() - t0)
+    scores = (total[p, r, w] / acts.n).float()
+    if acts.positions == "sum":
+        scores = torch.zeros(acts.scored_graph.n_edges).index_add_(0, graph.position_map(), scores)
+    return EdgeScores(acts.scored_graph, scores, "eap-ig-activations", ig_steps, time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------- EAP-IG refined by exact patching
@@ -243,7 +242,6 @@ def refine(
     scores = est.clone()
     measured = torch.zeros(len(est), dtype=torch.bool)
     order = torch.sort(est.abs(), descending=True, stable=True).indices
-    clean_metric = acts.clean_metric.float().cpu()
     rounds = 0
     cap = len(est) if max_measured is None else max(0, int(max_measured))
     met = False
@@ -261,12 +259,10 @@ def refine(
         cand = order[~measured[order]]
         n = max(min_round, int((torch.cumsum(est[cand].abs(), 0) < target - m_mass).sum()) + 1)
         ids = cand[: min(n, cap - int(measured.sum()))].tolist()
-        per = patch_single_edges(model, acts.graph, corruption.clean, acts.corrupt_writers, acts.clean_writers,
-                                 acts.metric, acts.clean_metric, edges=ids)
-        scores[ids] = (clean_metric[None, :] - per).mean(1)
+        scores[ids] = exact_effects(model, acts, ids).float()
         measured[ids] = True
         rounds += 1
-    return RefinedScores(acts.graph, scores, method or f"{estimate.method}-exact", estimate.ig_steps,
+    return RefinedScores(estimate.graph, scores, method or f"{estimate.method}-exact", estimate.ig_steps,
                          estimate.seconds + time.perf_counter() - t0, est, measured, coverage, rounds, met)
 
 

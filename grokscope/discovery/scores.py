@@ -40,13 +40,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float, Int
 
-from grokscope.discovery.edges import (
-    patch_edge_sets,
-    patch_single_edges,
-    reader_gradients,
-    writer_activations,
-)
+from grokscope.discovery.batched import patch_edge_groups, patch_edge_sets, patch_single_edges
+from grokscope.discovery.edges import reader_gradients, writer_activations
 from grokscope.discovery.graph import ComponentGraph, GraphNode
+from grokscope.discovery.metrics import CallableMetric, as_metric, metric_name  # noqa: F401  (re-exported)
 from grokscope.patching.engine import MIN_GAP_SE, MIN_GAP_SHARE, gap_reliable  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -58,7 +55,8 @@ METHODS = ("eap", "eap-ig", "eap-ig-activations", "eap-ig-exact", "exact")
 """Every method's name; the last ones besides ``exact`` live in :mod:`grokscope.discovery.methods`
 (:func:`register_method`)."""
 METRICS = ("logit_diff", "logprob")
-ABLATIONS = ("counterfactual", "mean")
+ABLATIONS = ("counterfactual", "mean", "zero")
+POSITIONS = ("last", "sum")
 DEFAULT_IG_STEPS = 5
 """EAP-IG path points. Measured (``benchmarks/discovery.py --all-curves``, shipped
 composition run, 300 facts, h'/r1'/r2'): the faithfulness-curve area (CPR) of the
@@ -97,17 +95,21 @@ class Metric:
     """
 
     kind: str
-    answer: Int[torch.Tensor, " example"]
+    answer: Int[torch.Tensor, " example"] | None
     cf_answer: Int[torch.Tensor, " example"] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in METRICS:
-            raise ValueError(f"unknown metric {self.kind!r}; choose one of {', '.join(METRICS)}")
+            raise ValueError(f"unknown metric {self.kind!r}; choose one of {', '.join(METRICS)} or pass a callable "
+                             "metric(logits[batch, d_vocab], example) -> Tensor[batch]")
+        if self.answer is None:
+            raise ValueError(f"the {self.kind} metric needs the answers (answer=...)")
         if self.kind == "logit_diff" and self.cf_answer is None:
-            raise ValueError("the logit_diff metric needs the counterfactual answers")
+            raise ValueError("the logit_diff metric needs the counterfactual answers (cf_answer=...); "
+                             "without them use metric='logprob' or a callable metric")
 
     def __call__(self, logits: Float[torch.Tensor, "row d_vocab"], example: Int[torch.Tensor, " row"]) -> Float[torch.Tensor, " row"]:
-        ans = self.answer.to(logits.device)[example]
+        ans = self.answer.to(logits.device)[example]  # type: ignore[union-attr]
         if self.kind == "logprob":
             return logits.float().log_softmax(-1).gather(-1, ans[:, None])[:, 0]
         cf = self.cf_answer.to(logits.device)[example]  # type: ignore[union-attr]
@@ -119,21 +121,31 @@ class Corruption:
     """Clean inputs and what their edges are patched with.
 
     Attributes:
-        clean: ``[example, pos]`` clean inputs.
-        corrupt: ``[example, pos]`` counterfactual inputs (None for mean ablation).
-        answer, cf_answer: ``[example]`` answer tokens of the clean and the corrupt input.
-        ablation: ``counterfactual`` or ``mean``.
+        clean: ``[example, pos]`` clean inputs (right-padded when prompts differ in length).
+        corrupt: ``[example, pos]`` counterfactual inputs (None for mean or zero ablation).
+        answer, cf_answer: ``[example]`` answer tokens of the clean and the corrupt input
+            (None where the metric needs none: a callable metric; ``logprob`` needs no ``cf_answer``).
+        ablation: ``counterfactual``, ``mean`` (each writer replaced by its mean over the
+            examples whose prompt covers that position) or ``zero``.
         name: a label (the perturbation, e.g. ``h``), used in reports.
         roles: role -> input position (for reports).
+        score_pos: ``[example]`` the input position whose logits are scored, per example
+            (None: the last position, or with ``attention_mask`` each prompt's last real
+            token). The graph then has a logits reader at each position that occurs.
+        attention_mask: ``[example, pos]`` 1 for real tokens, 0 for right padding (None: all
+            real). Attention is causal, so a real token never reads a pad: the model runs
+            unmasked and pads are never scored; the mean ablation averages real tokens only.
     """
 
     clean: Int[torch.Tensor, "example pos"]
     corrupt: Int[torch.Tensor, "example pos"] | None
-    answer: Int[torch.Tensor, " example"]
-    cf_answer: Int[torch.Tensor, " example"]
+    answer: Int[torch.Tensor, " example"] | None = None
+    cf_answer: Int[torch.Tensor, " example"] | None = None
     ablation: str = "counterfactual"
     name: str = ""
     roles: dict[str, int] = field(default_factory=dict)
+    score_pos: Int[torch.Tensor, " example"] | None = None
+    attention_mask: Int[torch.Tensor, "example pos"] | None = None
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
@@ -142,20 +154,50 @@ class Corruption:
             raise ValueError("counterfactual corruption needs corrupt inputs of the clean inputs' shape")
         if len(self.clean) == 0:
             raise ValueError("no examples (the split had no valid counterfactuals?)")
+        for name in ("answer", "cf_answer"):
+            v = getattr(self, name)
+            if v is not None:
+                v = torch.as_tensor(v, dtype=torch.long).flatten()
+                if v.shape != (len(self.clean),):
+                    raise ValueError(f"{name} must be one token per example ({len(self.clean)}), got shape {tuple(v.shape)}")
+                setattr(self, name, v)
+        if self.attention_mask is not None:
+            mask = torch.as_tensor(self.attention_mask).to(torch.long)
+            if mask.shape != self.clean.shape:
+                raise ValueError(f"attention_mask must have the clean inputs' shape {tuple(self.clean.shape)}, "
+                                 f"got {tuple(mask.shape)}")
+            if bool((mask[:, 1:] > mask[:, :-1]).any()) or bool((mask[:, 0] == 0).any()):
+                raise ValueError("attention_mask must be right padding (1s, then 0s, at least one 1 per example); "
+                                 "tokenize with padding_side='right'")
+            self.attention_mask = mask
+            if self.score_pos is None:
+                self.score_pos = mask.sum(1) - 1
+        if self.score_pos is not None:
+            sp = torch.as_tensor(self.score_pos, dtype=torch.long).flatten()
+            n_pos = self.clean.shape[1]
+            if sp.shape != (len(self.clean),) or bool((sp < 0).any() | (sp >= n_pos).any()):
+                raise ValueError(f"score_pos must be [example] = [{len(self.clean)}] positions in [0, {n_pos}), "
+                                 f"got shape {tuple(sp.shape)}")
+            self.score_pos = sp
 
     @classmethod
     def from_counterfactuals(cls, cf: Counterfactuals, ablation: str = "counterfactual") -> Corruption:
         """From :func:`grokscope.patching.tracing.make_counterfactuals` output."""
         return cls(cf.clean, cf.corrupt, cf.answer, cf.cf_answer, ablation=ablation,
-                   name=cf.perturbation if ablation == "counterfactual" else "mean", roles=dict(cf.roles))
+                   name=cf.perturbation if ablation == "counterfactual" else "mean", roles=dict(cf.roles),
+                   score_pos=getattr(cf, "score_pos", None))
 
     def metric(self, kind: str = "logit_diff") -> Metric:
         return Metric(kind, self.answer, self.cf_answer)
 
     def to_dict(self) -> dict[str, Any]:
+        def lst(t: torch.Tensor | None) -> Any:
+            return None if t is None else t.tolist()
+
         return {"ablation": self.ablation, "name": self.name, "roles": dict(self.roles),
-                "clean": self.clean.tolist(), "corrupt": None if self.corrupt is None else self.corrupt.tolist(),
-                "answer": self.answer.tolist(), "cf_answer": self.cf_answer.tolist()}
+                "clean": self.clean.tolist(), "corrupt": lst(self.corrupt),
+                "answer": lst(self.answer), "cf_answer": lst(self.cf_answer),
+                "score_pos": lst(self.score_pos), "attention_mask": lst(self.attention_mask)}
 
 
 @dataclass
@@ -172,33 +214,108 @@ class Activations:
         corrupt_metric: ``[example]`` metric with every edge patched (for a
             counterfactual this is the corrupt run).
         clean_tokens: ``[example, pos]`` the clean inputs.
+        score_pos: ``[example]`` where each example's logits are read (None: the last position).
+        positions: ``last`` (one node per component and position) or ``sum`` (one node per
+            component; scores and circuits are over :meth:`ComponentGraph.summed_graph`).
+        batch_size: rows per forward pass (None: from a float budget). When set, writer
+            values are not held for every example: :meth:`chunks` computes them for
+            ``batch_size`` examples at a time, so peak memory does not grow with the examples.
+        corruption: the examples (for :meth:`chunks`).
     """
 
     graph: ComponentGraph
-    clean_writers: torch.Tensor
-    corrupt_writers: torch.Tensor
+    clean_writers: torch.Tensor | None
+    corrupt_writers: torch.Tensor | None
     metric: Metric
     clean_metric: torch.Tensor
     corrupt_metric: torch.Tensor
     clean_tokens: torch.Tensor
+    score_pos: torch.Tensor | None = None
+    positions: str = "last"
+    batch_size: int | None = None
+    corruption: Corruption | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.clean_tokens)
+
+    def chunks(self, model: TransformerBridge) -> Any:
+        """``(first example, Activations of a slice of examples)`` covering every example once:
+        ``self`` whole when its writers are held, else ``batch_size`` examples at a time with their
+        writers computed now (the metric sees the examples' indices into all of them)."""
+        if self.clean_writers is not None:
+            yield 0, self
+            return
+        from grokscope.discovery.chunked import Offset
+
+        c, bs = self.corruption, int(self.batch_size or 1)
+        assert c is not None
+        for lo in range(0, self.n, bs):
+            sl = slice(lo, min(self.n, lo + bs))
+            sp = None if self.score_pos is None else self.score_pos[sl]
+            clean_w = writer_activations(model, self.graph, c.clean[sl], bs)
+            if c.ablation == "counterfactual":
+                corrupt_w = writer_activations(model, self.graph, c.corrupt[sl], bs)  # type: ignore[index]
+            else:
+                corrupt_w = self.corrupt_writers.expand_as(clean_w)
+            yield lo, Activations(self.graph, clean_w, corrupt_w, Offset(self.metric, lo), self.clean_metric[sl],
+                                  self.corrupt_metric[sl], c.clean[sl], sp, self.positions, self.batch_size)
+
+    @property
+    def scored_graph(self) -> ComponentGraph:
+        """The graph scores and circuits live on (summed over positions for ``positions="sum"``)."""
+        return self.graph.summed_graph() if self.positions == "sum" else self.graph
+
+    def expand(self, keep: torch.Tensor) -> torch.Tensor:
+        """``[..., edge]`` of :attr:`scored_graph` as ``[..., edge]`` of the per-position graph."""
+        if self.positions != "sum":
+            return keep
+        return keep[..., self.graph.position_map()]
 
 
-def prepare(model: TransformerBridge, corruption: Corruption, metric: str = "logit_diff") -> Activations:
-    """Writer values of the clean and corrupt inputs, and the two baseline metrics."""
-    graph = ComponentGraph.of(model, corruption.clean.shape[1])
-    m = corruption.metric(metric)
+def prepare(model: TransformerBridge, corruption: Corruption, metric: Any = "logit_diff", *,
+            positions: str = "last", batch_size: int | None = None) -> Activations:
+    """Writer values of the clean and corrupt inputs, and the two baseline metrics.
+
+    Args:
+        metric: ``logit_diff``, ``logprob`` or a callable ``metric(logits[batch, d_vocab],
+            example) -> Tensor[batch]`` (``example``: the batch's indices into the examples).
+        positions: ``last`` (per-position graph) or ``sum`` (one node per component).
+        batch_size: rows per forward pass (None: from a float budget).
+    """
+    if positions not in POSITIONS:
+        raise ValueError(f"unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    sp = corruption.score_pos
+    graph = ComponentGraph.of(model, corruption.clean.shape[1], None if sp is None else sorted(set(sp.tolist())))
+    m = as_metric(metric, corruption)
+    if batch_size is not None:
+        from grokscope.discovery.chunked import prepare_chunked
+
+        return prepare_chunked(model, corruption, graph, m, positions, batch_size)
     ex = torch.arange(len(corruption.clean))
-    clean_w, clean_logits = writer_activations(model, graph, corruption.clean, with_logits=True)
+    wbs = batch_size or 1024
+    clean_w, clean_logits = writer_activations(model, graph, corruption.clean, wbs, with_logits=True, score_pos=sp)
     clean_metric = m(clean_logits, ex.to(clean_logits.device)).float().cpu()
     if corruption.ablation == "counterfactual":
         # every edge patched is the corrupt run (tests/test_discovery.py checks the engine agrees)
-        corrupt_w, corrupt_logits = writer_activations(model, graph, corruption.corrupt, with_logits=True)  # type: ignore[arg-type]
+        corrupt_w, corrupt_logits = writer_activations(model, graph, corruption.corrupt, wbs,  # type: ignore[arg-type]
+                                                       with_logits=True, score_pos=sp)
         corrupt_metric = m(corrupt_logits, ex.to(corrupt_logits.device)).float().cpu()
     else:
-        corrupt_w = clean_w.mean(0, keepdim=True).expand_as(clean_w)
+        if corruption.ablation == "zero":
+            corrupt_w = torch.zeros_like(clean_w[:1]).expand_as(clean_w)
+        elif corruption.attention_mask is None:
+            corrupt_w = clean_w.mean(0, keepdim=True).expand_as(clean_w)
+        else:  # the mean over the examples whose prompt reaches each position
+            mask = corruption.attention_mask.to(clean_w.device, clean_w.dtype)[:, :, None, None]
+            corrupt_w = ((clean_w * mask).sum(0, keepdim=True) / mask.sum(0, keepdim=True).clamp(min=1)).expand_as(clean_w)
         corrupt_metric = patch_edge_sets(model, graph, corruption.clean, corrupt_w,
-                                         torch.zeros(1, graph.n_edges, dtype=torch.bool), m)[0]
-    return Activations(graph, clean_w, corrupt_w, m, clean_metric, corrupt_metric, corruption.clean)
+                                         torch.zeros(1, graph.n_edges, dtype=torch.bool), m, score_pos=sp,
+                                         batch_size=batch_size)[0]
+    return Activations(graph, clean_w, corrupt_w, m, clean_metric, corrupt_metric, corruption.clean, sp,
+                       positions, batch_size)
 
 
 @dataclass
@@ -245,7 +362,7 @@ def score_edges(
     corruption: Corruption,
     method: str = "eap-ig",
     *,
-    metric: str = "logit_diff",
+    metric: Any = "logit_diff",
     ig_steps: int = DEFAULT_IG_STEPS,
     acts: Activations | None = None,
     batch_size: int = GRAD_BATCH,
@@ -257,10 +374,10 @@ def score_edges(
         corruption: clean inputs and their corruption.
         method: ``eap``, ``eap-ig``, ``exact`` or a registered method (:data:`METHODS`:
             ``eap-ig-activations``, ``eap-ig-exact``; :mod:`grokscope.discovery.methods`).
-        metric: ``logit_diff`` or ``logprob``.
+        metric: ``logit_diff``, ``logprob`` or a callable (see :func:`prepare`).
         ig_steps: path points for ``eap-ig`` (and the registered IG methods).
-        acts: :func:`prepare` output to reuse.
-        batch_size: rows per gradient pass.
+        acts: :func:`prepare` output to reuse (its ``positions`` picks the graph scored).
+        batch_size: rows per gradient pass (``acts.batch_size`` wins when set).
 
     Returns:
         :class:`EdgeScores`.
@@ -281,30 +398,66 @@ def score_edges(
     acts = acts or prepare(model, corruption, metric)
     graph = acts.graph
     if method == "exact":
-        per = patch_single_edges(model, graph, corruption.clean, acts.corrupt_writers, acts.clean_writers,
-                                 acts.metric, acts.clean_metric)
-        scores = (acts.clean_metric.float().cpu()[None, :] - per).mean(1)
-        return EdgeScores(graph, scores, method, 1, time.perf_counter() - t0)
+        return EdgeScores(acts.scored_graph, exact_effects(model, acts), method, 1, time.perf_counter() - t0)
 
-    n = len(corruption.clean)
+    n = acts.n
     steps = ig_steps if method == "eap-ig" else 1
     alphas = torch.tensor([0.0]) if method == "eap" else (torch.arange(steps) + 1.0) / steps
-    e_clean, e_corrupt = _embeddings(acts.clean_writers), _embeddings(acts.corrupt_writers)
-    delta = acts.clean_writers - acts.corrupt_writers  # [example, pos, writer, d]
     total = torch.zeros(graph.n_pos, graph.n_readers, graph.n_writers, dtype=torch.float64)
     per_row = graph.n_pos * graph.n_readers * int(model.cfg.d_model)
-    per_batch = max(1, min(batch_size, GRAD_FLOAT_BUDGET // per_row) // steps)
-    for lo in range(0, n, per_batch):
-        ex = torch.arange(lo, min(n, lo + per_batch))
-        rows_ex = ex.repeat(steps)
-        a = alphas.repeat_interleave(len(ex)).to(e_clean.device)[:, None, None]
-        embed = e_corrupt[rows_ex] + a * (e_clean[rows_ex] - e_corrupt[rows_ex])
-        _, grads = reader_gradients(model, graph, corruption.clean[rows_ex], acts.metric, rows_ex, embed=embed)
-        g = grads.reshape(steps, len(ex), *grads.shape[1:]).mean(0)  # [example, pos, reader, d]
-        total += torch.einsum("npwd,nprd->prw", delta[ex], g.to(delta.dtype)).double().cpu()
+    rows = acts.batch_size or batch_size
+    per_batch = max(1, min(rows, GRAD_FLOAT_BUDGET // per_row) // steps)
+    for _, sub in acts.chunks(model):
+        e_clean, e_corrupt = _embeddings(sub.clean_writers), _embeddings(sub.corrupt_writers)
+        delta = sub.clean_writers - sub.corrupt_writers  # [example, pos, writer, d]
+        for lo in range(0, sub.n, per_batch):
+            ex = torch.arange(lo, min(sub.n, lo + per_batch))
+            rows_ex = ex.repeat(steps)
+            a = alphas.repeat_interleave(len(ex)).to(e_clean.device)[:, None, None]
+            embed = e_corrupt[rows_ex] + a * (e_clean[rows_ex] - e_corrupt[rows_ex])
+            _, grads = reader_gradients(model, graph, sub.clean_tokens[rows_ex], sub.metric, rows_ex, embed=embed,
+                                        score_pos=sub.score_pos)
+            g = grads.reshape(steps, len(ex), *grads.shape[1:]).float().mean(0)  # [example, pos, reader, d]
+            total += torch.einsum("npwd,nprd->prw", delta[ex].float(), g).double().cpu()
+            del grads, g
     p, r, w = graph.edge_index.unbind(1)
     scores = (total[p, r, w] / n).float()
-    return EdgeScores(graph, scores, method, steps, time.perf_counter() - t0)
+    if acts.positions == "sum":
+        scores = torch.zeros(acts.scored_graph.n_edges).index_add_(0, graph.position_map(), scores)
+    return EdgeScores(acts.scored_graph, scores, method, steps, time.perf_counter() - t0)
+
+
+def exact_effects(model: TransformerBridge, acts: Activations, edges: Any = None) -> Float[torch.Tensor, " edge"]:
+    """Exact effect of each edge of ``acts.scored_graph``: ``m(clean) - m(that edge patched)``,
+    averaged over examples (an edge of the summed graph is patched at every position at once).
+
+    Returns:
+        ``[edge]`` (rows follow ``edges``, default all edges).
+    """
+    g = acts.scored_graph
+    ids = torch.arange(g.n_edges) if edges is None else torch.as_tensor(list(edges), dtype=torch.long)
+    total = torch.zeros(len(ids), dtype=torch.float64)
+    groups = None
+    if acts.positions == "sum":
+        pmap = acts.graph.position_map()
+        groups = [torch.nonzero(pmap == e).flatten() for e in ids.tolist()]
+    for _, sub in acts.chunks(model):
+        if groups is not None:
+            per = patch_edge_groups(model, sub.graph, sub.clean_tokens, sub.corrupt_writers, groups, sub.metric,
+                                    score_pos=sub.score_pos, batch_size=sub.batch_size)
+        else:
+            per = patch_single_edges(model, sub.graph, sub.clean_tokens, sub.corrupt_writers, sub.clean_writers,
+                                     sub.metric, sub.clean_metric, edges=ids.tolist(), score_pos=sub.score_pos,
+                                     batch_size=sub.batch_size)
+        total += (sub.clean_metric.float().cpu()[None, :] - per).double().sum(1)
+    return (total / acts.n).float()
+
+
+def exact_summed(model: TransformerBridge, acts: Activations, edges: Any = None) -> Float[torch.Tensor, " edge"]:
+    """:func:`exact_effects` of a summed graph (``acts.positions == "sum"``)."""
+    if acts.positions != "sum":
+        raise ValueError("exact_summed needs Activations prepared with positions='sum'")
+    return exact_effects(model, acts, edges)
 
 
 def _average_ranks(x: torch.Tensor) -> torch.Tensor:
