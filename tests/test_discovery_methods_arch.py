@@ -9,10 +9,10 @@ at ``hook_resid_post`` of the last block); ``exact`` for the measured edges of e
 
 from __future__ import annotations
 
+import hf_tiny
 import pytest
 import torch
 
-import hf_tiny
 from grokscope.discovery.methods import ig_activation_scores
 from grokscope.discovery.scores import Corruption, prepare, score_edges
 
