@@ -74,11 +74,11 @@ DEFAULT_COVERAGE = 0.98
 """``eap-ig-exact`` measures edges until they hold this share of the estimated total ``|effect|``.
 Measured (``benchmarks/discovery.py``, shipped composition run, 300 examples, h'/r1'/r2',
 docs/DISCOVERY_BENCHMARK.md): 0.98 measures 192/151/103 of 1,395 edges and meets every
-agreement criterion of issue 27 (Spearman 1.000 and sign agreement 1.000 among the edges
+agreement criterion of docs/DISCOVERY_BENCHMARK.md (Spearman 1.000 and sign agreement 1.000 among the edges
 carrying 90% of the exact effect, Pearson 1.000, CPR within 0.0047/0.0037/0.0020 of exact's
-own ranking's) at 5.1x less CPU time than exact patching of every edge; 0.95 measures
-97/86/54 (9.0x; Spearman 1.000/1.000/0.989, CPR gap 0.0077 on h'); 0.9 measures 49/48/31
-(14.9x; r2' Spearman 0.893: three of its 19 top edges rank below EAP-IG's 31st)."""
+own ranking's) at 5.2x less CPU time than exact patching of every edge; 0.95 measures
+97/86/54 (8.5x; Spearman 1.000/1.000/0.989, CPR gap 0.0077 on h'); 0.9 measures 49/48/31
+(14.6x; r2' Spearman 0.893: three of its 19 top edges rank below EAP-IG's 31st)."""
 DEFAULT_MAX_MEASURED = 1000
 """``eap-ig-exact`` stops after this many measured edges even if the rule is unmet (and warns):
 each costs one patched forward per example."""
