@@ -168,7 +168,7 @@ def paper_shape(args: argparse.Namespace) -> dict:
     return res
 
 
-def gpt2_small_child(method: str, n: int, n_pos: int, max_measured: int) -> dict:
+def gpt2_small_child(method: str, n: int, n_pos: int, max_measured: int, batch_size: int | None = None) -> dict:
     """One method on a random-init GPT-2-small-shaped bridge (12 x 12 heads, d_model 768, HF's
     GPT-2 vocabulary), booted offline through TransformerBridge; this process's peak memory."""
     import resource
@@ -199,16 +199,16 @@ def gpt2_small_child(method: str, n: int, n_pos: int, max_measured: int) -> dict
     ans, cf = torch.randint(0, cfg.vocab_size, (2, n), generator=g)
     corruption = Corruption(clean, corrupt, ans, cf)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    (acts, sc), t, c = _timed(_prep_and_score, model, corruption, method, max_measured)
-    out = {"method": method, "examples": n, "positions": n_pos, "edges": acts.graph.n_edges, "wall_s": t, "cpu_s": c,
+    (acts, sc), t, c = _timed(_prep_and_score, model, corruption, method, max_measured, batch_size)
+    out = {"method": method, "batch_size": batch_size, "examples": n, "positions": n_pos, "edges": acts.graph.n_edges, "wall_s": t, "cpu_s": c,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mb": base / 1024}
     if getattr(sc, "measured", None) is not None:
         out["measured_edges"] = int(sc.measured.sum())
     return out
 
 
-def _prep_and_score(model, corruption, method, max_measured=None):
-    acts = prepare(model, corruption)
+def _prep_and_score(model, corruption, method, max_measured=None, batch_size=None):
+    acts = prepare(model, corruption) if batch_size is None else prepare(model, corruption, batch_size=batch_size)
     if method == "eap-ig-exact":
         return acts, refine(model, corruption, score_edges(model, corruption, "eap-ig", acts=acts), acts=acts,
                             max_measured=max_measured)
@@ -224,12 +224,15 @@ def gpt2_small(args: argparse.Namespace) -> dict:
         cmd = [sys.executable, __file__, "--gpt2-child", method, "--gpt2-n", str(args.gpt2_n),
                "--gpt2-pos", str(args.gpt2_pos), "--threads", str(args.threads),
                "--gpt2-max-measured", str(args.gpt2_max_measured)]
+        if args.gpt2_batch_size:
+            cmd += ["--gpt2-batch-size", str(args.gpt2_batch_size)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        res[method] = r
+        res[method if not args.gpt2_batch_size else f"{method}@batch{args.gpt2_batch_size}"] = r
         extra = f", {r['measured_edges']} measured" if "measured_edges" in r else ""
+        bs = f" (batch_size {args.gpt2_batch_size})" if args.gpt2_batch_size else ""
         print(f"GPT-2-small-shaped bridge, {r['examples']} prompts x {r['positions']} tokens, {r['edges']} edges: "
-              f"{method} {r['cpu_s']:.1f} CPU s ({r['wall_s']:.1f} s wall), peak RSS {r['peak_rss_mb']:.0f} MB "
+              f"{method}{bs} {r['cpu_s']:.1f} CPU s ({r['wall_s']:.1f} s wall), peak RSS {r['peak_rss_mb']:.0f} MB "
               f"(model loaded: {r['rss_before_mb']:.0f} MB){extra}", flush=True)
     return res
 
@@ -253,12 +256,14 @@ def main() -> None:
     ap.add_argument("--gpt2-n", type=int, default=32)
     ap.add_argument("--gpt2-pos", type=int, default=20)
     ap.add_argument("--gpt2-max-measured", type=int, default=32, help="eap-ig-exact: edges measured at most")
+    ap.add_argument("--gpt2-batch-size", type=int, default=None, help="prepare(batch_size=...): examples per chunk")
     ap.add_argument("--gpt2-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--skip-shipped", action="store_true", help="only the GPT-2-small-shaped timing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.gpt2_child:
-        print(json.dumps(gpt2_small_child(args.gpt2_child, args.gpt2_n, args.gpt2_pos, args.gpt2_max_measured)))
+        print(json.dumps(gpt2_small_child(args.gpt2_child, args.gpt2_n, args.gpt2_pos, args.gpt2_max_measured,
+                                          args.gpt2_batch_size)))
         return
     out = {} if args.skip_shipped else shipped(args)
     if args.gpt2:
