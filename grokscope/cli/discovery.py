@@ -60,7 +60,7 @@ def discover(
     all_steps: bool = typer.Option(False, "--all", help="Every checkpoint (cached in RUN/.grokscope-cache)."),
     split: str = typer.Option("train_inferred", "--split", help="train_inferred, test_inferred_iid or test_inferred_ood."),
     perturb: str | None = typer.Option(None, "--perturb", help="The counterfactual to patch from (h, r1, r2 / e1, e2, attr; default the task's first), or 'mean' for mean ablation."),
-    method: str = typer.Option("eap-ig", "--method", help="Edge scores: eap, eap-ig or exact."),
+    method: str = typer.Option("eap-ig", "--method", help="Edge scores: eap, eap-ig, eap-ig-activations, eap-ig-exact (EAP-IG, then the top edges patched exactly) or exact."),
     ig_steps: int | None = typer.Option(None, "--ig-steps", help="EAP-IG path points (default: grokscope.discovery.scores.DEFAULT_IG_STEPS)."),
     metric: str = typer.Option("logit_diff", "--metric", help="logit_diff (answer vs the counterfactual's answer) or logprob."),
     top: int | None = typer.Option(None, "--top", help="Keep the N best edges (default: the smallest circuit that reaches --recover)."),

@@ -130,6 +130,16 @@ class Discovery(Summarized):
         rows = [dataclasses.asdict(e) for e in self.edge_records(k, circuit_only=circuit_only)]
         return pd.DataFrame(rows, columns=[f.name for f in dataclasses.fields(Edge)])
 
+    def to_mib(self, d_model: int | None = None) -> Any:
+        """The scores and the circuit in the EAP-IG / MIB graph format (:func:`grokscope.discovery.mib.to_mib`).
+
+        Example:
+            >>> d.to_mib(d_model=model.cfg.d_model).to_dict()["edges"]["m0->logits"]   # doctest: +SKIP
+        """
+        from grokscope.discovery.mib import to_mib
+
+        return to_mib(self, d_model=d_model)
+
     def to_dict(self) -> dict[str, Any]:
         g = self.graph
         P, W, R = g.n_pos, g.n_writers, g.n_readers
@@ -228,7 +238,8 @@ def discover(
         positions: ``last`` (a node per component and position; the prediction read at
             each prompt's scoring position) or ``sum`` (one node per head / MLP, scores and
             patches summed over positions, as EAP-IG and MIB do for prompts of different lengths).
-        method: ``eap``, ``eap-ig`` or ``exact``.
+        method: ``eap``, ``eap-ig``, ``eap-ig-activations``, ``eap-ig-exact`` or ``exact``
+            (:data:`grokscope.discovery.scores.METHODS`).
         ig_steps: EAP-IG path points (default :data:`DEFAULT_IG_STEPS`, from a measurement).
         batch_size: examples per slice: writer values are computed ``batch_size`` prompts at
             a time and no forward pass holds more rows, so peak memory is bounded by it, not by
@@ -275,11 +286,16 @@ def discover(
     else:
         circuit = smallest_circuit(model, acts, scores, recover, selection=selection, curve=curve)
     exact = torch.full((scores.graph.n_edges,), float("nan"))
+    measured = getattr(scores, "measured", None)  # eap-ig-exact: its top edges are already exact
+    if measured is not None:
+        exact[measured] = scores.scores[measured].float()
     if method == "exact":
         exact = scores.scores.clone()
     elif measure_circuit_edges > 0 and bool(circuit.keep.any()):
         ids = [int(e) for e in scores.order() if circuit.keep[e]][:measure_circuit_edges]
-        exact[ids] = exact_effects(model, acts, ids)
+        ids = [e for e in ids if exact[e] != exact[e]]
+        if ids:
+            exact[ids] = exact_effects(model, acts, ids)
     return Discovery(corruption, scores, circuit, curve, exact, float(acts.clean_metric.double().mean()),
                      float(acts.corrupt_metric.double().mean()), name, step, reliable)
 

@@ -14,7 +14,10 @@ the clean and the corrupt input, in metric units, averaged over examples:
   points of the straight corrupt -> clean path of the token embeddings, ``alpha = k / K``
   for ``k = 1..K`` (the right Riemann sum; on the shipped composition run it agrees
   with exact patching a little better than the midpoints). :data:`DEFAULT_IG_STEPS`
-  comes from a measurement (see ``benchmarks/discovery.py``).
+  comes from a measurement (see ``benchmarks/discovery.py``). This is MIB's
+  "EAP-IG-inputs" (its code takes ``k = 0..K-1``); MIB's "EAP-IG-activations" is
+  ``eap-ig-activations``, and ``eap-ig-exact`` refines EAP-IG by exact patching of its top
+  edges (:mod:`grokscope.discovery.methods`, registered by name: :func:`register_method`).
 
 Corruptions: ``"counterfactual"`` (the task's counterfactual input, one token changed)
 and ``"mean"`` (every writer replaced by its mean over the clean examples; the IG path
@@ -30,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +52,9 @@ if TYPE_CHECKING:
 
     from grokscope.patching.tracing import Counterfactuals
 
-METHODS = ("eap", "eap-ig", "exact")
+METHODS = ("eap", "eap-ig", "eap-ig-activations", "eap-ig-exact", "exact")
+"""Every method's name; the last ones besides ``exact`` live in :mod:`grokscope.discovery.methods`
+(:func:`register_method`)."""
 METRICS = ("logit_diff", "logprob")
 ABLATIONS = ("counterfactual", "mean", "zero")
 POSITIONS = ("last", "sum")
@@ -63,6 +69,20 @@ GRAD_BATCH = 1024
 """Rows (path point x example) per forward + backward pass, at most."""
 GRAD_FLOAT_BUDGET = 1 << 26
 """Floats the reader gradients of one batch may hold (``rows x pos x reader x d_model``)."""
+
+
+_REGISTERED: dict[str, Callable[..., EdgeScores]] = {}
+
+
+def register_method(name: str, fn: Callable[..., EdgeScores]) -> None:
+    """Make ``score_edges(..., method=name)`` call ``fn(model, corruption, *, acts, ig_steps, batch_size)``.
+
+    Example:
+        >>> register_method("eap-ig-exact", refine_fn)       # doctest: +SKIP
+    """
+    if name in ("eap", "eap-ig", "exact"):
+        raise ValueError(f"{name!r} is built in; register another name")
+    _REGISTERED[name] = fn
 
 
 @dataclass(frozen=True)
@@ -352,9 +372,10 @@ def score_edges(
     Args:
         model: the model (eval mode).
         corruption: clean inputs and their corruption.
-        method: ``eap``, ``eap-ig`` or ``exact``.
+        method: ``eap``, ``eap-ig``, ``exact`` or a registered method (:data:`METHODS`:
+            ``eap-ig-activations``, ``eap-ig-exact``; :mod:`grokscope.discovery.methods`).
         metric: ``logit_diff``, ``logprob`` or a callable (see :func:`prepare`).
-        ig_steps: path points for ``eap-ig``.
+        ig_steps: path points for ``eap-ig`` (and the registered IG methods).
         acts: :func:`prepare` output to reuse (its ``positions`` picks the graph scored).
         batch_size: rows per gradient pass (``acts.batch_size`` wins when set).
 
@@ -370,6 +391,9 @@ def score_edges(
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method == "eap-ig" and ig_steps < 1:
         raise ValueError(f"ig_steps must be >= 1, got {ig_steps}")
+    if method in _REGISTERED:
+        return _REGISTERED[method](model, corruption, acts=acts or prepare(model, corruption, metric),
+                                   ig_steps=ig_steps, batch_size=batch_size)
     t0 = time.perf_counter()
     acts = acts or prepare(model, corruption, metric)
     graph = acts.graph

@@ -81,7 +81,7 @@ def checkpoint_discovery(
 
     run, cache_ = _context(run, cache)
     args = {"split": split, "perturbation": perturbation, "ablation": ablation, "n": n, "seed": seed,
-            "method": method, "ig_steps": ig_steps if method == "eap-ig" else 1, "metric": metric, "top": top,
+            "method": method, "ig_steps": ig_steps if method.startswith("eap-ig") else 1, "metric": metric, "top": top,
             "recover": recover, "selection": selection}
     if measure_edges != 200:  # the default keeps the cache key of earlier versions
         args["measure_edges"] = measure_edges
