@@ -186,6 +186,95 @@ def test_counterfactuals_and_lens_targets():
     assert np.array_equal(targets["next@a0"].token_ids, split.meta["root"])  # at ':' the root comes next
 
 
+def _parse_row(ids, vocab) -> tuple[list[tuple[int, int]], int, list[int]]:
+    """(edges, goal, path-so-far) of one teacher-forced row of token ids, by string splitting."""
+    return parse_plain(plain_text(vocab.decode([int(t) for t in ids])).rstrip(">"))
+
+
+def test_counterfactuals_are_scored_where_the_two_paths_part():
+    """Both perturbations, checked by plain loops over the edge lists: the corrupt row is a
+    binary tree with the same nodes and goal (rewire) or another leaf as goal (goal); its
+    root-goal path differs; score_pos predicts the first node where the paths part; the
+    teacher-forced prefix up to it is the same in both paths."""
+    from grokscope.patching.counterfactuals import make_counterfactuals
+
+    ds = generate_tree(TreeConfig(n_nodes=8, n_labels=16, n_train=200, n_test=60, ood_depth=5))
+    v, colon = ds.vocab, ds.splits["test_inferred_iid"].target_pos[0]
+    cfs = make_counterfactuals(ds, "test_inferred_iid", n=60, seed=1)
+    assert set(cfs) == {"goal", "rewire"} and cfs["goal"].clean.shape == cfs["rewire"].clean.shape
+    for pert, cf in cfs.items():
+        assert len(cf) >= 55 and cf.position == (colon - 1 if pert == "goal" else -1)
+        for i in range(len(cf)):
+            edges, goal, prefix = _parse_row(cf.clean[i], v)
+            edges2, goal2, prefix2 = _parse_row(cf.corrupt[i], v)
+            diff = np.flatnonzero((cf.clean[i] != cf.corrupt[i]).numpy()).tolist()
+            assert diff == [int(cf.changed_pos[i])] and diff[0] < colon  # one input token
+            if pert == "goal":
+                assert goal2 != goal and goal2 not in {a for a, _ in edges} and edges2 == edges
+            else:
+                nodes = {a for a, _ in edges} | {b for _, b in edges}
+                assert goal2 == goal and {a for a, _ in edges2} | {b for _, b in edges2} == nodes
+                assert max(Counter(a for a, _ in edges2).values()) <= 2 and len({b for _, b in edges2}) == 7
+                (old,), (new,) = set(edges) - set(edges2), set(edges2) - set(edges)
+                assert old[1] == new[1] and old[1] in plain_path(edges, goal)  # an edge of the path
+            a, b = plain_path(edges, goal), plain_path(edges2, goal2)  # plain_path asserts one parent each
+            j = next(k for k in range(min(len(a), len(b))) if a[k] != b[k])
+            assert j >= 1 and int(cf.score_pos[i]) == colon + 2 * j
+            assert prefix[: j] == a[: j] == b[: j]  # teacher forced up to the scored position
+            got = {int(t): k for k, t in enumerate(v.value_ids)}
+            assert (got[int(cf.answer[i])], got[int(cf.cf_answer[i])]) == (a[j], b[j])
+            full = ds.splits["test_inferred_iid"].tokens[int(cf.example_index[i])]
+            assert int(full[cf.score_pos[i] + 1]) == int(cf.answer[i])  # the clean path's next token
+        assert cf.clean.shape[1] == int(max(c.score_pos.max() for c in cfs.values())) + 1
+
+
+@pytest.mark.filterwarnings("ignore::grokscope.errors.NoisyResultWarning")  # a random model
+def test_tracing_scores_each_example_at_its_own_position():
+    """trace() on the tree against a reference written here: plain run_with_hooks with one
+    hook per (layer, position), the logits read at each example's own score_pos."""
+    from grokscope.patching.tracing import make_counterfactuals, trace
+    from grokscope.runs.model import build_model
+
+    ds = generate_tree(TreeConfig(n_nodes=6, n_labels=8, n_train=40, n_test=30, ood_depth=4))
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64), len(ds.vocab), ds.n_ctx, 0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.add_(torch.randn(prm.shape, generator=g) * 0.3)
+    cfs = make_counterfactuals(ds, "test_inferred_iid", n=10, seed=3)
+    res = trace(model, cfs, site="resid", batch_size=17)
+    for k, (pert, cf) in enumerate(cfs.items()):
+        n, width = cf.clean.shape
+        assert len(set(cf.score_pos.tolist())) > 1  # the positions really differ per example
+        rows = torch.arange(n)
+        names = [f"blocks.{layer}.hook_resid_pre" for layer in range(2)] + ["blocks.1.hook_resid_post"]
+        with torch.no_grad():
+            _, cache = model.run_with_cache(cf.corrupt)
+            clean = model(cf.clean)[rows, cf.score_pos]
+            corrupt = model(cf.corrupt)[rows, cf.score_pos]
+        ld_of = lambda lg: lg[rows, cf.answer] - lg[rows, cf.cf_answer]  # noqa: E731
+        ref = torch.empty(n, len(names), width)
+        for li, name in enumerate(names):
+            for pos in range(width):
+                def hook(act, hook, name=name, pos=pos):
+                    act = act.clone()
+                    act[:, pos] = cache[name][:, pos]
+                    return act
+                with torch.no_grad():
+                    ref[:, li, pos] = ld_of(model.run_with_hooks(cf.clean, fwd_hooks=[(name, hook)])[rows, cf.score_pos])
+        torch.testing.assert_close(res.ld_patched[pert], ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(res.ld_clean[pert], ld_of(clean), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(res.ld_cf[pert], ld_of(corrupt), atol=1e-5, rtol=1e-5)
+        assert float((ld_of(clean) - ld_of(corrupt)).abs().min()) > 1e-4  # an effect at every example
+        # patching S[0] at the replaced token is the counterfactual run; at the scored
+        # position's future (pos > score_pos) it is nothing
+        for i in range(n):
+            torch.testing.assert_close(res.ld_patched[pert][i, 0, cf.changed_pos[i]], ld_of(corrupt)[i], atol=1e-5, rtol=1e-5)
+            after = res.ld_patched[pert][i, :, int(cf.score_pos[i]) + 1 :]
+            torch.testing.assert_close(after, torch.full_like(after, float(ld_of(clean)[i])), atol=1e-5, rtol=1e-5)
+        assert torch.equal(res.clean_top1[pert], clean.argmax(-1))
+
+
 def test_lens_targets_run_through_the_logit_lens():
     from grokscope.lens.logit import lens_split, lens_tokens, logit_lens
     from grokscope.runs.model import build_model

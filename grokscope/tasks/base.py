@@ -176,12 +176,22 @@ class CounterfactualDraw:
         cf_answer: ``[example]`` the counterfactual's answer token id (any value where
             ``new_token`` is -1).
         cf_meta: ``cf_*`` fields for the valid rows only (e.g. ``cf_bridge``).
+        score_pos: None (the answer is read at the last input position, ``target_pos``),
+            or ``[example]`` the position whose prediction tells the answer from the
+            counterfactual's (any value where ``new_token`` is -1). Past ``target_pos`` the
+            inputs are the teacher-forced answer (``split.tokens``): a task whose answers
+            are several tokens scores where the clean and counterfactual answers part.
+        position: None (the token replaced is at the perturbation's role), or
+            ``[example]`` the replaced input position per row (a perturbation with no
+            fixed role, e.g. one edge of a tree).
     """
 
     new_token: np.ndarray
     answer: np.ndarray
     cf_answer: np.ndarray
     cf_meta: dict[str, np.ndarray] = field(default_factory=dict)
+    score_pos: np.ndarray | None = None
+    position: np.ndarray | None = None
 
 
 def pick_per_row(rng: np.random.Generator, valid: np.ndarray) -> np.ndarray:
@@ -255,7 +265,8 @@ class Task:
         *,
         id_only: bool = True,
     ) -> CounterfactualDraw:
-        """Counterfactuals replacing the token at role ``perturbation`` for ``rows`` of ``split``."""
+        """Counterfactuals replacing one token (at role ``perturbation``, or per row at
+        ``CounterfactualDraw.position``) for ``rows`` of ``split``."""
         raise NotImplementedError(f"task {self.name!r} has no counterfactuals")
 
     def lens_targets(self, split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:

@@ -27,7 +27,11 @@ same distribution) and ``test_inferred_ood`` (``n_test`` trees whose goal is at 
 ``< ood_depth``: the distribution above conditioned on the goal's depth; OOD asks for
 paths longer than any trained. Every tree (its edge set) occurs once in all splits.
 
-Counterfactual (``goal``): the same tree with the goal replaced by another leaf.
+Counterfactuals: ``goal``, the same tree with the goal replaced by another leaf; and
+``rewire``, the same goal with one edge on its path rewired (the child keeps its
+subtree and gets another parent with a free slot, not below it: a new path). Both are
+scored where the two paths part (``score_pos = target_pos + 2 * cf_index``, on the
+teacher-forced path): at ``<:>`` the prediction is the root for every goal of a tree.
 Lens targets: the next path token at each answer position, the goal at ``<:>``.
 
 Example:
@@ -318,7 +322,7 @@ class TreeTask(Task):
     config_cls = TreeConfig
     probe_splits = ("train_inferred", "test_inferred_iid", "test_inferred_ood")
     inferred_roles = ("goal", "colon")
-    perturbations = ("goal",)
+    perturbations = ("goal", "rewire")
     hypothesis = None
     """No circuit hypothesis as data yet: the protocol allows none (Brinkmann et al. 2024
     describe a backward chain from the goal, one edge per layer, that the staged form
@@ -370,13 +374,20 @@ class TreeTask(Task):
         self, dataset: TaskDataset, split: Split, rows: np.ndarray, perturbation: str,
         rng: np.random.Generator, *, id_only: bool = True,
     ) -> CounterfactualDraw:
-        """The goal replaced by another leaf of the same tree (-1 for a tree with one leaf).
+        """``goal``: the goal replaced by another leaf of the same tree; ``rewire``: the
+        same goal, the parent token of one edge on its path replaced (-1: none valid).
 
-        The paths share their prefix from the root; ``answer`` and ``cf_answer`` are the
-        two paths' labels at the first node where they part, predicted at the answer
-        position ``target_pos + 2 * cf_index`` (``cf_index`` in ``cf_meta``; 0 would be the
-        root). ``cf_meta`` also holds ``cf_goal``. ``id_only`` has no effect (every leaf
-        of a tree is a goal the data could hold).
+        ``goal``: the paths share their prefix from the root. ``rewire``: the edge
+        ``p>c`` (``c`` on the goal's path) becomes ``q>c``, ``q`` a uniformly drawn
+        (edge, new parent) pair over the path's edges and the nodes ``q != p`` with fewer
+        than two children that are not ``c`` or below it; the tree stays a binary tree
+        with the same nodes and goal, and the goal's path changes. In both, ``answer``
+        and ``cf_answer`` are the two paths' labels at the first node where they part,
+        scored at ``score_pos = target_pos + 2 * cf_index`` (``cf_index`` in ``cf_meta``;
+        >= 1, since the root is shared), the prefix before it teacher-forced and equal in
+        both. ``cf_meta`` also holds ``cf_goal`` (goal) or ``cf_parent`` and
+        ``cf_edge_pos`` (rewire: the new parent's label token and its input position,
+        which ``position`` also gives). ``id_only`` has no effect.
         """
         if perturbation not in self.perturbations:
             raise ValueError(f"unknown perturbation {perturbation!r}; choose from {', '.join(self.perturbations)}")
@@ -384,11 +395,13 @@ class TreeTask(Task):
         vocab, lab = dataset.vocab, dataset.vocab.value_ids
         n_labels = len(lab)
         rows = np.asarray(rows)
-        valid = np.zeros((len(rows), n_labels), dtype=bool)
         parents = []
-        for i, r in enumerate(rows):
-            parent_of, goal = parse_edges(split.tokens[r, : split.target_pos[r] + 1], vocab)
-            parents.append((parent_of, goal))
+        for r in rows:
+            parents.append(parse_edges(split.tokens[r, : split.target_pos[r] + 1], vocab))
+        if perturbation == "rewire":
+            return _rewire(parents, split, rows, lab, rng)
+        valid = np.zeros((len(rows), n_labels), dtype=bool)
+        for i, (parent_of, goal) in enumerate(parents):
             nodes = set(parent_of) | set(parent_of.values())
             inner = set(parent_of.values())
             for leaf in nodes - inner - {goal}:
@@ -408,6 +421,7 @@ class TreeTask(Task):
         return CounterfactualDraw(
             new_token=np.where(keep, lab[np.maximum(j, 0)], -1), answer=answer, cf_answer=cf_answer,
             cf_meta={"cf_goal": lab[j[keep]], "cf_index": index[keep]},
+            score_pos=split.target_pos[rows] + 2 * np.maximum(index, 0),
         )
 
     def lens_targets(self, split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
@@ -429,6 +443,61 @@ class TreeTask(Task):
             allow = (labels_end if node else None) if within_class else None
             out.append(LensTarget(f"next@a{k}", pos, tok, allow))
         return out
+
+
+def _parting(a: list[int], b: list[int]) -> int:
+    """The first index where two root-first paths differ (they share the root)."""
+    return next(k for k in range(min(len(a), len(b))) if a[k] != b[k])
+
+
+def _rewire(parents: list[tuple[dict[int, int], int]], split: Split, rows: np.ndarray, lab: np.ndarray,
+            rng: np.random.Generator) -> CounterfactualDraw:
+    """The ``rewire`` counterfactual (see :meth:`TreeTask.counterfactuals`), vectorized in its
+    draw: one random key per (edge slot, new parent label) cell, the arg-max per row."""
+    n_edges = max((len(p) for p, _ in parents), default=0)
+    n_labels = len(lab)
+    valid = np.zeros((len(rows), n_edges * n_labels), dtype=bool)
+    for i, (parent_of, goal) in enumerate(parents):
+        path = path_from_edges(parent_of, goal)
+        kids: dict[int, int] = {}
+        for par in parent_of.values():
+            kids[par] = kids.get(par, 0) + 1
+        nodes = set(parent_of) | set(parent_of.values())
+        slot = {c: k for k, c in enumerate(parent_of)}  # child label -> its edge's index in the input
+        for c in path[1:]:
+            below = {c}
+            for node in nodes:  # nodes whose chain to the root passes through c
+                x = node
+                while x in parent_of and x not in below:
+                    x = parent_of[x]
+                if x in below:
+                    below.add(node)
+            for q in nodes - below - {parent_of[c]}:
+                if kids.get(q, 0) < 2:
+                    valid[i, slot[c] * n_labels + q] = True
+    pick = pick_per_row(rng, valid)
+    new_token = np.full(len(rows), -1, dtype=np.int64)
+    position = np.zeros(len(rows), dtype=np.int64)
+    answer = np.zeros(len(rows), dtype=np.int64)
+    cf_answer = np.zeros(len(rows), dtype=np.int64)
+    index = np.zeros(len(rows), dtype=np.int64)
+    for i, (parent_of, goal) in enumerate(parents):
+        if pick[i] < 0:
+            answer[i] = cf_answer[i] = lab[goal]
+            continue
+        k, q = divmod(int(pick[i]), n_labels)
+        c = list(parent_of)[k]
+        a = path_from_edges(parent_of, goal)
+        b = path_from_edges({**parent_of, c: q}, goal)
+        j = _parting(a, b)
+        new_token[i], position[i] = lab[q], 4 * k  # edge k is written at 4k: parent, >, child, ","
+        answer[i], cf_answer[i], index[i] = lab[a[j]], lab[b[j]], j
+    keep = new_token >= 0
+    return CounterfactualDraw(
+        new_token=new_token, answer=answer, cf_answer=cf_answer,
+        cf_meta={"cf_parent": new_token[keep], "cf_edge_pos": position[keep], "cf_index": index[keep]},
+        score_pos=split.target_pos[rows] + 2 * index, position=position,
+    )
 
 
 def _tree_from_edges(parent_of: dict[int, int], goal: int, input_ids: Any, vocab: Vocab) -> Tree:
