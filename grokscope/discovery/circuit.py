@@ -144,7 +144,7 @@ class Discovery(Summarized):
         reader_ids: dict[tuple[int, int], int] = {}
         for p in range(P):
             for r in range(R):
-                if r == g.logits_reader and p != g.read_pos:
+                if r == g.logits_reader and p not in g.read_positions:
                     continue
                 reader_ids[(p, r)] = len(nodes)
                 nodes.append({"id": len(nodes), **g.reader_node(p, r).to_dict(), "score": float(reader_score[p, r])})
@@ -164,7 +164,8 @@ class Discovery(Summarized):
             "corruption": {"ablation": c.ablation, "name": c.name, "roles": dict(c.roles)},
             "graph": g.to_dict(),
             "examples": {"clean": c.clean.tolist(), "corrupt": None if c.corrupt is None else c.corrupt.tolist(),
-                         "answer": c.answer.tolist(), "cf_answer": c.cf_answer.tolist()},
+                         "answer": c.answer.tolist(), "cf_answer": c.cf_answer.tolist(),
+                         "score_pos": None if c.score_pos is None else c.score_pos.tolist()},
             "clean_metric": self.clean_metric,
             "reliable": self.reliable,
             "corrupt_metric": self.corrupt_metric,
@@ -228,7 +229,7 @@ def discover(
     elif measure_circuit_edges > 0 and bool(circuit.keep.any()):
         ids = [int(e) for e in scores.order() if circuit.keep[e]][:measure_circuit_edges]
         per = patch_single_edges(model, acts.graph, corruption.clean, acts.corrupt_writers, acts.clean_writers,
-                                 acts.metric, acts.clean_metric, edges=ids)
+                                 acts.metric, acts.clean_metric, edges=ids, score_pos=acts.score_pos)
         exact[ids] = (acts.clean_metric.float().cpu()[None, :] - per).mean(1)
     return Discovery(corruption, scores, circuit, curve, exact, float(acts.clean_metric.double().mean()),
                      float(acts.corrupt_metric.double().mean()), metric, step, reliable)

@@ -61,6 +61,18 @@ def _check_model(model: TransformerBridge, graph: ComponentGraph) -> None:
         raise ValueError("put the model in eval mode (model.eval()) before patching: dropout would differ per run")
 
 
+def scored_logits(
+    logits: Float[torch.Tensor, "row pos d_vocab"],
+    score_pos: Int[torch.Tensor, " example"] | None,
+    example: Int[torch.Tensor, " row"],
+) -> Float[torch.Tensor, "row d_vocab"]:
+    """Each row's logits at its example's scoring position (``score_pos[example]``; None: the last)."""
+    if score_pos is None:
+        return logits[:, -1]
+    pos = score_pos.to(logits.device)[example.to(logits.device)]
+    return logits[torch.arange(len(logits), device=logits.device), pos]
+
+
 def writer_hook_names(graph: ComponentGraph) -> list[str]:
     """The hooks whose values make up every writer's contribution."""
     names = ["hook_embed"]
@@ -80,6 +92,7 @@ def writer_activations(
     batch_size: int = 1024,
     *,
     with_logits: bool = False,
+    score_pos: Int[torch.Tensor, " example"] | None = None,
 ) -> Any:
     """Every writer's contribution to the residual stream, per example and position.
 
@@ -89,6 +102,7 @@ def writer_activations(
         tokens: ``[example, pos]`` inputs.
         batch_size: examples per forward pass.
         with_logits: also return the logits at the prediction position.
+        score_pos: ``[example]`` the position each example's logits are read at (None: the last).
 
     Returns:
         ``[example, pos, writer, d_model]`` on the model's device (writer order: see
@@ -104,7 +118,7 @@ def writer_activations(
     with torch.no_grad():
         for lo in range(0, len(tokens), batch_size):
             logits, cache = model.run_with_cache(tokens[lo : lo + batch_size].to(device), names_filter=writer_hook_names(graph))
-            logits_out.append(logits[:, graph.read_pos])
+            logits_out.append(scored_logits(logits, score_pos, torch.arange(lo, lo + len(logits))))
             parts = [cache["hook_embed"][:, :, None]]
             for layer in range(graph.n_layers):
                 parts.append(_head_writes(model, layer, cache[f"blocks.{layer}.attn.hook_z"]))
@@ -181,6 +195,8 @@ def reader_gradients(
     metric: RowMetric,
     example: Int[torch.Tensor, " row"],
     embed: Float[torch.Tensor, "row pos d_model"] | None = None,
+    *,
+    score_pos: Int[torch.Tensor, " example"] | None = None,
 ) -> tuple[Float[torch.Tensor, " row"], Float[torch.Tensor, "row pos reader d_model"]]:
     """``d metric / d input`` of every reader, per row, from one forward and one backward.
 
@@ -193,6 +209,7 @@ def reader_gradients(
         example: ``[row]`` example index of each row (passed to ``metric``).
         embed: ``[row, pos, d_model]`` token embeddings to use instead of the tokens'
             (``hook_embed`` is overridden): the points of an integrated-gradient path.
+        score_pos: ``[example]`` the position each example's logits are read at (None: the last).
 
     Returns:
         ``(metric per row, gradients [row, pos, reader, d_model])``.
@@ -236,7 +253,7 @@ def reader_gradients(
     hooks.append((f"blocks.{L - 1}.hook_resid_post", add(eps_log)))
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
         logits = model(tokens)
-        values = metric(logits[:, graph.read_pos], example.to(device))
+        values = metric(scored_logits(logits, score_pos, example), example.to(device))
         flat = [e for per in eps_qkv for e in per] + eps_mlp + [eps_log]
         grads = torch.autograd.grad(values.sum(), flat, allow_unused=True)
     out = torch.zeros(rows, P, graph.n_readers, d, device=device, dtype=dtype)
@@ -250,7 +267,8 @@ def reader_gradients(
         if g is not None:
             out[:, :, graph.mlp_reader(layer)] = g
     if grads[-1] is not None:
-        out[:, graph.read_pos, graph.logits_reader] = grads[-1][:, graph.read_pos]
+        read = list(graph.read_positions)
+        out[:, read, graph.logits_reader] = grads[-1][:, read]
     return values.detach(), out
 
 
@@ -268,6 +286,7 @@ def patched_metric(
     metric: RowMetric,
     *,
     complement: bool = False,
+    score_pos: Int[torch.Tensor, " example"] | None = None,
 ) -> Float[torch.Tensor, " row"]:
     """The metric of each row with its edges patched, in one forward pass.
 
@@ -282,6 +301,7 @@ def patched_metric(
         metric: the per-row metric.
         complement: False: the pairs are the patched edges (every other edge is
             clean). True: the pairs are the edges kept; every other edge is patched.
+        score_pos: ``[example]`` the position each example's logits are read at (None: the last).
 
     Returns:
         ``[row]`` the metric of each patched run.
@@ -311,7 +331,7 @@ def patched_metric(
             base = corrupt[example, :, :b].sum(2) - live[:, :, :b].sum(2)  # [row, pos, d]
             if group == 4 * L:
                 mask = torch.zeros(P, 1, 1, device=device, dtype=base.dtype)
-                mask[graph.read_pos] = 1
+                mask[list(graph.read_positions)] = 1
                 base = base * mask[None, :, 0]
             out = base[:, :, None, :].expand(rows, P, n_heads, d).clone()
             sign = -1.0
@@ -387,7 +407,7 @@ def patched_metric(
     hooks.append((f"blocks.{L - 1}.hook_resid_post", add(4 * L, graph.logits_reader)))
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         logits = model(tokens)
-        return metric(logits[:, graph.read_pos], example)
+        return metric(scored_logits(logits, score_pos, example), example)
 
 
 def rows_per_batch(graph: ComponentGraph, d_model: int, budget: int = FLOAT_BUDGET, cap: int = 4096) -> int:
@@ -404,6 +424,7 @@ def patch_edge_sets(
     metric: RowMetric,
     *,
     batch_size: int | None = None,
+    score_pos: Int[torch.Tensor, " example"] | None = None,
 ) -> Float[torch.Tensor, "config example"]:
     """The metric with every edge outside each kept set patched, per example.
 
@@ -436,7 +457,7 @@ def patch_edge_sets(
             pr = torch.arange(len(ex)).repeat_interleave(len(listed))
             pe = listed.repeat(len(ex))
             out[c, lo : lo + len(ex)] = patched_metric(
-                model, graph, clean[ex], ex, corrupt, pr, pe, metric, complement=complement
+                model, graph, clean[ex], ex, corrupt, pr, pe, metric, complement=complement, score_pos=score_pos
             ).float().cpu()
     return out
 
@@ -452,6 +473,7 @@ def patch_single_edges(
     *,
     edges: Sequence[int] | None = None,
     batch_size: int | None = None,
+    score_pos: Int[torch.Tensor, " example"] | None = None,
 ) -> Float[torch.Tensor, "edge example"]:
     """The metric with one edge patched, for every (edge, example) pair, batched.
 
@@ -472,7 +494,7 @@ def patch_single_edges(
     for lo in range(0, len(je), bs):
         jb, ib = je[lo : lo + bs], ie[lo : lo + bs]
         vals = patched_metric(
-            model, graph, clean[ib], ib, corrupt, torch.arange(len(jb)), edge_ids[jb], metric
+            model, graph, clean[ib], ib, corrupt, torch.arange(len(jb)), edge_ids[jb], metric, score_pos=score_pos
         )
         out[jb, ib] = vals.float().cpu()
     return out

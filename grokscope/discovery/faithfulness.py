@@ -61,7 +61,8 @@ def _greedy(graph: ComponentGraph, scores: torch.Tensor, n: int) -> Bool[torch.T
             heapq.heappush(heap, (-abs(float(scores[e])), e))
 
     keep = torch.zeros(graph.n_edges, dtype=torch.bool)
-    reach(graph.read_pos, graph.logits_reader)
+    for p in graph.read_positions:
+        reach(p, graph.logits_reader)
     taken = 0
     while heap and taken < n:
         _, e = heapq.heappop(heap)
@@ -124,7 +125,8 @@ def recovered(
     """
     if keep.ndim == 1:
         keep = keep[None]
-    m = patch_edge_sets(model, acts.graph, acts.clean_tokens, acts.corrupt_writers, keep, acts.metric).double()
+    m = patch_edge_sets(model, acts.graph, acts.clean_tokens, acts.corrupt_writers, keep, acts.metric,
+                        score_pos=acts.score_pos).double()
     lo, hi = float(acts.corrupt_metric.double().mean()), float(acts.clean_metric.double().mean())
     mean = m.mean(1)
     if abs(hi - lo) < 1e-12:  # no gap: nothing to recover (discover() warns and marks it unreliable)

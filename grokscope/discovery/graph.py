@@ -122,21 +122,32 @@ class ComponentGraph:
     Attributes:
         n_layers: blocks (shared blocks count once per use).
         n_heads: heads per attention layer.
-        n_pos: input positions; the prediction is read at the last one.
+        n_pos: input positions.
+        scored: the positions whose logits are scored (each example is scored at one of
+            them: ``Corruption.score_pos``); None: the last position only. The logits
+            reader exists at these positions.
     """
 
     n_layers: int
     n_heads: int
     n_pos: int
+    scored: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "n_heads", "n_pos"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.scored is not None:
+            s = tuple(sorted({int(p) for p in self.scored}))
+            if not s or s[0] < 0 or s[-1] >= self.n_pos:
+                raise ValueError(f"scored positions must lie in [0, {self.n_pos}), got {self.scored}")
+            object.__setattr__(self, "scored", None if s == (self.n_pos - 1,) else s)
 
     @classmethod
-    def of(cls, model: Any, n_pos: int) -> ComponentGraph:
+    def of(cls, model: Any, n_pos: int, scored: Any = None) -> ComponentGraph:
         """The graph of a TransformerLens model (a native ``TransformerBridge``).
+
+        ``scored``: the positions logits are read at (e.g. ``Corruption.score_pos``; None: the last).
 
         Raises:
             NotImplementedError: attention-only, parallel attention/MLP or grouped-query
@@ -150,12 +161,19 @@ class ComponentGraph:
         kv = getattr(cfg, "n_key_value_heads", None)
         if kv is not None and kv != cfg.n_heads:
             raise NotImplementedError("grouped-query attention (n_key_value_heads != n_heads) is not supported")
-        return cls(int(cfg.n_layers), int(cfg.n_heads), int(n_pos))
+        sc = None if scored is None else tuple(int(p) for p in torch.as_tensor(scored).flatten().tolist())
+        return cls(int(cfg.n_layers), int(cfg.n_heads), int(n_pos), sc)
 
     # ------------------------------------------------------------------ sizes and indices
     @property
     def read_pos(self) -> int:
-        return self.n_pos - 1
+        """The last scored position (the only one unless ``scored`` names several)."""
+        return self.n_pos - 1 if self.scored is None else self.scored[-1]
+
+    @property
+    def read_positions(self) -> tuple[int, ...]:
+        """Every position with a logits reader."""
+        return (self.n_pos - 1,) if self.scored is None else self.scored
 
     @property
     def n_writers(self) -> int:
@@ -200,7 +218,8 @@ class ComponentGraph:
         """Which (position, reader, writer) triples are edges."""
         w = torch.arange(self.n_writers)
         ok = (w[None, :] < self.bound[:, None]).expand(self.n_pos, -1, -1).clone()
-        ok[: self.read_pos, self.logits_reader] = False
+        ok[:, self.logits_reader] = False
+        ok[list(self.read_positions), self.logits_reader] = True
         return ok
 
     @cached_property
@@ -303,8 +322,11 @@ class ComponentGraph:
         return torch.tensor([-1] + [(w - 1) // (self.n_heads + 1) for w in range(1, self.n_writers)])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_layers": self.n_layers, "n_heads": self.n_heads, "n_pos": self.n_pos,
-                "read_pos": self.read_pos, "n_edges": self.n_edges}
+        out = {"n_layers": self.n_layers, "n_heads": self.n_heads, "n_pos": self.n_pos,
+               "read_pos": self.read_pos, "n_edges": self.n_edges}
+        if self.scored is not None:
+            out["read_positions"] = list(self.scored)
+        return out
 
 
 def prune(graph: ComponentGraph, keep: Bool[torch.Tensor, " edge"]) -> Bool[torch.Tensor, " edge"]:
@@ -350,7 +372,7 @@ def prune(graph: ComponentGraph, keep: Bool[torch.Tensor, " edge"]) -> Bool[torc
         fed[:, graph.mlp_writer(layer)] = (kept[:, m] & fed).any(-1)
 
     useful_r = torch.zeros(P, R, dtype=torch.bool)
-    useful_r[graph.read_pos, graph.logits_reader] = True
+    useful_r[list(graph.read_positions), graph.logits_reader] = True
     useful_w = torch.zeros(P, W, dtype=torch.bool)
 
     def writer_useful(w: int) -> torch.Tensor:

@@ -105,6 +105,9 @@ class Corruption:
         ablation: ``counterfactual`` or ``mean``.
         name: a label (the perturbation, e.g. ``h``), used in reports.
         roles: role -> input position (for reports).
+        score_pos: ``[example]`` the input position whose logits are scored, per example
+            (None: the last position). The graph then has a logits reader at each
+            position that occurs.
     """
 
     clean: Int[torch.Tensor, "example pos"]
@@ -114,6 +117,7 @@ class Corruption:
     ablation: str = "counterfactual"
     name: str = ""
     roles: dict[str, int] = field(default_factory=dict)
+    score_pos: Int[torch.Tensor, " example"] | None = None
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
@@ -122,12 +126,20 @@ class Corruption:
             raise ValueError("counterfactual corruption needs corrupt inputs of the clean inputs' shape")
         if len(self.clean) == 0:
             raise ValueError("no examples (the split had no valid counterfactuals?)")
+        if self.score_pos is not None:
+            sp = torch.as_tensor(self.score_pos, dtype=torch.long).flatten()
+            n_pos = self.clean.shape[1]
+            if sp.shape != (len(self.clean),) or bool((sp < 0).any() | (sp >= n_pos).any()):
+                raise ValueError(f"score_pos must be [example] = [{len(self.clean)}] positions in [0, {n_pos}), "
+                                 f"got shape {tuple(sp.shape)}")
+            self.score_pos = sp
 
     @classmethod
     def from_counterfactuals(cls, cf: Counterfactuals, ablation: str = "counterfactual") -> Corruption:
         """From :func:`grokscope.patching.tracing.make_counterfactuals` output."""
         return cls(cf.clean, cf.corrupt, cf.answer, cf.cf_answer, ablation=ablation,
-                   name=cf.perturbation if ablation == "counterfactual" else "mean", roles=dict(cf.roles))
+                   name=cf.perturbation if ablation == "counterfactual" else "mean", roles=dict(cf.roles),
+                   score_pos=getattr(cf, "score_pos", None))
 
     def metric(self, kind: str = "logit_diff") -> Metric:
         return Metric(kind, self.answer, self.cf_answer)
@@ -135,7 +147,8 @@ class Corruption:
     def to_dict(self) -> dict[str, Any]:
         return {"ablation": self.ablation, "name": self.name, "roles": dict(self.roles),
                 "clean": self.clean.tolist(), "corrupt": None if self.corrupt is None else self.corrupt.tolist(),
-                "answer": self.answer.tolist(), "cf_answer": self.cf_answer.tolist()}
+                "answer": self.answer.tolist(), "cf_answer": self.cf_answer.tolist(),
+                "score_pos": None if self.score_pos is None else self.score_pos.tolist()}
 
 
 @dataclass
@@ -152,6 +165,7 @@ class Activations:
         corrupt_metric: ``[example]`` metric with every edge patched (for a
             counterfactual this is the corrupt run).
         clean_tokens: ``[example, pos]`` the clean inputs.
+        score_pos: ``[example]`` where each example's logits are read (None: the last position).
     """
 
     graph: ComponentGraph
@@ -161,24 +175,27 @@ class Activations:
     clean_metric: torch.Tensor
     corrupt_metric: torch.Tensor
     clean_tokens: torch.Tensor
+    score_pos: torch.Tensor | None = None
 
 
 def prepare(model: TransformerBridge, corruption: Corruption, metric: str = "logit_diff") -> Activations:
     """Writer values of the clean and corrupt inputs, and the two baseline metrics."""
-    graph = ComponentGraph.of(model, corruption.clean.shape[1])
+    sp = corruption.score_pos
+    graph = ComponentGraph.of(model, corruption.clean.shape[1], None if sp is None else sorted(set(sp.tolist())))
     m = corruption.metric(metric)
     ex = torch.arange(len(corruption.clean))
-    clean_w, clean_logits = writer_activations(model, graph, corruption.clean, with_logits=True)
+    clean_w, clean_logits = writer_activations(model, graph, corruption.clean, with_logits=True, score_pos=sp)
     clean_metric = m(clean_logits, ex.to(clean_logits.device)).float().cpu()
     if corruption.ablation == "counterfactual":
         # every edge patched is the corrupt run (tests/test_discovery.py checks the engine agrees)
-        corrupt_w, corrupt_logits = writer_activations(model, graph, corruption.corrupt, with_logits=True)  # type: ignore[arg-type]
+        corrupt_w, corrupt_logits = writer_activations(model, graph, corruption.corrupt, with_logits=True,  # type: ignore[arg-type]
+                                                       score_pos=sp)
         corrupt_metric = m(corrupt_logits, ex.to(corrupt_logits.device)).float().cpu()
     else:
         corrupt_w = clean_w.mean(0, keepdim=True).expand_as(clean_w)
         corrupt_metric = patch_edge_sets(model, graph, corruption.clean, corrupt_w,
-                                         torch.zeros(1, graph.n_edges, dtype=torch.bool), m)[0]
-    return Activations(graph, clean_w, corrupt_w, m, clean_metric, corrupt_metric, corruption.clean)
+                                         torch.zeros(1, graph.n_edges, dtype=torch.bool), m, score_pos=sp)[0]
+    return Activations(graph, clean_w, corrupt_w, m, clean_metric, corrupt_metric, corruption.clean, sp)
 
 
 @dataclass
@@ -258,7 +275,7 @@ def score_edges(
     graph = acts.graph
     if method == "exact":
         per = patch_single_edges(model, graph, corruption.clean, acts.corrupt_writers, acts.clean_writers,
-                                 acts.metric, acts.clean_metric)
+                                 acts.metric, acts.clean_metric, score_pos=acts.score_pos)
         scores = (acts.clean_metric.float().cpu()[None, :] - per).mean(1)
         return EdgeScores(graph, scores, method, 1, time.perf_counter() - t0)
 
@@ -275,7 +292,8 @@ def score_edges(
         rows_ex = ex.repeat(steps)
         a = alphas.repeat_interleave(len(ex)).to(e_clean.device)[:, None, None]
         embed = e_corrupt[rows_ex] + a * (e_clean[rows_ex] - e_corrupt[rows_ex])
-        _, grads = reader_gradients(model, graph, corruption.clean[rows_ex], acts.metric, rows_ex, embed=embed)
+        _, grads = reader_gradients(model, graph, corruption.clean[rows_ex], acts.metric, rows_ex, embed=embed,
+                                       score_pos=acts.score_pos)
         g = grads.reshape(steps, len(ex), *grads.shape[1:]).mean(0)  # [example, pos, reader, d]
         total += torch.einsum("npwd,nprd->prw", delta[ex], g.to(delta.dtype)).double().cpu()
     p, r, w = graph.edge_index.unbind(1)
