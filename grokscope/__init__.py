@@ -58,6 +58,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "DLAResult": ("grokscope.lens.attribution", "DLAResult"),
     "direct_logit_attribution": ("grokscope.lens.attribution", "direct_logit_attribution"),
     "checkpoint_lens": ("grokscope.lens.checkpoint", "checkpoint_lens"),
+    "attention_patterns": ("grokscope.lens.attention", "attention_patterns"),
+    "attention_mass": ("grokscope.lens.attention", "attention_mass"),
+    "top_keys": ("grokscope.lens.attention", "top_keys"),
     # patching
     "Counterfactuals": ("grokscope.patching.counterfactuals", "Counterfactuals"),
     "make_counterfactuals": ("grokscope.patching.counterfactuals", "make_counterfactuals"),

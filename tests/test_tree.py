@@ -275,6 +275,28 @@ def test_tracing_scores_each_example_at_its_own_position():
         assert torch.equal(res.clean_top1[pert], clean.argmax(-1))
 
 
+def test_path_layout_and_position_kinds_by_plain_loops():
+    from grokscope.tasks.builtin.tree import path_layout, position_kinds
+
+    ds = generate_tree(TreeConfig(n_nodes=8, n_labels=16, n_train=50, n_test=40, ood_depth=5))
+    split = ds.splits["test_inferred_iid"]
+    lay = path_layout(split, ds.vocab)
+    kinds = position_kinds(8)
+    assert len(kinds) == 4 * 8 - 2 + 2 * 8 >= ds.n_ctx and kinds[lay.goal_pos] == "goal" and kinds[lay.colon_pos] == "colon"
+    got = {int(t): k for k, t in enumerate(ds.vocab.value_ids)}
+    for i, (edges, goal, path) in enumerate(examples(ds, "test_inferred_iid")):
+        row = [plain_text(ds.vocab.tokens[int(t)]) for t in split.tokens[i]]
+        assert lay.depth[i] == len(path) - 1 and [got[int(x)] for x in lay.path[i, : len(path)]] == path
+        assert (lay.path[i, len(path):] == -1).all() and lay.path_edge[i, 0] == -1
+        for t in range(1, len(path)):  # the edge written at path_edge is path[t-1] > path[t]
+            e = int(lay.path_edge[i, t])
+            assert (row[e], row[e + 1], row[e + 2]) == (str(path[t - 1]), ">", str(path[t]))
+            assert [kinds[e + j] for j in range(3)] == ["parent", "arrow", "child"]
+        for k in range(len(path)):  # the query position is followed by path[k]
+            assert row[lay.query[i, k] + 1] == str(path[k]) and kinds[lay.query[i, k] + 1] == "node"
+        assert lay.edge_tokens()[i, 1].tolist() == [lay.path_edge[i, 1] + j for j in range(3)]
+
+
 def test_lens_targets_run_through_the_logit_lens():
     from grokscope.lens.logit import lens_split, lens_tokens, logit_lens
     from grokscope.runs.model import build_model

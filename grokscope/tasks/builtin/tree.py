@@ -53,7 +53,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from grokscope.tasks.base import CounterfactualDraw, LensTarget, Task, pick_per_row, register_task
+from grokscope.tasks.base import CounterfactualDraw, LensTarget, Task, get_task, pick_per_row, register_task
 from grokscope.tasks.dataset import Split, TaskDataset
 from grokscope.tasks.vocab import END, Vocab, register_special_tokens
 
@@ -498,6 +498,86 @@ def _rewire(parents: list[tuple[dict[int, int], int]], split: Split, rows: np.nd
         cf_meta={"cf_parent": new_token[keep], "cf_edge_pos": position[keep], "cf_index": index[keep]},
         score_pos=split.target_pos[rows] + 2 * index, position=position,
     )
+
+
+# --------------------------------------------------------------------------- reading a model's positions
+
+
+EDGE_ROLES: tuple[str, ...] = ("parent", "arrow", "child", "comma")
+"""The four input positions of an edge ``a>b,`` (edge ``k`` starts at ``4k``)."""
+
+
+def position_kinds(n_nodes: int) -> list[str]:
+    """The kind of every position of the longest possible row (a path through every
+    node): ``parent`` / ``arrow`` / ``child`` / ``comma`` of an edge, ``bar``, ``goal``,
+    ``colon``, then ``node`` and ``arrow`` along the path, ``end`` (its last ``</a>``).
+
+    Example:
+        >>> position_kinds(3)[:8]
+        ['parent', 'arrow', 'child', 'comma', 'parent', 'arrow', 'child', 'bar']
+        >>> position_kinds(3)[8:]
+        ['goal', 'colon', 'node', 'arrow', 'node', 'arrow', 'node', 'end']
+    """
+    n_in = 4 * n_nodes - 2
+    edges = [EDGE_ROLES[k % 4] for k in range(n_in - 3)]
+    return edges + ["bar", "goal", "colon"] + ["node", "arrow"] * (n_nodes - 1) + ["node", "end"]
+
+
+@dataclass(frozen=True)
+class PathLayout:
+    """Where the parts of each example's tree and path sit (numpy, one row per example).
+
+    Attributes:
+        depth: ``[example]`` edges from the root to the goal.
+        path: ``[example, t]`` label token ids of the path, root first (-1 past the goal).
+        path_edge: ``[example, t]`` input position of the edge whose child is ``path[t]``
+            (its parent token; the child is at ``+2``), -1 for the root and past the goal.
+        query: ``[example, k]`` the position that predicts ``path[k]`` (``target_pos +
+            2k``; ``k = 0`` is ``<:>``), -1 past the goal.
+        goal_pos, colon_pos: the goal token's and ``<:>``'s positions.
+    """
+
+    depth: np.ndarray
+    path: np.ndarray
+    path_edge: np.ndarray
+    query: np.ndarray
+    goal_pos: int
+    colon_pos: int
+
+    def edge_tokens(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """``[example, t, 3]`` positions of the parent, ``>`` and child of each path edge (-1: none)."""
+        e = self.path_edge if rows is None else self.path_edge[rows]
+        out = e[..., None] + np.arange(3)
+        return np.where(e[..., None] >= 0, out, -1)
+
+
+def path_layout(split: Split, vocab: Vocab, rows: np.ndarray | None = None) -> PathLayout:
+    """The :class:`PathLayout` of ``rows`` of a tree split (default every row).
+
+    Example:
+        >>> ds = generate_tree(TreeConfig(n_nodes=5, n_labels=8, n_train=5, n_test=5, ood_depth=3))
+        >>> lay = path_layout(ds.splits["train"], ds.vocab)
+        >>> bool((lay.query[:, 0] == lay.colon_pos).all())
+        True
+    """
+    get_task("tree").check_inferred(split)
+    rows = np.arange(len(split)) if rows is None else np.asarray(rows)
+    lab = vocab.value_ids
+    n_nodes = (int(split.target_pos[0]) + 3) // 4
+    depth = np.zeros(len(rows), dtype=np.int64)
+    path = np.full((len(rows), n_nodes), -1, dtype=np.int64)
+    path_edge = np.full((len(rows), n_nodes), -1, dtype=np.int64)
+    query = np.full((len(rows), n_nodes), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        p = int(split.target_pos[r])
+        parent_of, goal = parse_edges(split.tokens[r, : p + 1], vocab)
+        slot = {c: k for k, c in enumerate(parent_of)}
+        labels = path_from_edges(parent_of, goal)
+        depth[i] = len(labels) - 1
+        path[i, : len(labels)] = lab[labels]
+        path_edge[i, 1 : len(labels)] = [4 * slot[c] for c in labels[1:]]
+        query[i, : len(labels)] = p + 2 * np.arange(len(labels))
+    return PathLayout(depth, path, path_edge, query, int(split.roles["goal"]), int(split.roles["colon"]))
 
 
 def _tree_from_edges(parent_of: dict[int, int], goal: int, input_ids: Any, vocab: Vocab) -> Tree:
