@@ -297,6 +297,42 @@ def test_path_layout_and_position_kinds_by_plain_loops():
         assert lay.edge_tokens()[i, 1].tolist() == [lay.path_edge[i, 1] + j for j in range(3)]
 
 
+def test_attention_probes_point_at_the_right_tokens_and_the_diagnosis_averages_them():
+    from grokscope.lens.attention import attention_patterns
+    from grokscope.progress.diagnoses import run_diagnosis
+    from grokscope.runs.model import build_model
+    from grokscope.series.sampling import sample_rows
+
+    ds = generate_tree(TreeConfig(n_nodes=6, n_labels=8, n_train=40, n_test=30, ood_depth=4))
+    split, v = ds.splits["test_inferred_iid"], ds.vocab
+    rows = sample_rows(len(split), 12, 0)
+    probes = {p.name: p for p in get_task("tree").attention_probes(split, v, rows)}
+    parsed = examples(ds, "test_inferred_iid")
+    text = lambda r, pos: plain_text(v.tokens[int(split.tokens[r, pos])])  # noqa: E731
+    own = probes["child -> own edge"]
+    for r, q, keys in zip(own.rows, own.query_pos, own.key_pos):
+        assert (text(r, keys[0, 0]), text(r, keys[1, 0])) == (text(r, q - 2), ">") and q % 4 == 2
+    nxt = probes["path -> next edge, goal"]
+    assert len(nxt.rows) == sum(len(parsed[r][2]) - 1 for r in rows)
+    for r, q, keys in zip(nxt.rows, nxt.query_pos, nxt.key_pos):
+        k = (q - split.target_pos[r]) // 2  # predicts path[k]
+        path = parsed[r][2]
+        assert [text(r, keys[g, 0]) for g in range(3)] == [str(path[k - 1]), ">", str(path[k])]
+        assert text(r, keys[3, 0]) == str(parsed[r][1]) and text(r, keys[4, 0]) == str(path[k - 1])
+    hgt = probes["path -> path edge by height"]
+    for r, q, keys in zip(hgt.rows, hgt.query_pos, hgt.key_pos):
+        k, path = (q - split.target_pos[r]) // 2, parsed[r][2]
+        d = len(path) - 1
+        assert [text(r, keys[h, 0]) for h in range(d - k + 1)] == [str(path[d - h]) for h in range(d - k + 1)]
+        assert (keys[d - k + 1 :] == -1).all()
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64), len(v), ds.n_ctx, 0)
+    res = run_diagnosis("attention_probes", model, ds, n=12, seed=0)
+    got = {p["name"]: p for p in res["probes"]}
+    pat = attention_patterns(model, split.tokens[:, : split.tokens.shape[1]])
+    want = np.mean([float(pat[1, 0, r, q, keys[3, 0]]) for r, q, keys in zip(nxt.rows, nxt.query_pos, nxt.key_pos)])
+    assert got["path -> next edge, goal"]["mass"][1][0][3] == pytest.approx(want, abs=1e-4)  # goal, L1.H0
+
+
 def test_lens_targets_run_through_the_logit_lens():
     from grokscope.lens.logit import lens_split, lens_tokens, logit_lens
     from grokscope.runs.model import build_model

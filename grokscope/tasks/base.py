@@ -11,6 +11,8 @@ task-specific parts from the registered task and never tests a task's name:
   ``inferred_roles`` (the input layout of the splits analysis works on);
 - ``perturbations`` and :meth:`Task.counterfactuals` (vectorized over examples);
 - :meth:`Task.lens_targets` (which token to decode at which position);
+- :meth:`Task.attention_probes` (where to read attention, for the ``attention_probes``
+  diagnosis);
 - ``hypothesis``: the paper's circuit as data (:class:`CircuitHypothesis`), evaluated by
   :mod:`grokscope.patching.hypothesis` and read by the series' measures;
 - ``diagnoses``: names of the diagnoses that apply (implemented in
@@ -96,6 +98,29 @@ class LensTarget:
     token_ids: Any
     allowed: Any = None
     never_answer: bool = False
+
+
+@dataclass(frozen=True)
+class AttentionProbe:
+    """Where to read attention: from one query position onto named groups of key positions.
+
+    The ``attention_probes`` diagnosis averages, per layer and head, the attention weight
+    from ``query_pos`` onto each group (its members' weights summed) over the probe's rows.
+
+    Attributes:
+        name: e.g. ``path->edge by height``.
+        rows: ``[row]`` the split rows the probe reads (a row may repeat, one per query).
+        query_pos: ``[row]`` the query position.
+        key_pos: ``[row, group, member]`` key positions (-1: missing; a group with no
+            member present is left out of that row's mean).
+        groups: the name of each group.
+    """
+
+    name: str
+    rows: Any
+    query_pos: Any
+    key_pos: Any
+    groups: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -272,6 +297,11 @@ class Task:
     def lens_targets(self, split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
         """The lens targets of a homogeneous split, from its metadata."""
         raise NotImplementedError(f"task {self.name!r} has no lens targets")
+
+    def attention_probes(self, split: Split, vocab: Vocab, rows: np.ndarray) -> list[AttentionProbe]:
+        """Where the ``attention_probes`` diagnosis reads attention on ``rows`` of ``split``
+        (a task that declares that diagnosis overrides this); default none."""
+        return []
 
     def specialise(self, dataset: TaskDataset) -> Task:
         """This task as it applies to one dataset (k-hop reads k from it); default: itself."""

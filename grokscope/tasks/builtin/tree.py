@@ -53,7 +53,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from grokscope.tasks.base import CounterfactualDraw, LensTarget, Task, get_task, pick_per_row, register_task
+from grokscope.tasks.base import (
+    AttentionProbe,
+    CounterfactualDraw,
+    LensTarget,
+    Task,
+    get_task,
+    pick_per_row,
+    register_task,
+)
 from grokscope.tasks.dataset import Split, TaskDataset
 from grokscope.tasks.vocab import END, Vocab, register_special_tokens
 
@@ -323,6 +331,7 @@ class TreeTask(Task):
     probe_splits = ("train_inferred", "test_inferred_iid", "test_inferred_ood")
     inferred_roles = ("goal", "colon")
     perturbations = ("goal", "rewire")
+    diagnoses = ("attention_probes",)
     hypothesis = None
     """No circuit hypothesis as data yet: the protocol allows none (Brinkmann et al. 2024
     describe a backward chain from the goal, one edge per layer, that the staged form
@@ -423,6 +432,10 @@ class TreeTask(Task):
             cf_meta={"cf_goal": lab[j[keep]], "cf_index": index[keep]},
             score_pos=split.target_pos[rows] + 2 * np.maximum(index, 0),
         )
+
+    def attention_probes(self, split: Split, vocab: Vocab, rows: np.ndarray) -> list[AttentionProbe]:
+        """:func:`tree_attention_probes`."""
+        return tree_attention_probes(split, vocab, rows)
 
     def lens_targets(self, split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
         """``goal@colon`` (the goal at ``<:>``) and ``next@a{k}``: the token after answer
@@ -578,6 +591,61 @@ def path_layout(split: Split, vocab: Vocab, rows: np.ndarray | None = None) -> P
         path_edge[i, 1 : len(labels)] = [4 * slot[c] for c in labels[1:]]
         query[i, : len(labels)] = p + 2 * np.arange(len(labels))
     return PathLayout(depth, path, path_edge, query, int(split.roles["goal"]), int(split.roles["colon"]))
+
+
+def tree_attention_probes(split: Split, vocab: Vocab, rows: np.ndarray) -> list[AttentionProbe]:
+    """The tree's attention probes (Brinkmann et al.'s claims as places to look).
+
+    - ``child -> own edge``: from every edge's child token onto its own parent and ``>``
+      (edge information gathered at the child), the child itself, and the other edges;
+    - ``path -> next edge, goal``: from each path position (``k >= 1``) onto the parent,
+      ``>`` and child of the edge whose child it predicts, the goal token, and the
+      current node (the token before it);
+    - ``path -> path edge by height``: from each path position ``k`` with ``k < depth``
+      onto the child token of the path edge whose child is ``h`` levels above the goal
+      (``h = 0``: the goal's own edge), for ``h`` with ``depth - h >= k`` (a deduction
+      head reads the edge whose child is the current node of a backward chain).
+    """
+    lay = path_layout(split, vocab, rows)
+    rows = np.asarray(rows)
+    n_edges = (lay.colon_pos - 1) // 4
+    n_nodes = n_edges + 1
+    edge_starts = 4 * np.arange(n_edges)
+    # child -> own edge
+    r1 = np.repeat(rows, n_edges)
+    q1 = np.tile(edge_starts + 2, len(rows))
+    others = np.array([[x + 2 for x in edge_starts if x != e] for e in edge_starts])  # other edges' child tokens
+    k1 = np.full((len(r1), 4, max(others.shape[1], 1)), -1)
+    k1[:, 0, 0] = q1 - 2
+    k1[:, 1, 0] = q1 - 1
+    k1[:, 2, 0] = q1
+    k1[:, 3, : others.shape[1]] = np.tile(others, (len(rows), 1))
+    probes = [AttentionProbe("child -> own edge", r1, q1, k1, ("own parent", "own >", "the child itself", "other edges' children"))]
+    # path -> next edge, goal, current node
+    r2, q2, k2 = [], [], []
+    for i, r in enumerate(rows):
+        for k in range(1, int(lay.depth[i]) + 1):
+            e = int(lay.path_edge[i, k])
+            r2.append(r)
+            q2.append(int(lay.query[i, k]))
+            k2.append([[e], [e + 1], [e + 2], [lay.goal_pos], [int(lay.query[i, k]) - 1]])
+    probes.append(AttentionProbe("path -> next edge, goal", np.array(r2), np.array(q2), np.array(k2).reshape(len(r2), 5, 1),
+                                 ("next edge: parent", "next edge: >", "next edge: child", "goal", "current node")))
+    # path -> path edge by height above the goal
+    r3, q3, k3 = [], [], []
+    for i, r in enumerate(rows):
+        d = int(lay.depth[i])
+        for k in range(1, d):
+            keys = np.full(n_nodes - 1, -1)
+            for h in range(d - k + 1):
+                keys[h] = lay.path_edge[i, d - h] + 2
+            r3.append(r)
+            q3.append(int(lay.query[i, k]))
+            k3.append(keys)
+    groups = tuple("goal's edge" if h == 0 else f"{h} above" for h in range(n_nodes - 1))
+    probes.append(AttentionProbe("path -> path edge by height", np.array(r3, dtype=np.int64), np.array(q3, dtype=np.int64),
+                                 np.array(k3, dtype=np.int64).reshape(len(r3), n_nodes - 1, 1), groups))
+    return probes
 
 
 def _tree_from_edges(parent_of: dict[int, int], goal: int, input_ids: Any, vocab: Vocab) -> Tree:
