@@ -458,3 +458,23 @@ def test_shipped_tree_run_solves_unseen_trees_by_an_independent_evaluator():
     assert res["step"] == 9000 and res["in_train"] == 0
     assert res["acc_unseen_id"] >= 0.9  # goals at trained depths (1-4); deeper goals are the OOD split
     assert res["acc_ood"] == 0.0        # measured: no run solves a goal deeper than trained
+
+
+def test_report_of_the_shipped_tree_run(tmp_path):
+    """`grokscope report` on a tree run: the task has no located hypothesis (the circuit is
+    left empty and says so), the lens reads the teacher-forced path, discovery scores at
+    score_pos, and the attention probes get their figure."""
+    import json
+    from pathlib import Path
+
+    from grokscope.report.build import write_report
+
+    repo = Path(__file__).resolve().parents[1]
+    rep = write_report(repo / "checkpoints" / "tree-small", tmp_path / "rep", steps="9000", n=10, progress=False,
+                       cache=False)
+    page = rep.html.read_text()
+    assert "Attention per head" in page and "Discovered circuit" in page
+    summary = json.loads(rep.summary.read_text())
+    own = summary["diagnoses"]["attention_probes"]["probes"][0]
+    assert own["name"] == "child -> own edge" and own["mass"][1][1][0] > 0.9  # L1.H1 reads each edge's parent
+    assert summary["discovery"]["final_circuit"]["test_inferred_iid"]["size"] > 0
