@@ -17,6 +17,7 @@ Usage::
 
     python benchmarks/tree_mechanism.py checkpoints/tree-small --n 200 --json /tmp/tree_mech.json
     python benchmarks/tree_mechanism.py checkpoints/tree-small --all --n 200 --discover --json /tmp/tree_series.json
+    python benchmarks/tree_mechanism.py checkpoints/tree-small --tables /tmp/tree_series.json
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from grokscope.patching.tracing import make_counterfactuals, trace
 from grokscope.runs.run import Run
 from grokscope.series.sampling import sample_rows
 from grokscope.tasks import get_task
-from grokscope.tasks.builtin.tree import chain_targets, path_layout, position_kinds
+from grokscope.tasks.builtin.tree import path_layout, position_kinds
 
 SPLIT = "test_inferred_iid"
 
@@ -165,6 +166,20 @@ def attention_part(model, split, vocab, rows) -> dict:
     }
 
 
+def heights_part(model, split, vocab) -> dict:
+    """Teacher-forced accuracy of each path step (every tree of the split) by the height of the
+    node it predicts above the goal (0: the goal itself)."""
+    lay = path_layout(split, vocab)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(split.tokens)).argmax(-1).numpy()
+    hits: dict[int, list] = defaultdict(list)
+    for i in range(len(split)):
+        d = int(lay.depth[i])
+        for k in range(1, d + 1):
+            hits[d - k].append(bool(pred[i, lay.query[i, k]] == lay.path[i, k]))
+    return {str(h): {"acc": float(np.mean(v)), "n": len(v)} for h, v in sorted(hits.items())}
+
+
 def tracing_part(model, ds, n, seed) -> dict:
     cfs = make_counterfactuals(ds, SPLIT, n=n, seed=seed)
     kinds = position_kinds((int(ds.splits[SPLIT].target_pos[0]) + 3) // 4)
@@ -201,15 +216,71 @@ def discovery_part(run, step, n, seed) -> dict:
         return {"empty": True}
     kinds = position_kinds((int(run.dataset().splits[SPLIT].target_pos[0]) + 3) // 4)
     circ = d["circuit"]
-    share = defaultdict(float)
-    total = 0.0
-    for e in circ["edges"]:
+    edges = [d["edges"][e] for e in circ["edges"]]
+    share: dict[str, float] = defaultdict(float)
+    heads: dict[str, float] = defaultdict(float)
+    for e in edges:
         w = abs(e["score"])
-        share[kinds[e["position"]]] += w
-        total += w
-    return {"size": len(circ["edges"]), "recovered": circ.get("recovered"),
-            "share_by_kind": {k: v / total for k, v in share.items()} if total else {},
-            "top_edges": [e["name"] for e in circ["edges"][:12]]}
+        share[kinds[d["nodes"][e["src"]]["position"]]] += w
+        for node in (d["nodes"][e["src"]], d["nodes"][e["dst"]]):
+            if node["kind"] == "head" or node.get("head") is not None:
+                heads[f"L{node['layer']}.H{node['head']}"] += w
+    total = sum(abs(e["score"]) for e in edges) or 1.0
+    return {"size": circ["size"], "recovered": circ["recovered"], "n_edges": d["graph"]["n_edges"],
+            "clean_metric": d["clean_metric"], "corrupt_metric": d["corrupt_metric"], "reliable": d["reliable"],
+            "share_by_kind": {k: v / total for k, v in share.items()},
+            "head_share": {k: v / total for k, v in sorted(heads.items(), key=lambda kv: -kv[1])},
+            "top_edges": [e["name"] for e in edges[:12]]}
+
+
+def tables(path: str, run_dir: str) -> None:
+    """Print the markdown tables of docs/REPRODUCTION.md from a --json output."""
+    data = {int(k): v for k, v in json.loads(open(path).read()).items()}
+    acc = {r["step"]: r["acc"] for r in Run.open(run_dir).metrics()}
+    f = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    print("| step | test ID acc | L1.H1 child->own parent | L1 path->goal (max head) | L2.H2 path->goal's edge "
+          "| L3.H2 path->edge 1 above | L3 path->next edge child (max head) | lens: goal at path S[2] "
+          "| lens: goal's parent at path S[3] |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for step, r in sorted(data.items()):
+        a, lens = r.get("attention", {}), r.get("lens", {})
+        hb = a.get("path_by_height", {})
+        cells = [acc.get(step, {}).get("test_inferred_iid"), a["child_to_own_edge"][1][1] if a else None,
+                 max(a["path_goal"][1]) if a else None, hb["0"][2][2][2] if "0" in hb else None,
+                 hb["1"][3][2][2] if "1" in hb else None, max(h[2] for h in a["next_edge_members"][3]) if a else None,
+                 lens.get("height_at_path", {}).get("height0", [None] * 3)[2],
+                 lens.get("height_at_path", {}).get("height1", [None] * 4)[3]]
+        print(f"| {step:,} | " + " | ".join(f(c) for c in cells) + " |")
+    print()
+    hs = sorted({h for r in data.values() for h in r.get("heights", {})}, key=int)
+    if hs:
+        print("| step | " + " | ".join(f"height {h}" for h in hs) + " |")
+        print("|---|" + "---|" * len(hs))
+        for step, r in sorted(data.items()):
+            hh = r.get("heights", {})
+            print(f"| {step:,} | " + " | ".join(f"{hh[h]['acc']:.3f} (n={hh[h]['n']})" if h in hh else "-" for h in hs) + " |")
+        print()
+    print("| step | perturbation | n | clean acc | changed, S[l] at the replaced token (l = 0..4) "
+          "| changed, S[l] at the scored position | max over other positions (kind: S[l]) |")
+    print("|---|---|---|---|---|---|---|")
+    for step, r in sorted(data.items()):
+        for pert, t in r.get("tracing", {}).items():
+            other = {k: max(v) for k, v in t["max_by_kind"].items() if k not in ("goal", "arrow") and max(v) > 0.05}
+            print(f"| {step:,} | {pert} | {t['n']} | {t['clean_acc']:.3f} | " + " ".join(f"{x:.2f}" for x in t["at_replaced"])
+                  + " | " + " ".join(f"{x:.2f}" for x in t["at_scored"]) + " | "
+                  + (", ".join(f"{k} {v:.2f}" for k, v in other.items()) or "none > 0.05") + " |")
+    print()
+    print("| step | circuit edges (of all) | recovered | clean / all-patched logit diff | |score| by position kind | heads by share of |score| |")
+    print("|---|---|---|---|---|---|")
+    for step, r in sorted(data.items()):
+        d = r.get("discovery")
+        if not d or d.get("empty"):
+            continue
+        kinds = ", ".join(f"{k} {v:.2f}" for k, v in sorted(d["share_by_kind"].items(), key=lambda kv: -kv[1]) if v >= 0.02)
+        heads = ", ".join(f"{k} {v:.2f}" for k, v in list(d["head_share"].items())[:5])
+        rel = "" if d["reliable"] else " (noise)"
+        print(f"| {step:,} | {d['size']} ({d['n_edges']:,}) | {d['recovered']:.2f} | {d['clean_metric']:.2f} / "
+              f"{d['corrupt_metric']:.2f}{rel} | {kinds} | {heads} |")
 
 
 def main() -> None:
@@ -220,9 +291,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--discover", action="store_true")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: lens,attention,tracing")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: lens,attention,heights,tracing")
     ap.add_argument("--json")
+    ap.add_argument("--tables", help="print the markdown tables of this --json output and exit")
     args = ap.parse_args()
+    if args.tables:
+        tables(args.tables, args.run)
+        return
     run = Run.open(args.run)
     ds = run.dataset()
     split = ds.splits[SPLIT]
@@ -238,6 +313,8 @@ def main() -> None:
             rec["lens"] = lens_part(model, split, ds.vocab, rows)
         if "attention" not in skip:
             rec["attention"] = attention_part(model, split, ds.vocab, rows)
+        if "heights" not in skip:
+            rec["heights"] = heights_part(model, split, ds.vocab)
         if "tracing" not in skip:
             rec["tracing"] = tracing_part(model, ds, args.n, args.seed)
         if args.discover:
