@@ -35,8 +35,7 @@ from grokscope.lens.logit import logit_lens
 from grokscope.patching.tracing import make_counterfactuals, trace
 from grokscope.runs.run import Run
 from grokscope.series.sampling import sample_rows
-from grokscope.tasks import get_task
-from grokscope.tasks.builtin.tree import path_layout, position_kinds
+from grokscope.tasks.builtin.tree_positions import path_layout, position_kinds
 
 SPLIT = "test_inferred_iid"
 
@@ -187,9 +186,9 @@ def tracing_part(model, ds, n, seed) -> dict:
     for pert, cf in cfs.items():
         res = trace(model, {pert: cf}, site="resid")
         s = res.strength[0]  # [layer, pos]
-        by_kind = defaultdict(lambda: torch.zeros(s.shape[0]))
+        by_kind: dict[str, torch.Tensor] = {}
         for p in range(s.shape[1]):
-            by_kind[kinds[p]] = torch.maximum(by_kind[kinds[p]], s[:, p])
+            by_kind[kinds[p]] = torch.maximum(by_kind.get(kinds[p], torch.zeros(s.shape[0])), s[:, p])
         # per-example relative position: the replaced token, the path prefix, the scored position
         sp, ch = cf.score_pos, cf.changed_pos
         ex = torch.arange(len(cf))
@@ -236,9 +235,10 @@ def discovery_part(run, step, n, seed) -> dict:
 def tables(path: str, run_dir: str) -> None:
     """Print the markdown tables of docs/REPRODUCTION.md from a --json output."""
     data = {int(k): v for k, v in json.loads(open(path).read()).items()}
-    acc = {r["step"]: r["acc"] for r in Run.open(run_dir).metrics()}
+    evals = sorted((r["step"], r["acc"]) for r in Run.open(run_dir).metrics())
+    acc = {s_: next(a for st, a in reversed(evals) if st <= s_) for s_ in data}  # the last evaluation at or before
     f = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
-    print("| step | test ID acc | L1.H1 child->own parent | L1 path->goal (max head) | L2.H2 path->goal's edge "
+    print("| step | test ID acc (last eval) | L1.H1 child->own parent | L1 path->goal (max head) | L2.H2 path->goal's edge "
           "| L3.H2 path->edge 1 above | L3 path->next edge child (max head) | lens: goal at path S[2] "
           "| lens: goal's parent at path S[3] |")
     print("|---|---|---|---|---|---|---|---|---|")

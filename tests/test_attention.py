@@ -25,7 +25,7 @@ def model_tokens():
 
 
 def _reference_pattern(model, tokens):
-    names = [f"blocks.{l}.attn.hook_{x}" for l in range(model.cfg.n_layers) for x in ("q", "k")]
+    names = [f"blocks.{layer}.attn.hook_{x}" for layer in range(model.cfg.n_layers) for x in ("q", "k")]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=names)
     out = []

@@ -243,7 +243,7 @@ def test_tracing_scores_each_example_at_its_own_position():
             prm.add_(torch.randn(prm.shape, generator=g) * 0.3)
     cfs = make_counterfactuals(ds, "test_inferred_iid", n=10, seed=3)
     res = trace(model, cfs, site="resid", batch_size=17)
-    for k, (pert, cf) in enumerate(cfs.items()):
+    for pert, cf in cfs.items():
         n, width = cf.clean.shape
         assert len(set(cf.score_pos.tolist())) > 1  # the positions really differ per example
         rows = torch.arange(n)
@@ -252,11 +252,12 @@ def test_tracing_scores_each_example_at_its_own_position():
             _, cache = model.run_with_cache(cf.corrupt)
             clean = model(cf.clean)[rows, cf.score_pos]
             corrupt = model(cf.corrupt)[rows, cf.score_pos]
-        ld_of = lambda lg: lg[rows, cf.answer] - lg[rows, cf.cf_answer]  # noqa: E731
+        def ld_of(lg, rows=rows, cf=cf):
+            return lg[rows, cf.answer] - lg[rows, cf.cf_answer]
         ref = torch.empty(n, len(names), width)
         for li, name in enumerate(names):
             for pos in range(width):
-                def hook(act, hook, name=name, pos=pos):
+                def hook(act, hook, name=name, pos=pos, cache=cache):
                     act = act.clone()
                     act[:, pos] = cache[name][:, pos]
                     return act
@@ -276,7 +277,7 @@ def test_tracing_scores_each_example_at_its_own_position():
 
 
 def test_path_layout_and_position_kinds_by_plain_loops():
-    from grokscope.tasks.builtin.tree import path_layout, position_kinds
+    from grokscope.tasks.builtin.tree_positions import path_layout, position_kinds
 
     ds = generate_tree(TreeConfig(n_nodes=8, n_labels=16, n_train=50, n_test=40, ood_depth=5))
     split = ds.splits["test_inferred_iid"]
@@ -284,7 +285,7 @@ def test_path_layout_and_position_kinds_by_plain_loops():
     kinds = position_kinds(8)
     assert len(kinds) == 4 * 8 - 2 + 2 * 8 >= ds.n_ctx and kinds[lay.goal_pos] == "goal" and kinds[lay.colon_pos] == "colon"
     got = {int(t): k for k, t in enumerate(ds.vocab.value_ids)}
-    for i, (edges, goal, path) in enumerate(examples(ds, "test_inferred_iid")):
+    for i, (_edges, _goal, path) in enumerate(examples(ds, "test_inferred_iid")):
         row = [plain_text(ds.vocab.tokens[int(t)]) for t in split.tokens[i]]
         assert lay.depth[i] == len(path) - 1 and [got[int(x)] for x in lay.path[i, : len(path)]] == path
         assert (lay.path[i, len(path):] == -1).all() and lay.path_edge[i, 0] == -1

@@ -270,7 +270,6 @@ def write_report(
     disc = None
     if discovery:
         from grokscope.discovery.series import discovery_series
-
         from grokscope.tasks.base import task_of
 
         # the coverage of the located hypothesis circuit; a task without a hypothesis has none to cover
