@@ -72,6 +72,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "find_circuit": ("grokscope.patching.hypothesis", "find_circuit"),
     "checkpoint_trace": ("grokscope.patching.checkpoint", "checkpoint_trace"),
     "checkpoint_circuit": ("grokscope.patching.checkpoint", "checkpoint_circuit"),
+    "sample_rows": ("grokscope.series.sampling", "sample_rows"),
     # discovery
     "ComponentGraph": ("grokscope.discovery.graph", "ComponentGraph"),
     "Corruption": ("grokscope.discovery.scores", "Corruption"),
@@ -102,6 +103,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "register_diagnosis": ("grokscope.progress.diagnoses", "register_diagnosis"),
     "ood_diagnosis": ("grokscope.progress.diagnoses", "ood_diagnosis"),
     "value_gap_diagnosis": ("grokscope.progress.diagnoses", "value_gap_diagnosis"),
+    "attention_probe_diagnosis": ("grokscope.progress.diagnoses", "attention_probe_diagnosis"),
     "fourier_progress": ("grokscope.progress.fourier", "fourier_progress"),
     "progress_series": ("grokscope.progress.fourier", "progress_series"),
     "ProgressSeries": ("grokscope.progress.fourier", "ProgressSeries"),

@@ -81,13 +81,6 @@ class Counterfactuals:
     score_pos: Int[torch.Tensor, " example"] | None = None
     changed_pos: Int[torch.Tensor, " example"] | None = None
 
-    @property
-    def read_pos(self) -> Int[torch.Tensor, " example"]:
-        """``[example]`` where each example's prediction is read (``score_pos`` or the last position)."""
-        if self.score_pos is not None:
-            return self.score_pos
-        return torch.full((len(self.clean),), self.clean.shape[1] - 1, dtype=torch.long)
-
     def __len__(self) -> int:
         return len(self.clean)
 
