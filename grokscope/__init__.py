@@ -58,6 +58,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "DLAResult": ("grokscope.lens.attribution", "DLAResult"),
     "direct_logit_attribution": ("grokscope.lens.attribution", "direct_logit_attribution"),
     "checkpoint_lens": ("grokscope.lens.checkpoint", "checkpoint_lens"),
+    "attention_patterns": ("grokscope.lens.attention", "attention_patterns"),
+    "attention_mass": ("grokscope.lens.attention", "attention_mass"),
+    "top_keys": ("grokscope.lens.attention", "top_keys"),
     # patching
     "Counterfactuals": ("grokscope.patching.counterfactuals", "Counterfactuals"),
     "make_counterfactuals": ("grokscope.patching.counterfactuals", "make_counterfactuals"),
@@ -69,6 +72,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "find_circuit": ("grokscope.patching.hypothesis", "find_circuit"),
     "checkpoint_trace": ("grokscope.patching.checkpoint", "checkpoint_trace"),
     "checkpoint_circuit": ("grokscope.patching.checkpoint", "checkpoint_circuit"),
+    "sample_rows": ("grokscope.series.sampling", "sample_rows"),
     # discovery
     "ComponentGraph": ("grokscope.discovery.graph", "ComponentGraph"),
     "Corruption": ("grokscope.discovery.scores", "Corruption"),
@@ -108,6 +112,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "register_diagnosis": ("grokscope.progress.diagnoses", "register_diagnosis"),
     "ood_diagnosis": ("grokscope.progress.diagnoses", "ood_diagnosis"),
     "value_gap_diagnosis": ("grokscope.progress.diagnoses", "value_gap_diagnosis"),
+    "attention_probe_diagnosis": ("grokscope.progress.diagnoses", "attention_probe_diagnosis"),
     "fourier_progress": ("grokscope.progress.fourier", "fourier_progress"),
     "progress_series": ("grokscope.progress.fourier", "progress_series"),
     "ProgressSeries": ("grokscope.progress.fourier", "ProgressSeries"),

@@ -186,6 +186,154 @@ def test_counterfactuals_and_lens_targets():
     assert np.array_equal(targets["next@a0"].token_ids, split.meta["root"])  # at ':' the root comes next
 
 
+def _parse_row(ids, vocab) -> tuple[list[tuple[int, int]], int, list[int]]:
+    """(edges, goal, path-so-far) of one teacher-forced row of token ids, by string splitting."""
+    return parse_plain(plain_text(vocab.decode([int(t) for t in ids])).rstrip(">"))
+
+
+def test_counterfactuals_are_scored_where_the_two_paths_part():
+    """Both perturbations, checked by plain loops over the edge lists: the corrupt row is a
+    binary tree with the same nodes and goal (rewire) or another leaf as goal (goal); its
+    root-goal path differs; score_pos predicts the first node where the paths part; the
+    teacher-forced prefix up to it is the same in both paths."""
+    from grokscope.patching.counterfactuals import make_counterfactuals
+
+    ds = generate_tree(TreeConfig(n_nodes=8, n_labels=16, n_train=200, n_test=60, ood_depth=5))
+    v, colon = ds.vocab, ds.splits["test_inferred_iid"].target_pos[0]
+    cfs = make_counterfactuals(ds, "test_inferred_iid", n=60, seed=1)
+    assert set(cfs) == {"goal", "rewire"} and cfs["goal"].clean.shape == cfs["rewire"].clean.shape
+    for pert, cf in cfs.items():
+        assert len(cf) >= 55 and cf.position == (colon - 1 if pert == "goal" else -1)
+        for i in range(len(cf)):
+            edges, goal, prefix = _parse_row(cf.clean[i], v)
+            edges2, goal2, prefix2 = _parse_row(cf.corrupt[i], v)
+            diff = np.flatnonzero((cf.clean[i] != cf.corrupt[i]).numpy()).tolist()
+            assert diff == [int(cf.changed_pos[i])] and diff[0] < colon  # one input token
+            if pert == "goal":
+                assert goal2 != goal and goal2 not in {a for a, _ in edges} and edges2 == edges
+            else:
+                nodes = {a for a, _ in edges} | {b for _, b in edges}
+                assert goal2 == goal and {a for a, _ in edges2} | {b for _, b in edges2} == nodes
+                assert max(Counter(a for a, _ in edges2).values()) <= 2 and len({b for _, b in edges2}) == 7
+                (old,), (new,) = set(edges) - set(edges2), set(edges2) - set(edges)
+                assert old[1] == new[1] and old[1] in plain_path(edges, goal)  # an edge of the path
+            a, b = plain_path(edges, goal), plain_path(edges2, goal2)  # plain_path asserts one parent each
+            j = next(k for k in range(min(len(a), len(b))) if a[k] != b[k])
+            assert j >= 1 and int(cf.score_pos[i]) == colon + 2 * j
+            assert prefix[: j] == a[: j] == b[: j]  # teacher forced up to the scored position
+            got = {int(t): k for k, t in enumerate(v.value_ids)}
+            assert (got[int(cf.answer[i])], got[int(cf.cf_answer[i])]) == (a[j], b[j])
+            full = ds.splits["test_inferred_iid"].tokens[int(cf.example_index[i])]
+            assert int(full[cf.score_pos[i] + 1]) == int(cf.answer[i])  # the clean path's next token
+        assert cf.clean.shape[1] == int(max(c.score_pos.max() for c in cfs.values())) + 1
+
+
+@pytest.mark.filterwarnings("ignore::grokscope.errors.NoisyResultWarning")  # a random model
+def test_tracing_scores_each_example_at_its_own_position():
+    """trace() on the tree against a reference written here: plain run_with_hooks with one
+    hook per (layer, position), the logits read at each example's own score_pos."""
+    from grokscope.patching.tracing import make_counterfactuals, trace
+    from grokscope.runs.model import build_model
+
+    ds = generate_tree(TreeConfig(n_nodes=6, n_labels=8, n_train=40, n_test=30, ood_depth=4))
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64), len(ds.vocab), ds.n_ctx, 0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.add_(torch.randn(prm.shape, generator=g) * 0.3)
+    cfs = make_counterfactuals(ds, "test_inferred_iid", n=10, seed=3)
+    res = trace(model, cfs, site="resid", batch_size=17)
+    for pert, cf in cfs.items():
+        n, width = cf.clean.shape
+        assert len(set(cf.score_pos.tolist())) > 1  # the positions really differ per example
+        rows = torch.arange(n)
+        names = [f"blocks.{layer}.hook_resid_pre" for layer in range(2)] + ["blocks.1.hook_resid_post"]
+        with torch.no_grad():
+            _, cache = model.run_with_cache(cf.corrupt)
+            clean = model(cf.clean)[rows, cf.score_pos]
+            corrupt = model(cf.corrupt)[rows, cf.score_pos]
+        def ld_of(lg, rows=rows, cf=cf):
+            return lg[rows, cf.answer] - lg[rows, cf.cf_answer]
+        ref = torch.empty(n, len(names), width)
+        for li, name in enumerate(names):
+            for pos in range(width):
+                def hook(act, hook, name=name, pos=pos, cache=cache):
+                    act = act.clone()
+                    act[:, pos] = cache[name][:, pos]
+                    return act
+                with torch.no_grad():
+                    ref[:, li, pos] = ld_of(model.run_with_hooks(cf.clean, fwd_hooks=[(name, hook)])[rows, cf.score_pos])
+        torch.testing.assert_close(res.ld_patched[pert], ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(res.ld_clean[pert], ld_of(clean), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(res.ld_cf[pert], ld_of(corrupt), atol=1e-5, rtol=1e-5)
+        assert float((ld_of(clean) - ld_of(corrupt)).abs().min()) > 1e-4  # an effect at every example
+        # patching S[0] at the replaced token is the counterfactual run; at the scored
+        # position's future (pos > score_pos) it is nothing
+        for i in range(n):
+            torch.testing.assert_close(res.ld_patched[pert][i, 0, cf.changed_pos[i]], ld_of(corrupt)[i], atol=1e-5, rtol=1e-5)
+            after = res.ld_patched[pert][i, :, int(cf.score_pos[i]) + 1 :]
+            torch.testing.assert_close(after, torch.full_like(after, float(ld_of(clean)[i])), atol=1e-5, rtol=1e-5)
+        assert torch.equal(res.clean_top1[pert], clean.argmax(-1))
+
+
+def test_path_layout_and_position_kinds_by_plain_loops():
+    from grokscope.tasks.builtin.tree_positions import path_layout, position_kinds
+
+    ds = generate_tree(TreeConfig(n_nodes=8, n_labels=16, n_train=50, n_test=40, ood_depth=5))
+    split = ds.splits["test_inferred_iid"]
+    lay = path_layout(split, ds.vocab)
+    kinds = position_kinds(8)
+    assert len(kinds) == 4 * 8 - 2 + 2 * 8 >= ds.n_ctx and kinds[lay.goal_pos] == "goal" and kinds[lay.colon_pos] == "colon"
+    got = {int(t): k for k, t in enumerate(ds.vocab.value_ids)}
+    for i, (_edges, _goal, path) in enumerate(examples(ds, "test_inferred_iid")):
+        row = [plain_text(ds.vocab.tokens[int(t)]) for t in split.tokens[i]]
+        assert lay.depth[i] == len(path) - 1 and [got[int(x)] for x in lay.path[i, : len(path)]] == path
+        assert (lay.path[i, len(path):] == -1).all() and lay.path_edge[i, 0] == -1
+        for t in range(1, len(path)):  # the edge written at path_edge is path[t-1] > path[t]
+            e = int(lay.path_edge[i, t])
+            assert (row[e], row[e + 1], row[e + 2]) == (str(path[t - 1]), ">", str(path[t]))
+            assert [kinds[e + j] for j in range(3)] == ["parent", "arrow", "child"]
+        for k in range(len(path)):  # the query position is followed by path[k]
+            assert row[lay.query[i, k] + 1] == str(path[k]) and kinds[lay.query[i, k] + 1] == "node"
+        assert lay.edge_tokens()[i, 1].tolist() == [lay.path_edge[i, 1] + j for j in range(3)]
+
+
+def test_attention_probes_point_at_the_right_tokens_and_the_diagnosis_averages_them():
+    from grokscope.lens.attention import attention_patterns
+    from grokscope.progress.diagnoses import run_diagnosis
+    from grokscope.runs.model import build_model
+    from grokscope.series.sampling import sample_rows
+
+    ds = generate_tree(TreeConfig(n_nodes=6, n_labels=8, n_train=40, n_test=30, ood_depth=4))
+    split, v = ds.splits["test_inferred_iid"], ds.vocab
+    rows = sample_rows(len(split), 12, 0)
+    probes = {p.name: p for p in get_task("tree").attention_probes(split, v, rows)}
+    parsed = examples(ds, "test_inferred_iid")
+    text = lambda r, pos: plain_text(v.tokens[int(split.tokens[r, pos])])  # noqa: E731
+    own = probes["child -> own edge"]
+    for r, q, keys in zip(own.rows, own.query_pos, own.key_pos):
+        assert (text(r, keys[0, 0]), text(r, keys[1, 0])) == (text(r, q - 2), ">") and q % 4 == 2
+    nxt = probes["path -> next edge, goal"]
+    assert len(nxt.rows) == sum(len(parsed[r][2]) - 1 for r in rows)
+    for r, q, keys in zip(nxt.rows, nxt.query_pos, nxt.key_pos):
+        k = (q - split.target_pos[r]) // 2  # predicts path[k]
+        path = parsed[r][2]
+        assert [text(r, keys[g, 0]) for g in range(3)] == [str(path[k - 1]), ">", str(path[k])]
+        assert text(r, keys[3, 0]) == str(parsed[r][1]) and text(r, keys[4, 0]) == str(path[k - 1])
+    hgt = probes["path -> path edge by height"]
+    for r, q, keys in zip(hgt.rows, hgt.query_pos, hgt.key_pos):
+        k, path = (q - split.target_pos[r]) // 2, parsed[r][2]
+        d = len(path) - 1
+        assert [text(r, keys[h, 0]) for h in range(d - k + 1)] == [str(path[d - h]) for h in range(d - k + 1)]
+        assert (keys[d - k + 1 :] == -1).all()
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64), len(v), ds.n_ctx, 0)
+    res = run_diagnosis("attention_probes", model, ds, n=12, seed=0)
+    got = {p["name"]: p for p in res["probes"]}
+    pat = attention_patterns(model, split.tokens[:, : split.tokens.shape[1]])
+    want = np.mean([float(pat[1, 0, r, q, keys[3, 0]]) for r, q, keys in zip(nxt.rows, nxt.query_pos, nxt.key_pos)])
+    assert got["path -> next edge, goal"]["mass"][1][0][3] == pytest.approx(want, abs=1e-4)  # goal, L1.H0
+
+
 def test_lens_targets_run_through_the_logit_lens():
     from grokscope.lens.logit import lens_split, lens_tokens, logit_lens
     from grokscope.runs.model import build_model
@@ -311,3 +459,23 @@ def test_shipped_tree_run_solves_unseen_trees_by_an_independent_evaluator():
     assert res["step"] == 9000 and res["in_train"] == 0
     assert res["acc_unseen_id"] >= 0.9  # goals at trained depths (1-4); deeper goals are the OOD split
     assert res["acc_ood"] == 0.0        # measured: no run solves a goal deeper than trained
+
+
+def test_report_of_the_shipped_tree_run(tmp_path):
+    """`grokscope report` on a tree run: the task has no located hypothesis (the circuit is
+    left empty and says so), the lens reads the teacher-forced path, discovery scores at
+    score_pos, and the attention probes get their figure."""
+    import json
+    from pathlib import Path
+
+    from grokscope.report.build import write_report
+
+    repo = Path(__file__).resolve().parents[1]
+    rep = write_report(repo / "checkpoints" / "tree-small", tmp_path / "rep", steps="9000", n=10, progress=False,
+                       cache=False)
+    page = rep.html.read_text()
+    assert "Attention per head" in page and "Discovered circuit" in page
+    summary = json.loads(rep.summary.read_text())
+    own = summary["diagnoses"]["attention_probes"]["probes"][0]
+    assert own["name"] == "child -> own edge" and own["mass"][1][1][0] > 0.9  # L1.H1 reads each edge's parent
+    assert summary["discovery"]["final_circuit"]["test_inferred_iid"]["size"] > 0

@@ -42,7 +42,9 @@ def _lens_compute(ck: Checkpoint, args: dict[str, Any]) -> dict[str, Any]:
     check_split(ck.dataset, args["split"])
     lens, rows = lens_objects(ck, args["split"], args["n"], args["seed"], args["within_class"])
     sp = ck.dataset.splits[args["split"]]
-    inputs = sp.input_ids[rows]
+    sub = sp.subset(rows)
+    # the tokens the lens read: the inputs, or the teacher-forced answer too when a target lies past them
+    inputs = lens_tokens(sub, lens_targets(sub, ck.dataset.vocab, within_class=args["within_class"], task=task_of(ck.dataset)))
     ids, share = top_tokens(ck.model, torch.from_numpy(inputs))
     by_pos = {v: k for k, v in sp.roles.items()}
     out = lens.to_dict(per_example=True)

@@ -9,6 +9,12 @@ a checkpoint sees the same examples for the same ``(n, seed)``.
 the answer really changes according to the knowledge base; examples without a valid
 counterfactual are dropped and counted.
 
+Where the task scores the answer past the input (``CounterfactualDraw.score_pos``: a
+path of several tokens, scored where the clean and counterfactual paths part), the
+clean and corrupt rows are the teacher-forced sequences ``split.tokens[rows, :w]`` with
+``w = max(score_pos) + 1`` over every such perturbation drawn together, and
+:attr:`Counterfactuals.score_pos` says where each example is read.
+
 Example:
     >>> from grokscope.tasks import composition
     >>> ds = composition(n_entities=20, n_relations=5, out_degree=5, phi=2.0, seed=0)
@@ -42,9 +48,11 @@ class Counterfactuals:
     """Clean inputs paired with inputs that change one token and the answer.
 
     Attributes:
-        perturbation: the replaced role (``h``, ``r1``, ``r2``, ``e1``, ``e2``, ``attr``).
-        position: input position of that role.
-        clean: ``[example, pos]`` clean input ids.
+        perturbation: the replaced role (``h``, ``r1``, ``r2``, ``e1``, ``e2``, ``attr``), or
+            a perturbation whose replaced position varies per example (``changed_pos``).
+        position: input position of that role (-1 when it varies per example).
+        clean: ``[example, pos]`` clean input ids (teacher-forced answer tokens up to the
+            last ``score_pos`` when the task gives one).
         corrupt: ``[example, pos]`` the same with one token replaced.
         answer: ``[example]`` the clean answer token (from the knowledge base).
         cf_answer: ``[example]`` the counterfactual's answer token (from the KB).
@@ -54,6 +62,9 @@ class Counterfactuals:
             index) plus ``cf_*`` fields of the counterfactual (``cf_bridge``, ...).
         n_requested: examples sampled before dropping those without a counterfactual.
         split: name of the source split.
+        score_pos: None (every example is read at the last position), or ``[example]``
+            the position whose prediction is scored, per example.
+        changed_pos: ``[example]`` the replaced input position (``position`` for a role).
     """
 
     perturbation: str
@@ -67,6 +78,8 @@ class Counterfactuals:
     meta: dict[str, Int[torch.Tensor, " example"]] = field(default_factory=dict)
     n_requested: int = 0
     split: str = ""
+    score_pos: Int[torch.Tensor, " example"] | None = None
+    changed_pos: Int[torch.Tensor, " example"] | None = None
 
     def __len__(self) -> int:
         return len(self.clean)
@@ -90,6 +103,8 @@ class Counterfactuals:
             "answer": self.answer.tolist(),
             "cf_answer": self.cf_answer.tolist(),
             "meta": {k: v.tolist() for k, v in self.meta.items()},
+            "score_pos": None if self.score_pos is None else self.score_pos.tolist(),
+            "changed_pos": None if self.changed_pos is None else self.changed_pos.tolist(),
         }
 
 
@@ -136,15 +151,25 @@ def make_counterfactuals(
     sp = dataset.splits[split]
     task.check_inferred(sp)
     rows, rng = _sample(len(sp), n, seed)
-    inputs = sp.input_ids[rows]
     meta = {k: v[rows] for k, v in sp.meta.items()}
+    draws = {pert: task.counterfactuals(dataset, sp, rows, pert, rng, id_only=id_only) for pert in perts}
+    keeps = {pert: np.asarray(d.new_token) >= 0 for pert, d in draws.items()}
+    # One width for every perturbation the task scores past the input: the last score_pos + 1.
+    scored = [np.asarray(d.score_pos)[keeps[p]] for p, d in draws.items() if d.score_pos is not None]
+    width = max((int(x.max()) + 1 for x in scored if len(x)), default=int(sp.target_pos.max()) + 1)
+    if width > sp.tokens.shape[1]:
+        raise ValueError(f"{dataset.task}: a score_pos ({width - 1}) lies past the split's rows ({sp.tokens.shape[1]} tokens)")
     out: dict[str, Counterfactuals] = {}
-    for pert in perts:
-        draw = task.counterfactuals(dataset, sp, rows, pert, rng, id_only=id_only)
-        keep = np.asarray(draw.new_token) >= 0
-        pos = int(sp.roles[pert])
+    for pert, draw in draws.items():
+        keep = keeps[pert]
+        inputs = sp.tokens[rows, :width] if draw.score_pos is not None else sp.input_ids[rows]
+        if draw.position is None:
+            pos = int(sp.roles[pert])
+            changed = np.full(len(rows), pos, dtype=np.int64)
+        else:
+            pos, changed = -1, np.asarray(draw.position, dtype=np.int64)
         corrupt = inputs.copy()
-        corrupt[:, pos] = draw.new_token
+        corrupt[np.arange(len(rows))[keep], changed[keep]] = np.asarray(draw.new_token)[keep]
         all_meta = {k: _t(v[keep]) for k, v in meta.items()}
         all_meta.update({k: _t(v) for k, v in draw.cf_meta.items()})
         out[pert] = Counterfactuals(
@@ -159,6 +184,8 @@ def make_counterfactuals(
             meta=all_meta,
             n_requested=len(rows),
             split=split,
+            score_pos=None if draw.score_pos is None else _t(np.asarray(draw.score_pos)[keep]),
+            changed_pos=_t(changed[keep]),
         )
     return out
 

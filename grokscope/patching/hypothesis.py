@@ -207,6 +207,9 @@ def build_circuit(
 ) -> LocatedCircuit:
     """Evaluate the task's circuit hypothesis on a lens and a resid tracing result (pure data).
 
+    A task without a hypothesis (``hypothesis = None``) gets an empty circuit that keeps
+    the lens and tracing evidence and says so in ``notes``.
+
     Args:
         task: the registered task (or its name) whose ``hypothesis`` is evaluated.
         lens: from :func:`grokscope.lens.logit.lens_split` on an inferred split.
@@ -223,8 +226,6 @@ def build_circuit(
     """
     spec = get_task(task) if isinstance(task, str) else task
     hyp = spec.hypothesis
-    if hyp is None:
-        raise ValueError(f"task {spec.name!r} declares no circuit hypothesis")
     if tracing.site != "resid":
         raise ValueError(f"build_circuit needs resid tracing, got site {tracing.site!r}")
     n_states = len(tracing.hook_names)
@@ -235,6 +236,13 @@ def build_circuit(
     strength = {p: tracing.strength[k] for k, p in enumerate(tracing.perturbations)}
     L = n_states - 1
     hooks = tracing.hook_names
+    if hyp is None:  # nothing to locate: the evidence only (edge-level discovery finds circuits of any task)
+        return LocatedCircuit(
+            task=spec.name, n_layers=L, threshold=float(threshold), layers={}, nodes=[], edges=[],
+            mrr={name: lens.mrr(name).tolist() for name in lens.names},
+            strength={p: v.tolist() for p, v in strength.items()}, hook_names=list(hooks), roles=roles, step=step,
+            notes=[f"the {spec.name} task declares no circuit hypothesis: nothing located (see the discovered circuit)"],
+        )
 
     def node(layer: int, role: str, content: str, mrr: float | None = None) -> CircuitNode:
         pos = roles[role]

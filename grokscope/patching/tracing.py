@@ -10,7 +10,8 @@ Two steps.
    and counted.
 2. :func:`trace` runs each counterfactual once with a cache, copies its activation at
    one site (a hook name, a position, optionally a head) into the normal run through
-   hooks on the real model, and reads the prediction at the last position. Every
+   hooks on the real model, and reads the prediction at the last position (or, per
+   example, at :attr:`Counterfactuals.score_pos` when the task gives one). Every
    (site, example) pair is a row of one big batch: the clean batch is repeated once
    per site and one hook per hook name writes the cached counterfactual activation
    at the right rows and positions (:func:`run_patches`, the engine, also takes
@@ -244,7 +245,9 @@ def trace(
     For each perturbation: one clean and one counterfactual forward pass give the
     baselines; then :func:`run_patches` runs the clean inputs with the counterfactual
     activation at every site (one site per run, all runs stacked into batches) and
-    reads the prediction at the last input position.
+    reads the prediction at the last input position, or at each example's own
+    :attr:`Counterfactuals.score_pos` when the task gives one (a multi-token answer
+    scored where the clean and counterfactual answers part).
 
     Args:
         model: the model.
@@ -310,7 +313,8 @@ def trace(
         # is the counterfactual run. Both go through the same code path as the sites.
         both = run_patches(
             model, cf.clean, cf.corrupt, [(), (Site(resid_names[0], None),), *patches],
-            answer_ids=answers, readouts=ros, batch_size=batch_size, skip_unchanged=skip_unchanged,
+            answer_ids=answers, read_pos=cf.score_pos, readouts=ros, batch_size=batch_size,
+            skip_unchanged=skip_unchanged,
         )
         base = PatchOutput(both.top1[:2], both.logits[:2], {k: v[:2] for k, v in both.readout_ranks.items()})
         out = PatchOutput(both.top1[2:], both.logits[2:], {k: v[2:] for k, v in both.readout_ranks.items()})

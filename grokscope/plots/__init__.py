@@ -25,6 +25,7 @@ Example:
 from grokscope.plots.curves import compare_runs, training_curves
 from grokscope.plots.diagnoses import (
     DIAGNOSIS_FIGURES,
+    attention_probe_figure,
     forecast_figure,
     fourier_embedding_figure,
     ood_diagnosis_figure,
@@ -60,6 +61,7 @@ __all__ = [
     "lens_formation", "tracing_formation", "circuit_measures",
     "ood_diagnosis_figure", "value_gap_figure", "fourier_embedding_figure", "progress_figure",
     "forecast_figure", "periodic_heatmaps", "register_diagnosis_figure", "DIAGNOSIS_FIGURES",
+           "attention_probe_figure",
     "discovered_graph", "edge_table", "faithfulness_figure", "discovery_formation", "phase_diagram",
     "SEQUENTIAL", "DIVERGING", "SPLIT_COLORS", "SPLIT_LABELS", "MEASURE_COLORS", "PHASE_COLORS", "NOTE_WIDTH",
     "split_color",

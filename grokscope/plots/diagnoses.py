@@ -120,6 +120,45 @@ register_diagnosis_figure(
 )
 
 
+def attention_probe_figure(result: dict[str, Any], *, title: str | None = None) -> go.Figure:
+    """Mean attention per head onto each group of each probe: one heatmap per probe.
+
+    Args:
+        result: :func:`grokscope.progress.diagnoses.attention_probe_diagnosis` output.
+
+    Returns:
+        Rows ``L{layer}.H{head}``, columns the probe's groups, colour the mean weight.
+
+    Example:
+        >>> attention_probe_figure(series.checkpoints[-1].diagnoses["attention_probes"])  # doctest: +SKIP
+    """
+    probes = result.get("probes", [])
+    fig = make_subplots(rows=1, cols=max(len(probes), 1), horizontal_spacing=0.12,
+                        subplot_titles=[f"{p['name']} ({p['n_rows']} queries)" for p in probes] or [""])
+    for i, pr in enumerate(probes):
+        z = np.array([[np.nan if v is None else v for v in head] for layer in pr["mass"] for head in layer], dtype=float)
+        labels = [f"L{layer}.H{head}" for layer in range(len(pr["mass"])) for head in range(len(pr["mass"][layer]))]
+        keep = ~np.isnan(z).all(0)
+        z, groups = z[:, keep], [g for g, k in zip(pr["groups"], keep) if k]
+        fig.add_trace(go.Heatmap(
+            z=z, x=groups, y=labels, zmin=0, zmax=1, colorscale=SEQUENTIAL, showscale=i == len(probes) - 1,
+            text=np.round(z, 2), texttemplate="%{text}", textfont={"size": 9},
+            hovertemplate="%{y} -> %{x}: %{z:.3f}<extra></extra>",
+        ), row=1, col=i + 1)
+        fig.update_yaxes(autorange="reversed", row=1, col=i + 1)
+    fig.update_layout(title=title or f"attention per head ({result.get('split', '')}, {result.get('n_examples', 0)} examples)",
+                      height=max(360, 22 * sum(len(layer) for layer in probes[0]["mass"]) + 160) if probes else 360)
+    return fig
+
+
+register_diagnosis_figure(
+    "attention_probes", "Attention per head",
+    "Mean attention weight of each head (rows L{layer}.H{head}) from a query position onto the groups of key "
+    "positions the task names (its attention probes; a group's members summed), on sampled test examples.",
+    attention_probe_figure,
+)
+
+
 # --------------------------------------------------------------------------- progress measures (modular addition)
 
 

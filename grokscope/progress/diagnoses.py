@@ -4,8 +4,9 @@ A diagnosis is a function ``(model, dataset, *, n, seed, threshold) -> dict`` (J
 registered under a name with :func:`register_diagnosis`; a task lists the names that
 apply to it, and the series, the report and the CLI run them without knowing the task.
 Built in: ``ood_lens`` (the paper's OOD diagnosis for composition-like chains: the bridge
-resolved low, the answer failing high) and ``value_gap`` (comparison: accuracy by the
-distance of the two values); ``fourier`` (modular addition's progress measures) is
+resolved low, the answer failing high), ``value_gap`` (comparison: accuracy by the
+distance of the two values) and ``attention_probes`` (attention per head onto the
+places a task names, :meth:`grokscope.tasks.Task.attention_probes`); ``fourier`` (modular addition's progress measures) is
 registered in :mod:`grokscope.progress.fourier`. A figure for a diagnosis is registered beside its plot
 (:func:`grokscope.plots.register_diagnosis_figure`).
 
@@ -201,6 +202,49 @@ def value_gap_diagnosis(
             "acc_by_label": {k: float(correct[label == sgn].mean()) if (label == sgn).any() else None
                              for k, sgn in (("v1<v2", -1), ("v1=v2", 0), ("v1>v2", 1))},
         }
+    return out
+
+
+@register_diagnosis("attention_probes")
+def attention_probe_diagnosis(
+    model: TransformerBridge,
+    dataset: TaskDataset,
+    *,
+    n: int | None = DEFAULT_EXAMPLES,
+    seed: int = 0,
+    threshold: float | None = None,
+    split: str = IID_SPLIT,
+) -> dict[str, Any]:
+    """Mean attention per layer and head onto the groups of each of the task's
+    :meth:`~grokscope.tasks.Task.attention_probes` (``n`` sampled rows of ``split``).
+
+    Returns:
+        ``{"split", "n_examples", "probes": [{"name", "groups", "n_rows", "mass":
+        [layer][head][group]}]}`` (a group never present: None).
+    """
+    import torch
+
+    from grokscope.lens.attention import attention_mass, attention_patterns
+
+    sp = dataset.splits[split]
+    rows = sample_rows(len(sp), n, seed)
+    probes = task_of(dataset).attention_probes(sp, dataset.vocab, rows)
+    out: dict[str, Any] = {"split": split, "n_examples": len(rows), "probes": []}
+    for pr in probes:
+        r = np.asarray(pr.rows, dtype=np.int64)
+        if not len(r):
+            continue
+        keys = np.asarray(pr.key_pos)
+        width = int(max(np.max(pr.query_pos), keys.max())) + 1
+        uniq, inv = np.unique(r, return_inverse=True)
+        pat = attention_patterns(model, sp.tokens[uniq, :width])[:, :, torch.from_numpy(inv)]
+        mass = attention_mass(model, sp.tokens[r, :width], pr.query_pos, keys, pattern=pat)
+        mean = torch.nanmean(mass, dim=2)
+        out["probes"].append({
+            "name": pr.name, "groups": list(pr.groups), "n_rows": len(r),
+            "mass": [[[None if not np.isfinite(v) else round(float(v), 4) for v in head] for head in layer]
+                     for layer in mean.tolist()],
+        })
     return out
 
 

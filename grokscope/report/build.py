@@ -281,8 +281,12 @@ def write_report(
     disc = None
     if discovery:
         from grokscope.discovery.series import discovery_series
+        from grokscope.tasks.base import task_of
 
-        disc = discovery_series(run, series.steps, n=n, seed=seed, cache=cache, device=device, progress=progress)
+        # the coverage of the located hypothesis circuit; a task without a hypothesis has none to cover
+        has_hypothesis = task_of(run.dataset()).hypothesis is not None
+        disc = discovery_series(run, series.steps, n=n, seed=seed, cache=cache, device=device, progress=progress,
+                                hypothesis=has_hypothesis)
     page = render_html(series, run, disc)
     atomic_write_bytes(out_dir / REPORT_FILE, page.encode("utf-8"))
     atomic_write_json(out_dir / SUMMARY_FILE, summary_dict(series, run, disc))

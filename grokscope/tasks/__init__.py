@@ -9,6 +9,7 @@ it (``Task.config_cls``), so nothing above ``tasks/`` needs to import it.
 """
 
 from grokscope.tasks.base import (
+    AttentionProbe,
     CircuitHypothesis,
     CounterfactualDraw,
     LensTarget,
@@ -34,7 +35,7 @@ from grokscope.tasks.vocab import Vocab
 
 __all__ = [
     "PROBE_SPLITS", "SPLITS", "ComparisonKB", "CompositionKB", "Split", "TaskDataset", "Vocab",
-    "CircuitHypothesis", "CounterfactualDraw", "LensTarget", "Stage", "Task",
+    "AttentionProbe", "CircuitHypothesis", "CounterfactualDraw", "LensTarget", "Stage", "Task",
     "get_task", "register_task", "task_names", "task_of",
     "load_paper_format", "save_paper_format",
     *_builtin_all,

@@ -11,6 +11,8 @@ task-specific parts from the registered task and never tests a task's name:
   ``inferred_roles`` (the input layout of the splits analysis works on);
 - ``perturbations`` and :meth:`Task.counterfactuals` (vectorized over examples);
 - :meth:`Task.lens_targets` (which token to decode at which position);
+- :meth:`Task.attention_probes` (where to read attention, for the ``attention_probes``
+  diagnosis);
 - ``hypothesis``: the paper's circuit as data (:class:`CircuitHypothesis`), evaluated by
   :mod:`grokscope.patching.hypothesis` and read by the series' measures;
 - ``diagnoses``: names of the diagnoses that apply (implemented in
@@ -99,6 +101,29 @@ class LensTarget:
 
 
 @dataclass(frozen=True)
+class AttentionProbe:
+    """Where to read attention: from one query position onto named groups of key positions.
+
+    The ``attention_probes`` diagnosis averages, per layer and head, the attention weight
+    from ``query_pos`` onto each group (its members' weights summed) over the probe's rows.
+
+    Attributes:
+        name: e.g. ``path->edge by height``.
+        rows: ``[row]`` the split rows the probe reads (a row may repeat, one per query).
+        query_pos: ``[row]`` the query position.
+        key_pos: ``[row, group, member]`` key positions (-1: missing; a group with no
+            member present is left out of that row's mean).
+        groups: the name of each group.
+    """
+
+    name: str
+    rows: Any
+    query_pos: Any
+    key_pos: Any
+    groups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Stage:
     """One intermediate state of a circuit hypothesis: ``content`` resolved at ``role``.
 
@@ -176,12 +201,22 @@ class CounterfactualDraw:
         cf_answer: ``[example]`` the counterfactual's answer token id (any value where
             ``new_token`` is -1).
         cf_meta: ``cf_*`` fields for the valid rows only (e.g. ``cf_bridge``).
+        score_pos: None (the answer is read at the last input position, ``target_pos``),
+            or ``[example]`` the position whose prediction tells the answer from the
+            counterfactual's (any value where ``new_token`` is -1). Past ``target_pos`` the
+            inputs are the teacher-forced answer (``split.tokens``): a task whose answers
+            are several tokens scores where the clean and counterfactual answers part.
+        position: None (the token replaced is at the perturbation's role), or
+            ``[example]`` the replaced input position per row (a perturbation with no
+            fixed role, e.g. one edge of a tree).
     """
 
     new_token: np.ndarray
     answer: np.ndarray
     cf_answer: np.ndarray
     cf_meta: dict[str, np.ndarray] = field(default_factory=dict)
+    score_pos: np.ndarray | None = None
+    position: np.ndarray | None = None
 
 
 def pick_per_row(rng: np.random.Generator, valid: np.ndarray) -> np.ndarray:
@@ -255,12 +290,18 @@ class Task:
         *,
         id_only: bool = True,
     ) -> CounterfactualDraw:
-        """Counterfactuals replacing the token at role ``perturbation`` for ``rows`` of ``split``."""
+        """Counterfactuals replacing one token (at role ``perturbation``, or per row at
+        ``CounterfactualDraw.position``) for ``rows`` of ``split``."""
         raise NotImplementedError(f"task {self.name!r} has no counterfactuals")
 
     def lens_targets(self, split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
         """The lens targets of a homogeneous split, from its metadata."""
         raise NotImplementedError(f"task {self.name!r} has no lens targets")
+
+    def attention_probes(self, split: Split, vocab: Vocab, rows: np.ndarray) -> list[AttentionProbe]:
+        """Where the ``attention_probes`` diagnosis reads attention on ``rows`` of ``split``
+        (a task that declares that diagnosis overrides this); default none."""
+        return []
 
     def specialise(self, dataset: TaskDataset) -> Task:
         """This task as it applies to one dataset (k-hop reads k from it); default: itself."""

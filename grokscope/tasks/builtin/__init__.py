@@ -17,6 +17,7 @@ from grokscope.tasks.builtin.composition import CompositionConfig, composition, 
 from grokscope.tasks.builtin.khop import KHopConfig, generate_khop
 from grokscope.tasks.builtin.modular import ModularConfig, generate_modular
 from grokscope.tasks.builtin.tree import TreeConfig, generate_tree
+from grokscope.tasks.builtin.tree_positions import PathLayout, path_layout
 
 __all__ = [
     "CompositionConfig", "composition", "generate_composition",
@@ -24,5 +25,5 @@ __all__ = [
     "ComplexConfig", "complex_reasoning", "derivable_order", "generate_complex",
     "KHopConfig", "generate_khop",
     "ModularConfig", "generate_modular",
-    "TreeConfig", "generate_tree",
+    "TreeConfig", "generate_tree", "PathLayout", "path_layout",
 ]

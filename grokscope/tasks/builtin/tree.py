@@ -27,7 +27,11 @@ same distribution) and ``test_inferred_ood`` (``n_test`` trees whose goal is at 
 ``< ood_depth``: the distribution above conditioned on the goal's depth; OOD asks for
 paths longer than any trained. Every tree (its edge set) occurs once in all splits.
 
-Counterfactual (``goal``): the same tree with the goal replaced by another leaf.
+Counterfactuals: ``goal``, the same tree with the goal replaced by another leaf; and
+``rewire``, the same goal with one edge on its path rewired (the child keeps its
+subtree and gets another parent with a free slot, not below it: a new path). Both are
+scored where the two paths part (``score_pos = target_pos + 2 * cf_index``, on the
+teacher-forced path): at ``<:>`` the prediction is the root for every goal of a tree.
 Lens targets: the next path token at each answer position, the goal at ``<:>``.
 
 Example:
@@ -45,11 +49,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from grokscope.tasks.base import CounterfactualDraw, LensTarget, Task, pick_per_row, register_task
+
+if TYPE_CHECKING:
+    from grokscope.tasks.base import AttentionProbe
 from grokscope.tasks.dataset import Split, TaskDataset
 from grokscope.tasks.vocab import END, Vocab, register_special_tokens
 
@@ -307,10 +314,6 @@ def generate_tree(cfg: TreeConfig) -> TaskDataset:
 # --------------------------------------------------------------------------- the task
 
 
-def _parents_of_split(split: Split, vocab: Vocab) -> list[dict[int, int]]:
-    return [parse_edges(row[: p + 1], vocab)[0] for row, p in zip(split.tokens, split.target_pos)]
-
-
 class TreeTask(Task):
     """Path finding ``edges|goal:`` -> ``root>...>goal``: answers of several tokens."""
 
@@ -318,7 +321,8 @@ class TreeTask(Task):
     config_cls = TreeConfig
     probe_splits = ("train_inferred", "test_inferred_iid", "test_inferred_ood")
     inferred_roles = ("goal", "colon")
-    perturbations = ("goal",)
+    perturbations = ("goal", "rewire")
+    diagnoses = ("attention_probes",)
     hypothesis = None
     """No circuit hypothesis as data yet: the protocol allows none (Brinkmann et al. 2024
     describe a backward chain from the goal, one edge per layer, that the staged form
@@ -370,13 +374,20 @@ class TreeTask(Task):
         self, dataset: TaskDataset, split: Split, rows: np.ndarray, perturbation: str,
         rng: np.random.Generator, *, id_only: bool = True,
     ) -> CounterfactualDraw:
-        """The goal replaced by another leaf of the same tree (-1 for a tree with one leaf).
+        """``goal``: the goal replaced by another leaf of the same tree; ``rewire``: the
+        same goal, the parent token of one edge on its path replaced (-1: none valid).
 
-        The paths share their prefix from the root; ``answer`` and ``cf_answer`` are the
-        two paths' labels at the first node where they part, predicted at the answer
-        position ``target_pos + 2 * cf_index`` (``cf_index`` in ``cf_meta``; 0 would be the
-        root). ``cf_meta`` also holds ``cf_goal``. ``id_only`` has no effect (every leaf
-        of a tree is a goal the data could hold).
+        ``goal``: the paths share their prefix from the root. ``rewire``: the edge
+        ``p>c`` (``c`` on the goal's path) becomes ``q>c``, ``q`` a uniformly drawn
+        (edge, new parent) pair over the path's edges and the nodes ``q != p`` with fewer
+        than two children that are not ``c`` or below it; the tree stays a binary tree
+        with the same nodes and goal, and the goal's path changes. In both, ``answer``
+        and ``cf_answer`` are the two paths' labels at the first node where they part,
+        scored at ``score_pos = target_pos + 2 * cf_index`` (``cf_index`` in ``cf_meta``;
+        >= 1, since the root is shared), the prefix before it teacher-forced and equal in
+        both. ``cf_meta`` also holds ``cf_goal`` (goal) or ``cf_parent`` and
+        ``cf_edge_pos`` (rewire: the new parent's label token and its input position,
+        which ``position`` also gives). ``id_only`` has no effect.
         """
         if perturbation not in self.perturbations:
             raise ValueError(f"unknown perturbation {perturbation!r}; choose from {', '.join(self.perturbations)}")
@@ -384,11 +395,15 @@ class TreeTask(Task):
         vocab, lab = dataset.vocab, dataset.vocab.value_ids
         n_labels = len(lab)
         rows = np.asarray(rows)
-        valid = np.zeros((len(rows), n_labels), dtype=bool)
         parents = []
-        for i, r in enumerate(rows):
-            parent_of, goal = parse_edges(split.tokens[r, : split.target_pos[r] + 1], vocab)
-            parents.append((parent_of, goal))
+        for r in rows:
+            parents.append(parse_edges(split.tokens[r, : split.target_pos[r] + 1], vocab))
+        if perturbation == "rewire":
+            from grokscope.tasks.builtin.tree_positions import rewire_draw
+
+            return rewire_draw(parents, split, rows, lab, rng)
+        valid = np.zeros((len(rows), n_labels), dtype=bool)
+        for i, (parent_of, goal) in enumerate(parents):
             nodes = set(parent_of) | set(parent_of.values())
             inner = set(parent_of.values())
             for leaf in nodes - inner - {goal}:
@@ -402,13 +417,20 @@ class TreeTask(Task):
                 answer[i] = cf_answer[i] = lab[goal]
                 continue
             a, b = path_from_edges(parent_of, goal), path_from_edges(parent_of, int(j[i]))
-            k = next(k for k in range(min(len(a), len(b))) if a[k] != b[k])
+            k = next(k for k in range(min(len(a), len(b))) if a[k] != b[k])  # where the paths part
             answer[i], cf_answer[i], index[i] = lab[a[k]], lab[b[k]], k
         keep = j >= 0
         return CounterfactualDraw(
             new_token=np.where(keep, lab[np.maximum(j, 0)], -1), answer=answer, cf_answer=cf_answer,
             cf_meta={"cf_goal": lab[j[keep]], "cf_index": index[keep]},
+            score_pos=split.target_pos[rows] + 2 * np.maximum(index, 0),
         )
+
+    def attention_probes(self, split: Split, vocab: Vocab, rows: np.ndarray) -> list[AttentionProbe]:
+        """:func:`grokscope.tasks.builtin.tree_positions.tree_attention_probes`."""
+        from grokscope.tasks.builtin.tree_positions import tree_attention_probes
+
+        return tree_attention_probes(split, vocab, rows)
 
     def lens_targets(self, split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
         """``goal@colon`` (the goal at ``<:>``) and ``next@a{k}``: the token after answer
