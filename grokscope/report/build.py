@@ -226,7 +226,7 @@ def write_report(
     out: str | os.PathLike[str] | None = None,
     *,
     steps: str | Sequence[int] | None = None,
-    split: str = DEFAULT_SPLIT,
+    split: str | None = None,
     n: int | None = DEFAULT_EXAMPLES,
     seed: int = 0,
     threshold: float | None = None,
@@ -241,7 +241,7 @@ def write_report(
         run: a :class:`Run` or its directory (composition or comparison).
         out: output directory (default ``reports/<run directory name>``).
         steps: ``None``/``"all"``, ``"N,M"`` or a list of checkpoint steps.
-        split: the split whose examples are analysed.
+        split: the split whose examples are analysed (None: the task's ``default_split``).
         n: examples per checkpoint (the paper: 300).
         seed: sampling seed (the same examples at every step).
         threshold: lens MRR threshold of the circuit finder (default 0.5).
@@ -271,7 +271,11 @@ def write_report(
     if discovery:
         from grokscope.discovery.series import discovery_series
 
-        disc = discovery_series(run, series.steps, n=n, seed=seed, cache=cache, device=device, progress=progress)
+        # on train_inferred and test_inferred_iid; a task whose analysis split is another
+        # (aligned text rows) on that split alone
+        split_used = series.args.get("split", DEFAULT_SPLIT)
+        extra = {} if split_used == DEFAULT_SPLIT else {"splits": (split_used,)}
+        disc = discovery_series(run, series.steps, n=n, seed=seed, cache=cache, device=device, progress=progress, **extra)
     page = render_html(series, run, disc)
     atomic_write_bytes(out_dir / REPORT_FILE, page.encode("utf-8"))
     atomic_write_json(out_dir / SUMMARY_FILE, summary_dict(series, run, disc))
