@@ -38,6 +38,7 @@ from grokscope.report.sections import (  # noqa: F401  (re-exported)
     fig_html,
     formation_sentences,
     node_args,
+    probe_splits_html,
     progress_figures,
     r2_note,
     series_figures,
@@ -196,7 +197,7 @@ def render_html(series: SeriesResult, run: Run, discovery: Any = None) -> str:
         '<p class="note">Mechanistic analysis after Wang et al. (2024), "Grokked Transformers are Implicit '
         'Reasoners". Places are named by TransformerLens hook names; S[l] is <code>blocks.l.hook_resid_pre</code> '
         "(S[L]: the last block's <code>hook_resid_post</code>).</p>",
-        "<nav>" + "".join(f'<a href="#{a}">{html.escape(h)}</a>' for a, h, _, _ in figs)
+        "<nav>" + '<a href="#probes">Probe splits</a>' + "".join(f'<a href="#{a}">{html.escape(h)}</a>' for a, h, _, _ in figs)
         + ('<a href="#discovered">Discovered circuit</a>' if discovery is not None else "") + "</nav>",
         "<h2 id=\"run\">Run</h2>",
         table_html(("setting", "value"), config_rows, left=2),
@@ -205,6 +206,7 @@ def render_html(series: SeriesResult, run: Run, discovery: Any = None) -> str:
         "<h2 id=\"checkpoints\">Checkpoints</h2>",
         table_html(("step", "train acc", "test ID acc", "test OOD acc", "weight norm",
                 *[f"layer {k}" for k in layer_keys]), ck_rows, left=0),
+        *probe_splits_html(series, run),
     ]
     for anchor, heading, note, fig in figs:
         parts += [f'<h2 id="{anchor}">{html.escape(heading)}</h2>', f'<p class="note">{note}</p>',
