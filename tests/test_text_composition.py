@@ -93,12 +93,12 @@ def test_files_hold_the_knowledge_base_and_every_split_is_what_it_claims(files):
     trained = {(f["h"], f["r1"], f["r2"]) for _, f, _ in queries}
     assert len(queries) == len(trained) == round(CFG.phi * (len(kb) - len(ood)))
     assert {i for i, _, _ in queries} == set(range(CFG.n_templates))
-    for i, f, a in queries:
+    for _, f, a in queries:
         assert two_hop(f) == (a, False, False)
     for kind, i, f, a in test["test_inferred_iid"]:
         assert kind == "query" and i < CFG.n_templates and two_hop(f) == (a, False, False)
         assert (f["h"], f["r1"], f["r2"]) not in trained
-    for kind, i, f, a in test["test_inferred_ood"]:
+    for _, _, f, a in test["test_inferred_ood"]:
         assert two_hop(f) == (a, True, True)
     new = test["test_new_template"]
     assert {i for _, i, _, _ in new} <= set(range(CFG.n_templates, CFG.n_templates + CFG.held_out_templates))

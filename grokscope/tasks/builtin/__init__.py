@@ -17,7 +17,10 @@ from grokscope.tasks.builtin.complex import (
 from grokscope.tasks.builtin.composition import CompositionConfig, composition, generate_composition
 from grokscope.tasks.builtin.khop import KHopConfig, generate_khop
 from grokscope.tasks.builtin.modular import ModularConfig, generate_modular
-from grokscope.tasks.builtin.text_composition import TextCompositionConfig, generate_text_composition
+from grokscope.tasks.builtin.text_composition import (
+    TextCompositionConfig,
+    generate_text_composition,
+)
 from grokscope.tasks.builtin.tree import TreeConfig, generate_tree
 
 __all__ = [
