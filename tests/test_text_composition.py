@@ -135,7 +135,7 @@ def test_files_round_trip_and_the_analysis_split_is_aligned(files):
     back = load_paper_format(d, task="text-composition")
     assert back.content_hash() == ds.content_hash()
     a, b = ds.splits["analysis"], back.splits["analysis"]
-    assert len(a) > 20 and np.array_equal(a.tokens, b.tokens) and a.roles == {"h": 1, "r1": 3, "r2": 5, "last": 6}
+    assert len(a) > 20 and np.array_equal(a.tokens, b.tokens) and a.roles == {"h": 1, "h_s": 2, "r1": 3, "r1_s": 4, "r2": 5, "last": 6}
     inv = {i: t for i, t in enumerate(ds.vocab.tokens)}
     for row in a.tokens[:50]:
         words = [inv[int(t)] for t in row[:7]]
@@ -175,12 +175,13 @@ def test_lens_targets_read_the_bridge_at_the_first_relation(files):
     tok = Tokenizer.from_file(str(d / "tokenizer.json"))
     split = ds.splits["analysis"]
     targets = {t.name: t for t in lens_targets(split, ds.vocab)}
-    assert set(targets) == {"bridge@r1", "r2@r2", "t@last", "r2@r2/rel"}
+    assert set(targets) == {"bridge@r1", "bridge@r1_s", "bridge@h_s", "r2@r2", "t@last", "r2@r2/rel"}
     for row, b, t in zip(split.tokens[:40], targets["bridge@r1"].token_ids[:40], targets["t@last"].token_ids[:40]):
         h, r1, r2 = (tok.decode([int(row[i])]).strip() for i in (1, 3, 5))
         assert b == tok.encode(" " + kb[(h, r1)], add_special_tokens=False).ids[0]
         assert t == tok.encode(" " + kb[(kb[(h, r1)], r2)], add_special_tokens=False).ids[0]
-    assert targets["bridge@r1"].position == 3 and targets["t@last"].position == 6
+    assert targets["bridge@r1"].position == 3 and targets["bridge@r1_s"].position == 4
+    assert targets["bridge@h_s"].position == 2 and targets["t@last"].position == 6
 
 
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason="checkpoints/text-composition-small not shipped")

@@ -44,12 +44,15 @@ writes the name and stops.
 splits have no common layout. Analysis (lens, tracing, discovery) runs on ``analysis``: the
 training two-hop facts written in query template 0 (``"{h}'s {r1}'s {r2} is"``, always a
 training template) whose head name is one token, so every row is
-``<bos> h 's r1 's r2 is`` with roles ``h``=1, ``r1``=3, ``r2``=5, ``last``=6. A
+``<bos> h 's r1 's r2 is`` with roles ``h``=1, ``h_s``=2, ``r1``=3, ``r1_s``=4, ``r2``=5,
+``last``=6 (``h_s``, ``r1_s``: the ``'s`` after the head and after the first relation). A
 counterfactual swaps a whole entity name for a name of the same token count (the head:
 another one-token name) or a relation for another relation (one token each), so clean and
 corrupt inputs have equal length and the roles stay put. Answers of counterfactuals and lens
-targets are FIRST tokens of names (``bridge@r1``: the bridge name's first token at the end of
-the first relation phrase; ``t@last``: the answer's first token at the last position); a
+targets are FIRST tokens of names (``bridge@r1_s``: the bridge name's first token at the
+``'s`` that ends the first relation phrase, the circuit hypothesis's first stage;
+``bridge@r1`` at the relation word, ``bridge@h_s`` before r1 is read, a control;
+``t@last``: the answer's first token at the last position); a
 counterfactual is valid only when the two answers' first tokens differ. ``analysis`` is
 derived from ``train`` (not a probe: not evaluated while training, not in the content hash).
 
@@ -59,7 +62,7 @@ Example:
     >>> tgt.startswith(inp) and tgt.endswith("<eos>")
     True
     >>> ds.splits["analysis"].roles
-    {'h': 1, 'r1': 3, 'r2': 5, 'last': 6}
+    {'h': 1, 'h_s': 2, 'r1': 3, 'r1_s': 4, 'r2': 5, 'last': 6}
 """
 
 from __future__ import annotations
@@ -112,8 +115,9 @@ from grokscope.tasks.vocab import Vocab
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-ANALYSIS_ROLES: dict[str, int] = {"h": 1, "r1": 3, "r2": 5, "last": 6}
-"""``<bos> h 's r1 's r2 is`` with a one-token head name."""
+ANALYSIS_ROLES: dict[str, int] = {"h": 1, "h_s": 2, "r1": 3, "r1_s": 4, "r2": 5, "last": 6}
+"""``<bos> h 's r1 's r2 is`` with a one-token head name; ``h_s`` and ``r1_s`` are the
+``'s`` after the head and after the first relation (the end of the first relation phrase)."""
 
 @dataclass(frozen=True)
 class TextCompositionConfig:
@@ -343,7 +347,7 @@ class TextCompositionTask(Task):
     config_cls = TextCompositionConfig
     probe_splits = ("id_atomic", "ood_atomic", "train_inferred", "test_inferred_iid", "test_inferred_ood",
                     "test_new_template")
-    inferred_roles = ("h", "r1", "r2", "last")
+    inferred_roles = ("h", "h_s", "r1", "r1_s", "r2", "last")
     perturbations = ("h", "r1", "r2")
     default_split = "analysis"
     multi_token_answers = True
@@ -355,9 +359,9 @@ class TextCompositionTask(Task):
         kind="staged",
         inputs=("h", "r1", "r2"),
         stages=(
-            Stage("bridge@r1", "r1", "bridge", sources=(("h", "h"), ("r1", "r1")), perturbation="h"),
+            Stage("bridge@r1_s", "r1_s", "bridge", sources=(("h", "h"), ("r1", "r1")), perturbation="h"),
             Stage("r2@r2", "r2", "r2", sources=(("r2", "r2"),), perturbation="r2",
-                  at="bridge@r1", search_after="bridge@r1"),
+                  at="bridge@r1_s", search_after="bridge@r1_s"),
         ),
         output_target="t@last", output_role="last", output_content="t",
         share=(("h", "r1"),),
@@ -457,7 +461,9 @@ class TextCompositionTask(Task):
                                   cf_meta={"cf_t": cf_t[keep], "cf_bridge": cf_b[keep]})
 
     def lens_targets(self, split: Split, vocab: Vocab, *, within_class: bool = False) -> list[LensTarget]:
-        """``bridge@r1`` (the bridge name's first token at the first relation word),
+        """``bridge@r1_s`` (the bridge name's first token at the ``'s`` ending the first
+        relation phrase), ``bridge@r1`` (at the relation word), ``bridge@h_s`` (at the ``'s``
+        after the head, before r1 is read: a control, the bridge is not computable there),
         ``r2@r2`` (the second relation word at itself; never an answer), ``t@last`` (the
         answer's first token at the last input position) and ``r2@r2/rel`` (r2 among the
         relation words). ``within_class`` ranks names among names' first tokens."""
@@ -469,6 +475,8 @@ class TextCompositionTask(Task):
         rel = rels if within_class else None
         out = [
             LensTarget("bridge@r1", split.roles["r1"], split.meta["bridge"], ent),
+            LensTarget("bridge@r1_s", split.roles["r1_s"], split.meta["bridge"], ent),
+            LensTarget("bridge@h_s", split.roles["h_s"], split.meta["bridge"], ent),
             LensTarget("r2@r2", split.roles["r2"], split.meta["r2"], rel, never_answer=True),
             LensTarget("t@last", split.roles["last"], split.meta["t"], ent),
         ]
