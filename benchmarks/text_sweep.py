@@ -57,26 +57,33 @@ def first_step(records: list[dict], split: str, threshold: float) -> int | None:
 
 
 def table(out: Path, names: list[str]) -> str:
-    rows = ["| run | phi | templates | steps | train >= 0.99 | test ID >= 0.95 | gap | test ID | new template | OOD | train |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """The sweep table; "at step S": train / test ID / new-template accuracy at the last
+    evaluation every run reached (runs share a wall-clock budget, not a step count)."""
+    records = {n: [json.loads(x) for x in (out / n / "metrics.jsonl").read_text().splitlines() if x.strip()]
+               for n in names if (out / n / "metrics.jsonl").is_file()}
+    common = min((max(r["step"] for r in recs if r["step"] % 250 == 0) for recs in records.values()), default=0)
+    rows = [f"| run | phi | templates | steps | train >= 0.99 | test ID >= 0.95 | gap | train >= 0.9 | test ID >= 0.5 "
+            f"| test ID | new template | OOD | train | train / test ID / new template at step {common:,} |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
-        path = out / name / "metrics.jsonl"
-        if not path.is_file():
+        if name not in records:
             rows.append(f"| {name} | (no run) |")
             continue
-        recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        recs = records[name]
         cfg = json.loads((out / name / "config.json").read_text())["run"]["task"]
         tr, te = first_step(recs, "train_inferred", 0.99), first_step(recs, "test_inferred_iid", 0.95)
         gap = (te - tr) if tr is not None and te is not None else None
         last = recs[-1]["acc"]
+        at = next(r["acc"] for r in recs if r["step"] == common)
 
         def fmt(x: int | None) -> str:
             return "never" if x is None else f"{x:,}"
 
         rows.append(f"| {name} | {cfg['phi']} | {cfg['n_templates']} | {recs[-1]['step']:,} | {fmt(tr)} | {fmt(te)} | "
-                    f"{'-' if gap is None else f'{gap:,}'} | {last['test_inferred_iid']:.3f} | "
+                    f"{'-' if gap is None else f'{gap:,}'} | {fmt(first_step(recs, 'train_inferred', 0.9))} | "
+                    f"{fmt(first_step(recs, 'test_inferred_iid', 0.5))} | {last['test_inferred_iid']:.3f} | "
                     f"{last.get('test_new_template', float('nan')):.3f} | {last['test_inferred_ood']:.3f} | "
-                    f"{last['train_inferred']:.3f} |")
+                    f"{last['train_inferred']:.3f} | " + " / ".join(f"{at[k]:.3f}" for k in ("train_inferred", "test_inferred_iid", "test_new_template")) + " |")
     return "\n".join(rows)
 
 
