@@ -16,6 +16,7 @@ from grokscope.cli.common import (
     _check_split_arg,
     _grid,
     _print_table,
+    _split_or_default,
     _write_json,
 )
 
@@ -68,7 +69,7 @@ def lens(
     step: int | None = typer.Option(None, "--step", help="Checkpoint step (default: latest)."),
     all_steps: bool = typer.Option(False, "--all", help="Every checkpoint."),
     examples: int = typer.Option(300, "--examples", help="Examples of the split (paper: 300)."),
-    split: str = typer.Option("train_inferred", "--split", help="train_inferred, test_inferred_iid or test_inferred_ood."),
+    split: str | None = typer.Option(None, "--split", help="train_inferred, test_inferred_iid or test_inferred_ood (default: the task's analysis split, train_inferred for the paper's tasks)."),
     seed: int = typer.Option(0, "--seed", help="Seed that draws the examples."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write everything (example token ids, hook names, per-example ranks) as JSON."),
 ) -> None:
@@ -80,6 +81,7 @@ def lens(
 
     _check_examples(examples)
     run = _analysis_run(run_dir)
+    split = _split_or_default(run, split)
     _check_split_arg(run, split)
     docs = []
     for s in _analysis_steps(run, step, all_steps):
@@ -109,7 +111,7 @@ def trace_cmd(
     perturb: str | None = typer.Option(None, "--perturb", help="Comma-separated perturbations of the run's task (composition h,r1,r2; comparison e1,e2,attr; khop h,r1..rk); default all."),
     site: str = typer.Option("resid", "--site", help="What to patch: resid, attn, mlp or head."),
     examples: int = typer.Option(300, "--examples", help="Examples of the split (paper: 300)."),
-    split: str = typer.Option("train_inferred", "--split", help="train_inferred, test_inferred_iid or test_inferred_ood."),
+    split: str | None = typer.Option(None, "--split", help="train_inferred, test_inferred_iid or test_inferred_ood (default: the task's analysis split, train_inferred for the paper's tasks)."),
     seed: int = typer.Option(0, "--seed", help="Seed that draws the examples and counterfactuals."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write everything (example and counterfactual token ids, hook names, per-example values) as JSON."),
 ) -> None:
@@ -124,6 +126,7 @@ def trace_cmd(
     if site not in SITE_KINDS:
         raise UserError(f"--site {site!r} is unknown; allowed values: {', '.join(SITE_KINDS)}")
     run = _analysis_run(run_dir)
+    split = _split_or_default(run, split)
     dataset = _check_split_arg(run, split)
     family = run.config.task.task
     allowed = perturbations_of(dataset)
@@ -170,7 +173,7 @@ def circuit(
         raise UserError(f"--threshold must lie in (0, 1], got {threshold}")
     run = _analysis_run(run_dir)
     (s,) = _analysis_steps(run, step, False)
-    d = checkpoint_circuit(run, s, n=examples, seed=seed, threshold=threshold)
+    d = checkpoint_circuit(run, s, split=_split_or_default(run, None), n=examples, seed=seed, threshold=threshold)
     typer.echo(f"{run.path} step {s}: {d['task']} circuit (lens threshold {threshold})")
     _print_table([(f"layer {k}", "-" if v is None else v) for k, v in d["layers"].items()], title="resolve layers")
     _grid("nodes", [nd["name"] for nd in d["nodes"]], ["hook", "content", "MRR", *[f"{p}'" for p in d["strength"]]],

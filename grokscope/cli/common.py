@@ -49,14 +49,24 @@ def _check_examples(examples: int) -> None:
         raise UserError(f"--examples must be a positive number of examples (e.g. 300), got {examples}")
 
 
+def _split_or_default(run, split: str | None) -> str:
+    """``split``, or (None) the task's analysis split (``train_inferred`` for the paper's tasks)."""
+    if split is not None:
+        return split
+    from grokscope.tasks import get_task
+
+    return get_task(run.config.task.task).default_split
+
+
 def _check_split_arg(run, split: str):
-    """``split`` must be a probe split with the layout of the run's task's analysis;
-    returns the run's dataset (read once)."""
+    """``split`` must be a probe split (or the task's default analysis split) with the
+    layout of the run's task's analysis; returns the run's dataset (read once)."""
     from grokscope.tasks import task_of
 
     ds = run.dataset()
     task = task_of(ds)
-    allowed = [n for n in ds.probe_splits if set(ds.splits[n].roles) == set(task.inferred_roles)]
+    names = [*ds.probe_splits, *([task.default_split] if task.default_split not in ds.probe_splits else [])]
+    allowed = [n for n in names if n in ds.splits and set(ds.splits[n].roles) == set(task.inferred_roles)]
     if split not in allowed:
         raise UserError(f"--split {split!r} is not an inferred probe split of this {ds.task} run; "
                         f"allowed values: {', '.join(allowed)}")

@@ -15,6 +15,7 @@ from grokscope.cli.common import (
     _check_split_arg,
     _grid,
     _print_table,
+    _split_or_default,
     _write_json,
 )
 
@@ -58,7 +59,7 @@ def discover(
     run_dir: Path | None = typer.Argument(None, help="Run directory (or give --model and --prompts instead)."),
     step: int | None = typer.Option(None, "--step", help="Checkpoint step (default: latest)."),
     all_steps: bool = typer.Option(False, "--all", help="Every checkpoint (cached in RUN/.grokscope-cache)."),
-    split: str = typer.Option("train_inferred", "--split", help="train_inferred, test_inferred_iid or test_inferred_ood."),
+    split: str | None = typer.Option(None, "--split", help="train_inferred, test_inferred_iid or test_inferred_ood (default: the task's analysis split, train_inferred for the paper's tasks)."),
     perturb: str | None = typer.Option(None, "--perturb", help="The counterfactual to patch from (h, r1, r2 / e1, e2, attr; default the task's first), or 'mean' for mean ablation."),
     method: str = typer.Option("eap-ig", "--method", help="Edge scores: eap, eap-ig, eap-ig-activations, eap-ig-exact (EAP-IG, then the top edges patched exactly) or exact."),
     ig_steps: int | None = typer.Option(None, "--ig-steps", help="EAP-IG path points (default: grokscope.discovery.scores.DEFAULT_IG_STEPS)."),
@@ -111,6 +112,7 @@ def discover(
     if k < 1:
         raise UserError(f"--ig-steps must be >= 1, got {k}")
     run = _analysis_run(run_dir)
+    split = _split_or_default(run, split)
     _check_split_arg(run, split)
     ablation = "mean" if perturb == "mean" else "counterfactual"
     pert = None if perturb in (None, "mean") else perturb

@@ -38,6 +38,7 @@ from grokscope.report.sections import (  # noqa: F401  (re-exported)
     fig_html,
     formation_sentences,
     node_args,
+    probe_splits_html,
     progress_figures,
     r2_note,
     series_figures,
@@ -196,7 +197,7 @@ def render_html(series: SeriesResult, run: Run, discovery: Any = None) -> str:
         '<p class="note">Mechanistic analysis after Wang et al. (2024), "Grokked Transformers are Implicit '
         'Reasoners". Places are named by TransformerLens hook names; S[l] is <code>blocks.l.hook_resid_pre</code> '
         "(S[L]: the last block's <code>hook_resid_post</code>).</p>",
-        "<nav>" + "".join(f'<a href="#{a}">{html.escape(h)}</a>' for a, h, _, _ in figs)
+        "<nav>" + '<a href="#probes">Probe splits</a>' + "".join(f'<a href="#{a}">{html.escape(h)}</a>' for a, h, _, _ in figs)
         + ('<a href="#discovered">Discovered circuit</a>' if discovery is not None else "") + "</nav>",
         "<h2 id=\"run\">Run</h2>",
         table_html(("setting", "value"), config_rows, left=2),
@@ -205,6 +206,7 @@ def render_html(series: SeriesResult, run: Run, discovery: Any = None) -> str:
         "<h2 id=\"checkpoints\">Checkpoints</h2>",
         table_html(("step", "train acc", "test ID acc", "test OOD acc", "weight norm",
                 *[f"layer {k}" for k in layer_keys]), ck_rows, left=0),
+        *probe_splits_html(series, run),
     ]
     for anchor, heading, note, fig in figs:
         parts += [f'<h2 id="{anchor}">{html.escape(heading)}</h2>', f'<p class="note">{note}</p>',
@@ -226,7 +228,7 @@ def write_report(
     out: str | os.PathLike[str] | None = None,
     *,
     steps: str | Sequence[int] | None = None,
-    split: str = DEFAULT_SPLIT,
+    split: str | None = None,
     n: int | None = DEFAULT_EXAMPLES,
     seed: int = 0,
     threshold: float | None = None,
@@ -242,7 +244,7 @@ def write_report(
         run: a :class:`Run` or its directory (composition or comparison).
         out: output directory (default ``reports/<run directory name>``).
         steps: ``None``/``"all"``, ``"N,M"`` or a list of checkpoint steps.
-        split: the split whose examples are analysed.
+        split: the split whose examples are analysed (None: the task's ``default_split``).
         n: examples per checkpoint (the paper: 300).
         seed: sampling seed (the same examples at every step).
         threshold: lens MRR threshold of the circuit finder (default 0.5).
@@ -264,29 +266,35 @@ def write_report(
     """
     from grokscope.patching.hypothesis import DEFAULT_THRESHOLD
 
+    from grokscope.discovery.series import DEFAULT_SPLITS
+    from grokscope.tasks.base import task_of
+
     run = run if isinstance(run, Run) else Run.open(run)
+    task = task_of(run.dataset())
+    split = split or task.default_split
     analysis = {"split": split, "n": n, "seed": seed, "device": device,
                 "threshold": DEFAULT_THRESHOLD if threshold is None else threshold}
+    # discovery on train_inferred and test_inferred_iid; a task whose analysis split is another
+    # (aligned text rows) on that split alone
+    disc_splits = tuple(DEFAULT_SPLITS) if split == DEFAULT_SPLIT else (split,)
+    # the coverage of the located hypothesis circuit; a task without a hypothesis has none to cover
+    has_hypothesis = task.hypothesis is not None
     if workers > 1 and cache:
-        from grokscope.discovery.series import DEFAULT_SPLITS
         from grokscope.report.parallel import prefill
         from grokscope.series.engine import parse_steps
 
         prefill(run, parse_steps(steps, run.steps()), workers=workers, analysis=analysis,
-                discovery_splits=DEFAULT_SPLITS if discovery else (), n=n, seed=seed, device=device,
-                progress=progress)
+                discovery_splits=disc_splits if discovery else (), hypothesis=has_hypothesis, n=n, seed=seed,
+                device=device, progress=progress)
     series = analyse_series(run, steps, progress=progress, cache=cache, **analysis)
     out_dir = Path(out) if out is not None else default_out_dir(run)
     out_dir.mkdir(parents=True, exist_ok=True)
     disc = None
     if discovery:
         from grokscope.discovery.series import discovery_series
-        from grokscope.tasks.base import task_of
 
-        # the coverage of the located hypothesis circuit; a task without a hypothesis has none to cover
-        has_hypothesis = task_of(run.dataset()).hypothesis is not None
         disc = discovery_series(run, series.steps, n=n, seed=seed, cache=cache, device=device, progress=progress,
-                                hypothesis=has_hypothesis)
+                                splits=disc_splits, hypothesis=has_hypothesis)
     page = render_html(series, run, disc)
     atomic_write_bytes(out_dir / REPORT_FILE, page.encode("utf-8"))
     atomic_write_json(out_dir / SUMMARY_FILE, summary_dict(series, run, disc))

@@ -255,3 +255,28 @@ def discovery_html(discovery: Any) -> list[str]:
                  "is near 0 (an untrained model) the circuit and its recovered fraction are noise; such rows say (noise): "
                  "the gap is under 3 standard errors or under 5% of the metric's scale.</p>")
     return parts
+
+
+def probe_splits_html(series: SeriesResult, run: Any, n_examples: int = 2) -> list[str]:
+    """The "Probe splits" section: every probe split's accuracy at each analysed checkpoint
+    (the checkpoints table shows three) and a few items of each as the split files write them
+    (plain English for a task with ``text_files``)."""
+    from grokscope.tasks.base import get_task
+
+    ds = run.dataset()
+    spec = get_task(ds.task)
+    names = list(ds.probe_splits)
+    rows = [[c["step"], *[c["acc"].get(s) for s in names]] for c in series.checkpoints]
+    examples = []
+    for name in names:
+        split = ds.splits[name]
+        if len(split):
+            sub = split.subset(list(range(min(n_examples, len(split)))))
+            examples += [(name, len(split), inp, tgt[len(inp):]) for inp, tgt in spec.text_items(ds, sub)]
+    return [
+        '<h2 id="probes">Probe splits</h2>',
+        '<p class="note">Accuracy of every probe split the trainer evaluates (exact match of the whole answer '
+        "where answers are several tokens), then items of each split as its file writes them.</p>",
+        table_html(("step", *names), rows, left=0),
+        table_html(("split", "items", "input_text", "answer"), examples, left=4),
+    ]

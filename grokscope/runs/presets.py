@@ -19,6 +19,7 @@ from grokscope.tasks.builtin import (
     CompositionConfig,
     KHopConfig,
     ModularConfig,
+    TextCompositionConfig,
     TreeConfig,
 )
 
@@ -89,6 +90,17 @@ def _presets() -> dict[str, RunConfig]:
             ModelConfig(n_layers=4, d_model=64, n_heads=4, d_mlp=256, init_range=1.0, tie_embeddings=True),
             _small_train(weight_decay=1.5, max_steps=40_000, max_time_s=1500.0),
             name="comparison-small",
+        ),
+        # Issue 24: two-hop composition written in English (20 entities with names of 1-3
+        # tokens, 20 relations, each entity with all 20), 3 templates per relation; sized to
+        # train 4,000 steps in about 27 minutes on one shared CPU thread (docs/REPRODUCTION.md, "Text").
+        "text-composition-small": RunConfig(
+            TextCompositionConfig(n_entities=20, phi=18.0, n_templates=3),
+            ModelConfig(n_layers=4, d_model=64, n_heads=4, d_mlp=256, tie_embeddings=True),
+            _small_train(lr=2e-3, weight_decay=0.1, batch_size=128, max_steps=4000, max_time_s=1800.0,
+                         eval_every=250, eval_size=500, dense_every=250, dense_until=2000, log_per_decade=8,
+                         stop_iid_threshold=0.97),
+            name="text-composition-small",
         ),
         **_modular_presets(),
     }

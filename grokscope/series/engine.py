@@ -185,7 +185,7 @@ def analyse_series(
     run: Run | str | os.PathLike[str],
     steps: str | Sequence[int] | None = None,
     *,
-    split: str = DEFAULT_SPLIT,
+    split: str | None = None,
     n: int | None = DEFAULT_EXAMPLES,
     seed: int = 0,
     threshold: float = DEFAULT_THRESHOLD,
@@ -204,7 +204,8 @@ def analyse_series(
     Args:
         run: a :class:`Run` or its directory.
         steps: None / ``"all"``, ``"N,M,..."`` or a list of checkpoint steps.
-        split: an inferred split (``train_inferred`` as the paper).
+        split: an inferred split (None: the task's ``default_split``, ``train_inferred`` as the
+            paper for the paper's tasks).
         n: examples (None: the whole split).
         seed: sampling seed, fixed across steps.
         threshold: lens MRR threshold of the circuit finder.
@@ -229,6 +230,10 @@ def analyse_series(
     if not chosen:
         raise ValueError(f"{run.path}: holds no checkpoint to analyse")
     dataset = run.dataset()
+    if split is None:
+        from grokscope.tasks.base import task_of
+
+        split = task_of(dataset).default_split
     check_split(dataset, split)
     metrics = run.metrics()
     args = {"split": split, "n": n, "seed": seed, "threshold": threshold, "within_class": within_class}

@@ -263,6 +263,20 @@ class Task:
     cli_params: ClassVar[dict[str, str]] = {}
     default_split: ClassVar[str] = "train_inferred"
     """The split analysis samples by default (a homogeneous one with ``inferred_roles``)."""
+    text_files: ClassVar[bool] = False
+    """The split files hold plain text, not ``<...>`` tokens: :meth:`text_items` writes them,
+    :meth:`save_files` adds the task's own files (a tokenizer), :meth:`load_text` reads them."""
+
+    def text_items(self, dataset: TaskDataset, split: Split) -> list[tuple[str, str]]:
+        """The ``(input_text, target_text)`` pairs a split's file holds (default: ``<...>`` tokens)."""
+        return split.texts(dataset.vocab)
+
+    def save_files(self, dataset: TaskDataset, directory: Path) -> None:
+        """Write the task's own files next to the split files (default: none)."""
+
+    def load_text(self, vocab: Vocab, items: dict[str, list[dict[str, Any]]], directory: Path) -> TaskDataset:
+        """Build the dataset from split files of plain text (``items``: split -> file items)."""
+        raise NotImplementedError(f"task {self.name!r} has no text-file loader")
 
     def generate(self, cfg: Any) -> TaskDataset:
         """Generate the dataset of a config (same config, same bytes)."""

@@ -59,12 +59,15 @@ def save_paper_format(ds: TaskDataset, directory: str | os.PathLike[str]) -> Non
     Each file is written to a temporary name and renamed, so a crash leaves either the
     old file or the new one.
     """
+    from grokscope.tasks.base import get_task
+
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    spec = get_task(ds.task)
 
     def items(split: Split, kind: str | None = None) -> list[dict[str, str]]:
         out = []
-        for inp, tgt in split.texts(ds.vocab):
+        for inp, tgt in spec.text_items(ds, split):
             item = {"input_text": inp, "target_text": tgt}
             if kind is not None:
                 item["type"] = kind
@@ -74,11 +77,10 @@ def save_paper_format(ds: TaskDataset, directory: str | os.PathLike[str]) -> Non
     _write_json(d / "train.json", items(ds.splits["train"]))
     ood = ds.splits.get("test_inferred_ood")  # the paper's valid.json; tasks without OOD facts write []
     _write_json(d / "valid.json", items(ood) if ood is not None else [])
-    from grokscope.tasks.base import get_task
-
-    probe_splits = get_task(ds.task).probe_splits
+    probe_splits = spec.probe_splits
     _write_json(d / "test.json", [x for name in probe_splits for x in items(ds.splits[name], name)])
     _write_json(d / "vocab.json", list(ds.vocab.tokens))
+    spec.save_files(ds, d)
 
 
 def _read_list(path: Path) -> list[Any]:
@@ -163,6 +165,8 @@ def load_paper_format(directory: str | os.PathLike[str], task: str | None = None
     if not (d / "valid.json").is_file():
         raise FileNotFoundError(f"{d / 'valid.json'}: missing")
 
+    if spec is not None and spec.text_files:
+        return spec.load_text(vocab, {"train": train_items, **by_type}, d)
     multi = bool(getattr(spec, "multi_token_answers", False))
     parsed = {"train": _parse_items(train_items, vocab, str(d / "train.json"), multi=multi)}
     for name, items in by_type.items():

@@ -23,7 +23,9 @@ END = "</a>"
 EQUALS = "<=>"
 """The ``=`` of modular addition: a special token outside :data:`SPECIAL_TOKENS` (so the
 paper's vocabularies, which list every special token, are unchanged)."""
-TOKEN_CLASSES: tuple[str, ...] = ("entity", "relation", "attribute", "value", "label", "special")
+TOKEN_CLASSES: tuple[str, ...] = ("entity", "relation", "attribute", "value", "label", "special", "word")
+WORD_RE = re.compile(r"^<w:([^<>]+)>$")
+"""A piece of a trained text tokenizer, ``<w:Ġmentor>`` (the ``word`` class; the text task's vocabulary)."""
 _TASK_SPECIALS: set[str] = set()
 """Special tokens a task registers (:func:`register_special_tokens`), e.g. the tree task's separators."""
 
@@ -64,7 +66,9 @@ def parse_token(token: str) -> tuple[str, tuple[int, ...]]:
             return cls, tuple(int(g) for g in m.groups())
     if token in SPECIAL_TOKENS or token == EQUALS or token in _TASK_SPECIALS:
         return "special", ()
-    raise ValueError(f"unknown token {token!r}: not an entity, relation, attribute, value, label or special token")
+    if WORD_RE.match(token):
+        return "word", ()
+    raise ValueError(f"unknown token {token!r}: not an entity, relation, attribute, value, label, special or <w:...> word token")
 
 
 def split_tokens(text: str) -> list[str]:
