@@ -264,9 +264,8 @@ def write_report(
     Example:
         >>> write_report("runs/tiny", "reports/tiny", steps="0,1500")    # doctest: +SKIP
     """
-    from grokscope.patching.hypothesis import DEFAULT_THRESHOLD
-
     from grokscope.discovery.series import DEFAULT_SPLITS
+    from grokscope.patching.hypothesis import DEFAULT_THRESHOLD
     from grokscope.tasks.base import task_of
 
     run = run if isinstance(run, Run) else Run.open(run)
