@@ -69,6 +69,7 @@ def prefill(
     workers: int,
     analysis: dict[str, Any],
     discovery_splits: Sequence[str] = (),
+    hypothesis: bool = True,
     n: int | None,
     seed: int,
     device: str | None = None,
@@ -85,6 +86,8 @@ def prefill(
         discovery_splits: splits :func:`discovery_series` will discover on (none: no
             discovery jobs); the hypothesis circuit is prefilled for those other than
             ``analysis["split"]`` (the analysis computes that one).
+        hypothesis: whether discovery measures the hypothesis circuit's coverage (a task
+            without a hypothesis has none).
         n, seed, device: discovery's examples and device.
         progress: a tqdm bar over the jobs, naming each finished one.
 
@@ -99,10 +102,10 @@ def prefill(
     kw = {"n": n, "seed": seed, "device": device}
     jobs: list[tuple[Any, ...]] = []
     for split in discovery_splits:
-        hyp = split != analysis.get("split")
+        hyp = hypothesis and split != analysis.get("split")
         jobs.append((_discover, str(run.path), steps[-1], split, 200, hyp, kw))
     for split in discovery_splits:
-        hyp = split != analysis.get("split")
+        hyp = hypothesis and split != analysis.get("split")
         jobs += [(_discover, str(run.path), s, split, TOP_EDGES, hyp, kw) for s in reversed(steps[:-1])]
     jobs += [(_analyse, str(run.path), s, analysis) for s in reversed(steps)]
     ctx = multiprocessing.get_context("spawn")
