@@ -138,13 +138,13 @@ def test_attention_only_eap_equals_autograd_through_plain_hooks(attn):
         node = g.reader_node(0, r)
         eps = torch.zeros(N, POS, model.cfg.d_model, requires_grad=True)
         if node.kind == "logits":
-            out = model.run_with_hooks(c.corrupt, fwd_hooks=[(f"blocks.{g.n_layers - 1}.hook_resid_post", lambda t, hook: t + eps)])
+            out = model.run_with_hooks(c.corrupt, fwd_hooks=[(f"blocks.{g.n_layers - 1}.hook_resid_post", lambda t, hook, eps=eps: t + eps)])
         else:
             name, store = f"blocks.{node.layer}.attn.hook_{node.kind[0]}", {}
-            model.run_with_hooks(c.corrupt, fwd_hooks=[(f"blocks.{node.layer}.ln1.hook_in", lambda t, hook: t + eps),
-                                                      (name, lambda t, hook: store.update(x=t))])
+            model.run_with_hooks(c.corrupt, fwd_hooks=[(f"blocks.{node.layer}.ln1.hook_in", lambda t, hook, eps=eps: t + eps),
+                                                      (name, lambda t, hook, store=store: store.update(x=t))])
 
-            def put(t, hook, h=node.head):
+            def put(t, hook, h=node.head, store=store):
                 t = t.clone()
                 t[:, :, h] = store["x"][:, :, h]
                 return t
@@ -187,9 +187,9 @@ def test_attention_only_exact_equals_run_with_hooks(attn):
                 store = {}
                 name = f"blocks.{rn.layer}.attn.hook_v"
                 model.run_with_hooks(c.clean, fwd_hooks=[(f"blocks.{rn.layer}.ln1.hook_in", add),
-                                                        (name, lambda t, hook: store.update(v=t.clone()))])
+                                                        (name, lambda t, hook, store=store: store.update(v=t.clone()))])
 
-                def put(t, hook, p=p, h=rn.head):
+                def put(t, hook, p=p, h=rn.head, store=store):
                     t = t.clone()
                     t[:, p, h] = store["v"][:, p, h]
                     return t
@@ -216,3 +216,14 @@ def test_an_unsupported_shape_raises_one_error_naming_it(attn, tmp_path):
         ComponentGraph.of(NoSplit(), 4)
     with pytest.raises(UnsupportedModelError, match="no TransformerLens blocks"):
         ComponentGraph.of(type("M", (), {"cfg": model.cfg})(), 4)
+
+
+def test_attention_only_circuits_measured_densely_equal_the_pair_engine(attn):
+    from grokscope.discovery import batched, edge_sets
+
+    model, c, acts = attn
+    g = acts.graph
+    keep = torch.rand(3, g.n_edges, generator=torch.Generator().manual_seed(0)) < torch.tensor([0.05, 0.5, 0.95])[:, None]
+    dense = edge_sets.patch_edge_sets(model, g, c.clean, acts.corrupt_writers, keep, acts.metric)
+    pairs = batched.patch_edge_sets(model, g, c.clean, acts.corrupt_writers, keep, acts.metric)
+    assert torch.allclose(dense, pairs, atol=1e-5) and float((dense[0] - dense[2]).abs().max()) > 1e-2

@@ -79,3 +79,15 @@ def test_cli_discover_model_errors_are_one_line(model_dir, tmp_path, monkeypatch
     p.write_text(json.dumps({"clean": "w1 w2", "answer": "w3 w4"}) + "\n")
     code, _, err = _cli(monkeypatch, capsys, "discover", "--model", str(model_dir), "--prompts", str(p), "--device", "cpu")
     assert code == 2 and "is 2 tokens" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_discover_run_writes_the_same_figure(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    run = Path(__file__).resolve().parents[1] / "checkpoints" / "composition-small"
+    fig, out = tmp_path / "run.html", tmp_path / "run.json"
+    code, _, err = _cli(monkeypatch, capsys, "discover", str(run), "--examples", "12", "--method", "eap", "--top", "20",
+                        "--figure", str(fig), "--json", str(out))
+    assert code == 0, err
+    doc = json.loads(out.read_text())
+    assert "plotly" in fig.read_text()[:100000].lower() and doc["circuit"]["size"] <= 20

@@ -127,7 +127,10 @@ def test_exact_scores_equal_plain_transformer_lens_at_each_position(tiny):
 
 
 def test_eap_writer_scores_equal_transformer_lens_at_each_position(tiny):
-    from transformer_lens.tools.analysis.attribution_patching import EdgeAttributionConfig, attribution_patch
+    from transformer_lens.tools.analysis.attribution_patching import (
+        EdgeAttributionConfig,
+        attribution_patch,
+    )
 
     model, c, acts = tiny
     ws = score_edges(model, c, "eap", acts=acts).writer_scores()

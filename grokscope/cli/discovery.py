@@ -121,7 +121,6 @@ def discover(
         if d.get("empty"):
             raise UserError(f"no example of --split {split} has a valid {d['perturbation']} counterfactual; try another split")
         docs.append(d)
-        c = d["circuit"]
         _print_discovery(f"{run.path} step {s}: {d['method']} on {len(d['examples']['clean'])} {split} examples, "
                          f"{d['corruption']['ablation']} {d['perturbation']}", d)
     if compare is not None:

@@ -41,11 +41,13 @@ def patch_edge_sets(
     batch_size: int | None = None,
     score_pos: Int[torch.Tensor, " example"] | None = None,
 ) -> Float[torch.Tensor, "config example"]:
-    """The metric with every edge outside each kept set patched, per example.
+    """The metric with every edge outside each kept set patched, per example, through
+    (row, edge) pairs: the reference engine. Circuits are measured with
+    :func:`grokscope.discovery.edge_sets.patch_edge_sets` (dense masks, many circuits per
+    forward pass; memory that does not grow with the edges listed).
 
-    The patched edges are a dense ``[pos, reader, writer]`` mask shared by every row, so
-    memory does not grow with the number of edges patched (a circuit's complement can
-    hold most of a large graph).
+    Whichever is smaller, the kept or the patched edges, is what the batch lists, so a
+    nearly full and a nearly empty circuit are both cheap.
 
     Args:
         model: the model.
@@ -54,7 +56,8 @@ def patch_edge_sets(
         corrupt: ``[example, pos, writer, d_model]`` replacement writer values.
         keep: ``[config, edge]`` the edges each configuration keeps.
         metric: the per-row metric.
-        batch_size: at most this many rows per forward pass (also bounded by :func:`rows_per_batch`).
+        batch_size: rows per forward pass (default: from :func:`rows_per_batch` and the
+            number of listed edges).
 
     Returns:
         ``[config, example]`` metric values.
@@ -62,18 +65,17 @@ def patch_edge_sets(
     n = len(clean)
     d = int(model.cfg.d_model)
     out = torch.empty(keep.shape[0], n)
-    # the live writers, the replacements and their difference: three buffers of rows_per_batch's size
-    bs = max(1, min(batch_size or n, rows_per_batch(graph, d) // 3))
-    p_, r_, w_ = graph.edge_index.unbind(1)
     for c in range(keep.shape[0]):
-        patched = torch.zeros(graph.n_pos, graph.n_readers, graph.n_writers)
-        off = ~keep[c]
-        patched[p_[off], r_[off], w_[off]] = 1.0
-        none = torch.empty(0, dtype=torch.long)
+        complement = int(keep[c].sum()) <= graph.n_edges // 2
+        listed = torch.nonzero(keep[c] if complement else ~keep[c]).flatten()
+        per_row = max(1, len(listed))
+        bs = max(1, min(batch_size or n, rows_per_batch(graph, d), FLOAT_BUDGET // (per_row * d)))
         for lo in range(0, n, bs):
             ex = torch.arange(lo, min(n, lo + bs))
+            pr = torch.arange(len(ex)).repeat_interleave(len(listed))
+            pe = listed.repeat(len(ex))
             out[c, lo : lo + len(ex)] = patched_metric(
-                model, graph, clean[ex], ex, corrupt, none, none, metric, score_pos=score_pos, dense=patched
+                model, graph, clean[ex], ex, corrupt, pr, pe, metric, complement=complement, score_pos=score_pos
             ).float().cpu()
     return out
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from grokscope.discovery.batched import patch_edge_sets
+from grokscope.discovery.edge_sets import patch_edge_sets
 from grokscope.discovery.edges import writer_activations
 from grokscope.discovery.graph import ComponentGraph
 from grokscope.discovery.scores import Activations, Corruption

@@ -241,8 +241,9 @@ def discover(
         method: ``eap``, ``eap-ig``, ``eap-ig-activations``, ``eap-ig-exact`` or ``exact``
             (:data:`grokscope.discovery.scores.METHODS`).
         ig_steps: EAP-IG path points (default :data:`DEFAULT_IG_STEPS`, from a measurement).
-        batch_size: rows (examples x path points, or patched runs) per forward pass: peak
-            memory is bounded by it, not by the number of prompts (None: from a float budget).
+        batch_size: examples per slice: writer values are computed ``batch_size`` prompts at
+            a time and no forward pass holds more rows, so peak memory is bounded by it, not by
+            the number of prompts (None: every prompt's writers held, rows from a float budget).
         top: a fixed budget of edges (None: the smallest circuit recovering ``recover``).
         recover: the recovered fraction to reach when ``top`` is None.
         selection: ``top`` or ``greedy``.

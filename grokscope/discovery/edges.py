@@ -316,7 +316,6 @@ def patched_metric(
     *,
     complement: bool = False,
     score_pos: Int[torch.Tensor, " example"] | None = None,
-    dense: Float[torch.Tensor, "pos reader writer"] | None = None,
 ) -> Float[torch.Tensor, " row"]:
     """The metric of each row with its edges patched, in one forward pass.
 
@@ -332,9 +331,6 @@ def patched_metric(
         complement: False: the pairs are the patched edges (every other edge is
             clean). True: the pairs are the edges kept; every other edge is patched.
         score_pos: ``[example]`` the position each example's logits are read at (None: the last).
-        dense: ``[pos, reader, writer]`` 1 where an edge is patched, the same for every row
-            (a circuit's complement): memory does not grow with the number of patched edges.
-            The pairs are then not used.
 
     Returns:
         ``[row]`` the metric of each patched run.
@@ -359,12 +355,6 @@ def patched_metric(
         sel = pair_group == group
         n_heads = graph.n_readers_of(group % 4) if group % 4 < 3 and group < 4 * L else 1
         out = None
-        if dense is not None:
-            b = int(bound[reader0])
-            m = dense[:, reader0 : reader0 + n_heads, :b].to(device, corrupt.dtype)  # [pos, head, writer]
-            if not bool(m.any()):
-                return None
-            return torch.einsum("pnw,rpwd->rpnd", m, corrupt[example, :, :b] - live[:, :, :b])
         if complement:
             b = int(bound[reader0])
             base = corrupt[example, :, :b].sum(2) - live[:, :, :b].sum(2)  # [row, pos, d]

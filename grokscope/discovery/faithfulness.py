@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Bool, Float
 
-from grokscope.discovery.batched import patch_edge_sets
+from grokscope.discovery.edge_sets import patch_edge_sets
 from grokscope.discovery.graph import ComponentGraph, prune
 from grokscope.discovery.scores import Activations, EdgeScores
 
@@ -124,12 +124,18 @@ def recovered(
     """
     if keep.ndim == 1:
         keep = keep[None]
-    full = acts.expand(keep)
-    m = torch.cat([patch_edge_sets(model, sub.graph, sub.clean_tokens, sub.corrupt_writers, full, sub.metric,
-                                   score_pos=sub.score_pos, batch_size=sub.batch_size)
-                   for _, sub in acts.chunks(model)], dim=1).double()
     lo, hi = float(acts.corrupt_metric.double().mean()), float(acts.clean_metric.double().mean())
-    mean = m.mean(1)
+    n_kept = keep.sum(1)
+    mean = torch.empty(len(keep), dtype=torch.float64)
+    mean[n_kept == 0] = lo  # every edge patched: the corrupt run
+    mean[n_kept == keep.shape[1]] = hi  # nothing patched: the clean run
+    run = torch.nonzero((n_kept > 0) & (n_kept < keep.shape[1])).flatten()
+    if len(run):
+        full = acts.expand(keep[run])
+        m = torch.cat([patch_edge_sets(model, sub.graph, sub.clean_tokens, sub.corrupt_writers, full, sub.metric,
+                                       score_pos=sub.score_pos, batch_size=sub.batch_size)
+                       for _, sub in acts.chunks(model)], dim=1)
+        mean[run] = m.double().mean(1)
     if abs(hi - lo) < 1e-12:  # no gap: nothing to recover (discover() warns and marks it unreliable)
         return torch.zeros_like(mean).float(), mean.float()
     return ((mean - lo) / (hi - lo)).float(), mean.float()

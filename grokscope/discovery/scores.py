@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float, Int
 
-from grokscope.discovery.batched import patch_edge_groups, patch_edge_sets, patch_single_edges
+from grokscope.discovery.batched import patch_edge_groups, patch_single_edges
+from grokscope.discovery.edge_sets import patch_edge_sets
 from grokscope.discovery.edges import reader_gradients, writer_activations
 from grokscope.discovery.graph import ComponentGraph, GraphNode
 from grokscope.discovery.metrics import CallableMetric, as_metric, metric_name  # noqa: F401  (re-exported)
@@ -209,7 +210,7 @@ class Activations:
         clean_writers: ``[example, pos, writer, d_model]`` of the clean inputs.
         corrupt_writers: the replacement values (the corrupt inputs' writers, or the
             clean writers' mean over examples, expanded).
-        metric: the metric.
+        metric: the per-row metric (a :class:`Metric` or a checked callable).
         clean_metric: ``[example]`` metric of the clean run.
         corrupt_metric: ``[example]`` metric with every edge patched (for a
             counterfactual this is the corrupt run).
@@ -226,7 +227,7 @@ class Activations:
     graph: ComponentGraph
     clean_writers: torch.Tensor | None
     corrupt_writers: torch.Tensor | None
-    metric: Metric
+    metric: Any
     clean_metric: torch.Tensor
     corrupt_metric: torch.Tensor
     clean_tokens: torch.Tensor
@@ -295,7 +296,7 @@ def prepare(model: TransformerBridge, corruption: Corruption, metric: Any = "log
 
         return prepare_chunked(model, corruption, graph, m, positions, batch_size)
     ex = torch.arange(len(corruption.clean))
-    wbs = batch_size or 1024
+    wbs = 1024
     clean_w, clean_logits = writer_activations(model, graph, corruption.clean, wbs, with_logits=True, score_pos=sp)
     clean_metric = m(clean_logits, ex.to(clean_logits.device)).float().cpu()
     if corruption.ablation == "counterfactual":
@@ -312,8 +313,7 @@ def prepare(model: TransformerBridge, corruption: Corruption, metric: Any = "log
             mask = corruption.attention_mask.to(clean_w.device, clean_w.dtype)[:, :, None, None]
             corrupt_w = ((clean_w * mask).sum(0, keepdim=True) / mask.sum(0, keepdim=True).clamp(min=1)).expand_as(clean_w)
         corrupt_metric = patch_edge_sets(model, graph, corruption.clean, corrupt_w,
-                                         torch.zeros(1, graph.n_edges, dtype=torch.bool), m, score_pos=sp,
-                                         batch_size=batch_size)[0]
+                                         torch.zeros(1, graph.n_edges, dtype=torch.bool), m, score_pos=sp)[0]
     return Activations(graph, clean_w, corrupt_w, m, clean_metric, corrupt_metric, corruption.clean, sp,
                        positions, batch_size)
 
