@@ -71,3 +71,24 @@ def test_methods_on_hf_architectures(arch, root):
     r = score_edges(model, c, "eap-ig-exact", acts=acts)
     exact = score_edges(model, c, "exact", acts=acts).scores
     assert r.measured.any() and torch.allclose(r.scores[r.measured], exact[r.measured], atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::grokscope.errors.NoisyResultWarning")  # 4 prompts: a small gap
+def test_methods_on_prompts_of_different_lengths(root):
+    from grokscope.discovery import discover
+
+    model = hf_tiny.bridge(hf_tiny.save("gpt2", root))
+    clean = ["w1 w2 w3", "w4 w5 w6 w7 w8", "w9 w10 w11 w12", "w13 w14"]
+    corrupt = ["w1 w20 w3", "w4 w21 w6 w7 w8", "w9 w22 w11 w12", "w23 w14"]
+    d = discover(model, clean, corrupt, answer=["w30", "w31", "w32", "w33"], cf_answer=["w40", "w41", "w42", "w43"],
+                 method="eap-ig-exact", measure_circuit_edges=0)
+    c = d.corruption
+    assert c.attention_mask is not None and not bool(c.attention_mask.all())  # right-padded, scored per prompt
+    acts = prepare(model, c)
+    exact = score_edges(model, c, "exact", acts=acts).scores
+    m = d.scores.measured
+    assert m.any() and torch.allclose(d.exact[m], exact[m], atol=1e-5)
+    sc = ig_activation_scores(model, c, ig_steps=2, acts=acts)
+    ig = score_edges(model, c, "eap-ig", ig_steps=2, acts=acts)
+    emb = acts.graph.edge_index[:, 2] == 0
+    assert torch.allclose(sc.scores[emb], ig.scores[emb], atol=1e-5)
