@@ -26,7 +26,7 @@ from grokscope.discovery.edges import (
     _check_model,
     _device,
     _Fork,
-    _head_writes,
+    patched_run_hooks,
     scored_logits,
 )
 from grokscope.discovery.graph import ComponentGraph
@@ -78,7 +78,7 @@ def masked_metric(
     _check_model(model, graph)
     device = _device(model)
     tokens, example = tokens.to(device), example.to(device)
-    L, H, W = graph.n_layers, graph.n_heads, graph.n_writers
+    W = graph.n_writers
     d = int(model.cfg.d_model)
     fork = _Fork(model, graph)
     dtype = corrupt.dtype
@@ -122,28 +122,6 @@ def masked_metric(
                 out[lo:hi] = torch.einsum("pnw,rpwd->rpnd", m[c][:, :, on_p], diff[:, :, on_p])
         return out
 
-    def cap_embed(t: torch.Tensor, hook: Any) -> None:
-        live[:, :, 0] = t.detach()
-
-    def cap_z(layer: int) -> Any:
-        def hook(t: torch.Tensor, hook: Any) -> None:
-            lo = graph.head_writer(layer, 0)
-            live[:, :, lo : lo + H] = _head_writes(model, layer, t.detach())
-
-        return hook
-
-    def cap_mlp(layer: int) -> Any:
-        def hook(t: torch.Tensor, hook: Any) -> None:
-            live[:, :, graph.mlp_writer(layer)] = t.detach()  # type: ignore[index]
-
-        return hook
-
-    def cap_resid(layer: int) -> Any:
-        def hook(t: torch.Tensor, hook: Any) -> None:
-            resid[layer] = t
-
-        return hook
-
     def qkv(layer: int, which: int) -> Any:
         def hook(t: torch.Tensor, hook: Any) -> torch.Tensor:
             n = graph.n_readers_of(which)  # query heads, or key/value heads
@@ -164,16 +142,8 @@ def masked_metric(
 
         return hook
 
-    hooks: list[tuple[str, Any]] = [("hook_embed", cap_embed)]
-    for layer in range(L):
-        hooks.append((f"blocks.{layer}.hook_resid_pre", cap_resid(layer)))
-        for j in range(3):
-            hooks.append((f"blocks.{layer}.attn.{'qkv'[j]}.hook_out", qkv(layer, j)))
-        hooks.append((f"blocks.{layer}.attn.hook_z", cap_z(layer)))
-        if graph.mlp:
-            hooks.append((f"blocks.{layer}.ln2.hook_in", add(graph.mlp_reader(layer))))
-            hooks.append((f"blocks.{layer}.hook_mlp_out", cap_mlp(layer)))
-    hooks.append((f"blocks.{L - 1}.hook_resid_post", add(graph.logits_reader)))
+    hooks = patched_run_hooks(model, graph, live, resid, qkv=qkv, mlp_in=lambda layer: add(graph.mlp_reader(layer)),
+                              logits_in=add(graph.logits_reader))
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         logits = model(tokens)
         return metric(scored_logits(logits, score_pos, example), example)

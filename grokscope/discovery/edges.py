@@ -304,6 +304,62 @@ def reader_gradients(
 # --------------------------------------------------------------------------- patched runs
 
 
+def patched_run_hooks(
+    model: TransformerBridge,
+    graph: ComponentGraph,
+    live: Float[torch.Tensor, "row pos writer d_model"],
+    resid: dict[int, torch.Tensor],
+    *,
+    qkv: Callable[[int, int], Any],
+    mlp_in: Callable[[int], Any],
+    logits_in: Any,
+) -> list[tuple[str, Any]]:
+    """The hooks of one patched forward pass, in the order the model runs them.
+
+    Each writer's live value is captured into ``live`` (``hook_embed``; ``hook_z`` times
+    the head's ``W_O``; ``hook_mlp_out``) and each block's incoming residual into
+    ``resid``; the readers are patched by the engine's own hooks: ``qkv(layer, which)``
+    at ``attn.{q,k,v}.hook_out``, ``mlp_in(layer)`` at ``ln2.hook_in`` and ``logits_in``
+    at the last block's ``hook_resid_post``.
+    """
+    H = graph.n_heads
+
+    def cap_embed(t: torch.Tensor, hook: Any) -> None:
+        live[:, :, 0] = t.detach()
+
+    def cap_z(layer: int) -> Any:
+        def hook(t: torch.Tensor, hook: Any) -> None:
+            lo = graph.head_writer(layer, 0)
+            live[:, :, lo : lo + H] = _head_writes(model, layer, t.detach())
+
+        return hook
+
+    def cap_mlp(layer: int) -> Any:
+        def hook(t: torch.Tensor, hook: Any) -> None:
+            live[:, :, graph.mlp_writer(layer)] = t.detach()  # type: ignore[index]
+
+        return hook
+
+    def cap_resid(layer: int) -> Any:
+        def hook(t: torch.Tensor, hook: Any) -> None:
+            resid[layer] = t
+
+        return hook
+
+    L = graph.n_layers
+    hooks: list[tuple[str, Any]] = [("hook_embed", cap_embed)]
+    for layer in range(L):
+        hooks.append((f"blocks.{layer}.hook_resid_pre", cap_resid(layer)))
+        for j in range(3):
+            hooks.append((f"blocks.{layer}.attn.{'qkv'[j]}.hook_out", qkv(layer, j)))
+        hooks.append((f"blocks.{layer}.attn.hook_z", cap_z(layer)))
+        if graph.mlp:
+            hooks.append((f"blocks.{layer}.ln2.hook_in", mlp_in(layer)))
+            hooks.append((f"blocks.{layer}.hook_mlp_out", cap_mlp(layer)))
+    hooks.append((f"blocks.{L - 1}.hook_resid_post", logits_in))
+    return hooks
+
+
 def patched_metric(
     model: TransformerBridge,
     graph: ComponentGraph,
@@ -339,7 +395,7 @@ def patched_metric(
     device = _device(model)
     tokens, example = tokens.to(device), example.to(device)
     pair_row, pair_edge = pair_row.to(device), pair_edge.to(device)
-    rows, P, H, L, W = tokens.shape[0], graph.n_pos, graph.n_heads, graph.n_layers, graph.n_writers
+    rows, P, L, W = tokens.shape[0], graph.n_pos, graph.n_layers, graph.n_writers
     d = int(model.cfg.d_model)
     fork = _Fork(model, graph)
     group_of, head_of = (t.to(device) for t in _reader_layout(graph))
@@ -376,28 +432,6 @@ def patched_metric(
             out.index_put_((r, p, h), sign * dd, accumulate=True)
         return out
 
-    def cap_embed(t: torch.Tensor, hook: Any) -> None:
-        live[:, :, 0] = t.detach()
-
-    def cap_z(layer: int) -> Any:
-        def hook(t: torch.Tensor, hook: Any) -> None:
-            lo = graph.head_writer(layer, 0)
-            live[:, :, lo : lo + H] = _head_writes(model, layer, t.detach())
-
-        return hook
-
-    def cap_mlp(layer: int) -> Any:
-        def hook(t: torch.Tensor, hook: Any) -> None:
-            live[:, :, graph.mlp_writer(layer)] = t.detach()  # type: ignore[index]
-
-        return hook
-
-    def cap_resid(layer: int) -> Any:
-        def hook(t: torch.Tensor, hook: Any) -> None:
-            resid[layer] = t
-
-        return hook
-
     def qkv(layer: int, which: int) -> Any:
         def hook(t: torch.Tensor, hook: Any) -> torch.Tensor:
             dl = delta(4 * layer + which, graph.qkv_reader(layer, which, 0))
@@ -425,16 +459,9 @@ def patched_metric(
 
         return hook
 
-    hooks: list[tuple[str, Any]] = [("hook_embed", cap_embed)]
-    for layer in range(L):
-        hooks.append((f"blocks.{layer}.hook_resid_pre", cap_resid(layer)))
-        for j in range(3):
-            hooks.append((f"blocks.{layer}.attn.{'qkv'[j]}.hook_out", qkv(layer, j)))
-        hooks.append((f"blocks.{layer}.attn.hook_z", cap_z(layer)))
-        if graph.mlp:
-            hooks.append((f"blocks.{layer}.ln2.hook_in", add(4 * layer + 3, graph.mlp_reader(layer))))
-            hooks.append((f"blocks.{layer}.hook_mlp_out", cap_mlp(layer)))
-    hooks.append((f"blocks.{L - 1}.hook_resid_post", add(4 * L, graph.logits_reader)))
+    hooks = patched_run_hooks(model, graph, live, resid, qkv=qkv,
+                              mlp_in=lambda layer: add(4 * layer + 3, graph.mlp_reader(layer)),
+                              logits_in=add(4 * L, graph.logits_reader))
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         logits = model(tokens)
         return metric(scored_logits(logits, score_pos, example), example)
