@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grokscope.discovery.edges import patch_edge_sets
+from grokscope.discovery.batched import patch_edge_sets
 from grokscope.discovery.faithfulness import faithfulness_curve, recovered, select
 from grokscope.discovery.graph import ComponentGraph, GraphNode, prune
 from grokscope.discovery.scores import Corruption, prepare, score_edges, spearman

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from grokscope.discovery.edges import patch_edge_sets
+from grokscope.discovery.batched import patch_edge_sets
 from grokscope.discovery.faithfulness import recovered
 from grokscope.discovery.graph import ComponentGraph
 from grokscope.discovery.scores import Corruption, prepare, score_edges

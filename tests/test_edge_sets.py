@@ -5,7 +5,7 @@
 * a circuit that keeps every edge but one is that one edge patched alone: the naive
   one-edge loop of test_discovery (plain ``run_with_hooks``);
 * many random circuits in one call, split across forward passes at any row, equal the
-  (row, edge)-pair engine (``edges.patch_edge_sets``), circuit by circuit.
+  (row, edge)-pair engine (``batched.patch_edge_sets``), circuit by circuit.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grokscope.discovery import edges
+from grokscope.discovery import batched
 from grokscope.discovery.edge_sets import patch_edge_sets, patched_masks
 from tests.test_discovery import _metric, _naive_patch, tiny  # noqa: F401  (fixture)
 
@@ -60,7 +60,7 @@ def test_random_circuits_equal_the_pair_engine(tiny, batch_size):  # noqa: F811
     gen = torch.Generator().manual_seed(3)
     keep = torch.rand(7, g.n_edges, generator=gen) < torch.tensor([0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99])[:, None]
     got = patch_edge_sets(model, g, c.clean, acts.corrupt_writers, keep, acts.metric, batch_size=batch_size)
-    ref = edges.patch_edge_sets(model, g, c.clean, acts.corrupt_writers, keep, acts.metric)
+    ref = batched.patch_edge_sets(model, g, c.clean, acts.corrupt_writers, keep, acts.metric)
     assert torch.allclose(got, ref, atol=1e-4)
     assert float((ref[0] - ref[-1]).abs().max()) > 0.1  # the circuits really differ
 

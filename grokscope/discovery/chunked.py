@@ -1,6 +1,6 @@
 """Activations held ``batch_size`` examples at a time, so peak memory does not grow with the examples.
 
-:func:`prepare_chunked` computes the baselines (and, for mean ablation, the mean writers) in
+:func:`chunked_baselines` computes the baselines (and, for mean ablation, the mean writers) in
 one pass over slices of the examples and holds no writer values;
 :meth:`grokscope.discovery.scores.Activations.chunks` then recomputes each slice's writers
 when scoring, patching or measuring a circuit needs them.
@@ -17,30 +17,24 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from grokscope.discovery.edge_sets import patch_edge_sets
 from grokscope.discovery.edges import writer_activations
 from grokscope.discovery.graph import ComponentGraph
-from grokscope.discovery.scores import Activations, Corruption
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-__all__ = ["Offset", "prepare_chunked"]
+    from grokscope.discovery.scores import Corruption
+
+__all__ = ["chunked_baselines"]
 
 
-class Offset:
-    """A metric called with slice-local example indices, passed on as indices into all examples."""
-
-    def __init__(self, metric: Any, lo: int) -> None:
-        self.metric, self.lo = metric, lo
-
-    def __call__(self, logits: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
-        return self.metric(logits, example + self.lo)
-
-
-def prepare_chunked(model: TransformerBridge, c: Corruption, graph: ComponentGraph, m: Any, positions: str,
-                     bs: int) -> Activations:
-    """:func:`prepare` holding no writer values: baselines (and the mean writers) ``bs`` examples at a time."""
+def chunked_baselines(
+    model: TransformerBridge, c: Corruption, graph: ComponentGraph, m: Any, bs: int
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """What :func:`~grokscope.discovery.scores.prepare` needs, ``bs`` examples at a time, holding
+    no writer values: ``(replacement writers, clean metric, corrupt metric)``. The replacement is
+    None for a counterfactual (recomputed per slice), the mean or zero writers otherwise; the
+    corrupt metric of a mean or zero ablation is left for the caller to patch."""
     n, sp = len(c.clean), c.score_pos
     clean_m, corrupt_m = torch.empty(n), torch.empty(n)
     total: torch.Tensor | None = None
@@ -66,10 +60,4 @@ def prepare_chunked(model: TransformerBridge, c: Corruption, graph: ComponentGra
     elif c.ablation == "zero":
         d = int(model.cfg.d_model)
         replace = torch.zeros(1, graph.n_pos, graph.n_writers, d, device=next(model.parameters()).device)
-    acts = Activations(graph, None, replace, m, clean_m, corrupt_m, c.clean, sp, positions, bs, c)  # type: ignore[arg-type]
-    if c.ablation != "counterfactual":
-        none = torch.zeros(1, graph.n_edges, dtype=torch.bool)
-        for lo, sub in acts.chunks(model):
-            corrupt_m[lo : lo + sub.n] = patch_edge_sets(model, graph, sub.clean_tokens, sub.corrupt_writers, none,
-                                                         sub.metric, score_pos=sub.score_pos, batch_size=bs)[0]
-    return acts
+    return replace, clean_m, corrupt_m

@@ -465,15 +465,3 @@ def patched_metric(
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         logits = model(tokens)
         return metric(scored_logits(logits, score_pos, example), example)
-
-
-_MOVED = ("rows_per_batch", "patch_edge_sets", "patch_single_edges", "patch_edge_groups")
-
-
-def __getattr__(name: str) -> Any:
-    """The batched patching functions live in :mod:`grokscope.discovery.batched` (still importable from here)."""
-    if name in _MOVED:
-        from grokscope.discovery import batched
-
-        return getattr(batched, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

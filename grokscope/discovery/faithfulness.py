@@ -1,7 +1,7 @@
 """Circuits from edge scores, and how faithful they are, measured exactly.
 
 A circuit is a set of edges. It is *measured* by patching every edge outside it
-(:func:`grokscope.discovery.edges.patch_edge_sets`) and reading the metric:
+(:func:`grokscope.discovery.edge_sets.patch_edge_sets`) and reading the metric:
 ``recovered = (m(circuit) - m(corrupt)) / (m(clean) - m(corrupt))`` with the means over
 examples (1: the clean run's metric, 0: every edge patched). The empty circuit is the
 corrupt run (0) and the full graph the clean run (1).

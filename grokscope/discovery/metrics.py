@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CallableMetric", "as_metric", "metric_name"]
+__all__ = ["CallableMetric", "Offset", "as_metric", "metric_name"]
 
 
 class CallableMetric:
@@ -44,3 +44,13 @@ def as_metric(metric: Any, corruption: Any) -> Any:
 
 def metric_name(metric: Any) -> str:
     return metric if isinstance(metric, str) else getattr(metric, "__name__", type(metric).__name__)
+
+
+class Offset:
+    """A metric called with slice-local example indices, passed on as indices into all examples."""
+
+    def __init__(self, metric: Any, lo: int) -> None:
+        self.metric, self.lo = metric, lo
+
+    def __call__(self, logits: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
+        return self.metric(logits, example + self.lo)

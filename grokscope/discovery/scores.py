@@ -5,7 +5,7 @@ the clean and the corrupt input, in metric units, averaged over examples:
 
 * ``exact``: ``m(clean) - m(clean with that edge patched)``: at the edge's reader the
   writer's clean contribution is replaced by its corrupt one (batched over edges x
-  examples; :func:`grokscope.discovery.edges.patch_single_edges`).
+  examples; :func:`grokscope.discovery.batched.patch_single_edges`).
 * ``eap`` (edge attribution patching, Syed et al. 2023): ``(a_clean(u) - a_corrupt(u)) .
   d m / d input(v)`` with the gradient taken on the corrupt run, TransformerLens's
   convention, so a writer's score (the sum of its outgoing edges) equals
@@ -44,7 +44,7 @@ from grokscope.discovery.batched import patch_edge_groups, patch_single_edges
 from grokscope.discovery.edge_sets import patch_edge_sets
 from grokscope.discovery.edges import reader_gradients, writer_activations
 from grokscope.discovery.graph import ComponentGraph, GraphNode
-from grokscope.discovery.metrics import CallableMetric, as_metric, metric_name  # noqa: F401  (re-exported)
+from grokscope.discovery.metrics import CallableMetric, Offset, as_metric, metric_name  # noqa: F401  (re-exported)
 from grokscope.patching.engine import MIN_GAP_SE, MIN_GAP_SHARE, gap_reliable  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -247,8 +247,6 @@ class Activations:
         if self.clean_writers is not None:
             yield 0, self
             return
-        from grokscope.discovery.chunked import Offset
-
         c, bs = self.corruption, int(self.batch_size or 1)
         assert c is not None
         for lo in range(0, self.n, bs):
@@ -292,9 +290,17 @@ def prepare(model: TransformerBridge, corruption: Corruption, metric: Any = "log
     graph = ComponentGraph.of(model, corruption.clean.shape[1], None if sp is None else sorted(set(sp.tolist())))
     m = as_metric(metric, corruption)
     if batch_size is not None:
-        from grokscope.discovery.chunked import prepare_chunked
+        from grokscope.discovery.chunked import chunked_baselines
 
-        return prepare_chunked(model, corruption, graph, m, positions, batch_size)
+        replace, clean_m, corrupt_m = chunked_baselines(model, corruption, graph, m, batch_size)
+        acts = Activations(graph, None, replace, m, clean_m, corrupt_m, corruption.clean, sp, positions,  # type: ignore[arg-type]
+                           batch_size, corruption)
+        if corruption.ablation != "counterfactual":  # every edge patched with the mean / zero writers
+            none = torch.zeros(1, graph.n_edges, dtype=torch.bool)
+            for lo, sub in acts.chunks(model):
+                corrupt_m[lo : lo + sub.n] = patch_edge_sets(model, graph, sub.clean_tokens, sub.corrupt_writers, none,
+                                                             sub.metric, score_pos=sub.score_pos, batch_size=batch_size)[0]
+        return acts
     ex = torch.arange(len(corruption.clean))
     wbs = 1024
     clean_w, clean_logits = writer_activations(model, graph, corruption.clean, wbs, with_logits=True, score_pos=sp)
