@@ -23,18 +23,17 @@ from grokscope.discovery.graph import ComponentGraph
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-    from grokscope.discovery.scores import Corruption
-
 __all__ = ["chunked_baselines"]
 
 
 def chunked_baselines(
-    model: TransformerBridge, c: Corruption, graph: ComponentGraph, m: Any, bs: int
+    model: TransformerBridge, c: Any, graph: ComponentGraph, m: Any, bs: int
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """What :func:`~grokscope.discovery.scores.prepare` needs, ``bs`` examples at a time, holding
     no writer values: ``(replacement writers, clean metric, corrupt metric)``. The replacement is
     None for a counterfactual (recomputed per slice), the mean or zero writers otherwise; the
-    corrupt metric of a mean or zero ablation is left for the caller to patch."""
+    corrupt metric of a mean or zero ablation is left for the caller to patch. ``c`` is the
+    :class:`~grokscope.discovery.scores.Corruption`."""
     n, sp = len(c.clean), c.score_pos
     clean_m, corrupt_m = torch.empty(n), torch.empty(n)
     total: torch.Tensor | None = None
