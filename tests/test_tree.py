@@ -461,6 +461,7 @@ def test_shipped_tree_run_solves_unseen_trees_by_an_independent_evaluator():
     assert res["acc_ood"] == 0.0        # measured: no run solves a goal deeper than trained
 
 
+@pytest.mark.slow
 def test_report_of_the_shipped_tree_run(tmp_path):
     """`grokscope report` on a tree run: the task has no located hypothesis (the circuit is
     left empty and says so), the lens reads the teacher-forced path, discovery scores at
