@@ -159,3 +159,18 @@ def test_from_counterfactuals_passes_score_pos(tiny):
     assert Corruption.from_counterfactuals(cf).score_pos is None
     with pytest.raises(ValueError, match="score_pos"):
         Corruption(c.clean, c.corrupt, c.answer, c.cf_answer, score_pos=torch.tensor([POS] * N))
+
+
+def test_a_saved_discovery_reads_back_on_its_own_graph(tiny):
+    """The JSON of a discovery scored at several positions rebuilds its graph: the same edges."""
+    from grokscope.discovery.circuit import discover
+    from grokscope.discovery.series import scores_from_dict
+
+    model, c = tiny[0], tiny[1]
+    d = discover(model, c, "eap", top=10)
+    doc = d.to_dict()
+    scores, keep = scores_from_dict(doc)
+    assert scores.graph == d.scores.graph and scores.graph.n_edges == doc["graph"]["n_edges"]
+    assert len(scores.graph.read_positions) > 1
+    assert torch.allclose(scores.scores, d.scores.scores.float(), atol=1e-6)
+    assert torch.equal(keep, d.circuit.keep)

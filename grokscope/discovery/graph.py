@@ -411,6 +411,21 @@ class ComponentGraph:
             out["summed"] = True
         return out
 
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> ComponentGraph:
+        """The graph :meth:`to_dict` wrote (scored positions, KV heads and block shape included).
+
+        Example:
+            >>> g = ComponentGraph(2, 4, 5, scored=(2, 4), n_kv_heads=2)
+            >>> ComponentGraph.from_dict(g.to_dict()) == g
+            True
+        """
+        scored = doc.get("read_positions")
+        return cls(int(doc["n_layers"]), int(doc["n_heads"]), int(doc["n_pos"]),
+                   scored=None if scored is None else tuple(int(p) for p in scored),
+                   n_kv_heads=doc.get("n_kv_heads"), mlp=bool(doc.get("mlp", True)),
+                   parallel=bool(doc.get("parallel", False)), summed=bool(doc.get("summed", False)))
+
 
 def prune(graph: ComponentGraph, keep: Bool[torch.Tensor, " edge"]) -> Bool[torch.Tensor, " edge"]:
     """Drop the kept edges that are cut off from the input or from the logits.

@@ -105,8 +105,7 @@ def checkpoint_discovery(
 
 def scores_from_dict(doc: dict[str, Any]) -> tuple[EdgeScores, torch.Tensor]:
     """The :class:`EdgeScores` and circuit mask of a discovery JSON."""
-    g = doc["graph"]
-    graph = ComponentGraph(g["n_layers"], g["n_heads"], g["n_pos"])
+    graph = ComponentGraph.from_dict(doc["graph"])
     scores = torch.tensor([e["score"] for e in doc["edges"]])
     keep = torch.tensor([e["in_circuit"] for e in doc["edges"]])
     return EdgeScores(graph, scores, doc["method"], doc.get("ig_steps", 1)), keep
