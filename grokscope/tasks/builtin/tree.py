@@ -57,17 +57,24 @@ from grokscope.tasks.base import CounterfactualDraw, LensTarget, Task, pick_per_
 
 if TYPE_CHECKING:
     from grokscope.tasks.base import AttentionProbe
+from grokscope.tasks.builtin.tree_positions import (  # noqa: F401  (the separators: re-exported)
+    ARROW,
+    BAR,
+    COLON,
+    COMMA,
+    PLAIN,
+    SEPARATORS,
+    parse_edges,
+    path_from_edges,
+    rewire_draw,
+    tree_attention_probes,
+)
 from grokscope.tasks.dataset import Split, TaskDataset
-from grokscope.tasks.vocab import END, Vocab, register_special_tokens
+from grokscope.tasks.vocab import END, Vocab
 
-ARROW, COMMA, BAR, COLON = "<->", "<,>", "<|>", "<:>"
-"""The separators: ``>`` (edge and path), ``,`` (between edges), ``|`` (before the goal), ``:``."""
-SEPARATORS: tuple[str, ...] = (ARROW, COMMA, BAR, COLON)
-PLAIN = {ARROW: ">", COMMA: ",", BAR: "|", COLON: ":", END: ""}
 MAX_DRAWS_PER_TREE = 2000
 """Give up when the trees asked for need more draws than this many per tree (a depth too rare)."""
 
-register_special_tokens(*SEPARATORS)
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -212,30 +219,6 @@ def plain_text(text: str) -> str:
     from grokscope.tasks.vocab import split_tokens
 
     return "".join(PLAIN.get(t, t[1:-1]) for t in split_tokens(text))
-
-
-def parse_edges(input_ids: np.ndarray, vocab: Vocab) -> tuple[dict[int, int], int]:
-    """(child label -> parent label, goal label) read back from one input row."""
-    lab_of = {int(t): i for i, t in enumerate(vocab.value_ids)}
-    ids = [int(x) for x in input_ids]
-    bar = ids.index(vocab[BAR])
-    parent_of = {}
-    for k in range(0, bar, 4):
-        a, arrow, b = ids[k : k + 3]
-        if arrow != vocab[ARROW] or a not in lab_of or b not in lab_of:
-            raise ValueError(f"malformed edge at input position {k}: {vocab.decode(ids[k : k + 3])}")
-        parent_of[lab_of[b]] = lab_of[a]
-    return parent_of, lab_of[ids[bar + 1]]
-
-
-def path_from_edges(parent_of: dict[int, int], goal: int) -> list[int]:
-    """Labels from the root to ``goal``, following ``parent_of``."""
-    out = [goal]
-    while out[-1] in parent_of:
-        out.append(parent_of[out[-1]])
-        if len(out) > len(parent_of) + 1:
-            raise ValueError("the edges hold a cycle")
-    return out[::-1]
 
 
 def _split(name: str, trees: list[Tree], vocab: Vocab) -> Split:
@@ -399,7 +382,6 @@ class TreeTask(Task):
         for r in rows:
             parents.append(parse_edges(split.tokens[r, : split.target_pos[r] + 1], vocab))
         if perturbation == "rewire":
-            from grokscope.tasks.builtin.tree_positions import rewire_draw
 
             return rewire_draw(parents, split, rows, lab, rng)
         valid = np.zeros((len(rows), n_labels), dtype=bool)
@@ -428,7 +410,6 @@ class TreeTask(Task):
 
     def attention_probes(self, split: Split, vocab: Vocab, rows: np.ndarray) -> list[AttentionProbe]:
         """:func:`grokscope.tasks.builtin.tree_positions.tree_attention_probes`."""
-        from grokscope.tasks.builtin.tree_positions import tree_attention_probes
 
         return tree_attention_probes(split, vocab, rows)
 

@@ -1,5 +1,6 @@
-"""Where the parts of a tree example sit: for the rewire counterfactual and for reading a
-model (issue #23).
+"""How a tree example is written and where its parts sit: the separators, reading the edges
+and the path back from a row, the rewire counterfactual, and the places to read a model
+(issue #23).
 
 :func:`rewire_draw` draws the ``rewire`` counterfactual (one edge of the goal's path
 rewired) and the position where the two paths part.
@@ -23,12 +24,43 @@ from dataclasses import dataclass
 import numpy as np
 
 from grokscope.tasks.base import AttentionProbe, CounterfactualDraw, get_task, pick_per_row
-from grokscope.tasks.builtin.tree import parse_edges, path_from_edges
 from grokscope.tasks.dataset import Split
-from grokscope.tasks.vocab import Vocab
+from grokscope.tasks.vocab import END, Vocab, register_special_tokens
+
+ARROW, COMMA, BAR, COLON = "<->", "<,>", "<|>", "<:>"
+"""The separators: ``>`` (edge and path), ``,`` (between edges), ``|`` (before the goal), ``:``."""
+SEPARATORS: tuple[str, ...] = (ARROW, COMMA, BAR, COLON)
+PLAIN = {ARROW: ">", COMMA: ",", BAR: "|", COLON: ":", END: ""}
+
+register_special_tokens(*SEPARATORS)
 
 EDGE_ROLES: tuple[str, ...] = ("parent", "arrow", "child", "comma")
 """The four input positions of an edge ``a>b,`` (edge ``k`` starts at ``4k``)."""
+
+
+
+def parse_edges(input_ids: np.ndarray, vocab: Vocab) -> tuple[dict[int, int], int]:
+    """(child label -> parent label, goal label) read back from one input row."""
+    lab_of = {int(t): i for i, t in enumerate(vocab.value_ids)}
+    ids = [int(x) for x in input_ids]
+    bar = ids.index(vocab[BAR])
+    parent_of = {}
+    for k in range(0, bar, 4):
+        a, arrow, b = ids[k : k + 3]
+        if arrow != vocab[ARROW] or a not in lab_of or b not in lab_of:
+            raise ValueError(f"malformed edge at input position {k}: {vocab.decode(ids[k : k + 3])}")
+        parent_of[lab_of[b]] = lab_of[a]
+    return parent_of, lab_of[ids[bar + 1]]
+
+
+def path_from_edges(parent_of: dict[int, int], goal: int) -> list[int]:
+    """Labels from the root to ``goal``, following ``parent_of``."""
+    out = [goal]
+    while out[-1] in parent_of:
+        out.append(parent_of[out[-1]])
+        if len(out) > len(parent_of) + 1:
+            raise ValueError("the edges hold a cycle")
+    return out[::-1]
 
 
 def position_kinds(n_nodes: int) -> list[str]:
