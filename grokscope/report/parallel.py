@@ -99,6 +99,8 @@ def prefill(
     from grokscope.discovery.series import TOP_EDGES
 
     steps = sorted(steps)
+    if not steps:
+        return 0  # nothing to run: the series says why (a run without checkpoints)
     kw = {"n": n, "seed": seed, "device": device}
     jobs: list[tuple[Any, ...]] = []
     for split in discovery_splits:
