@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -91,6 +92,21 @@ def test_configs_without_the_new_keys_still_load(tmp_path):
     assert paper.tie_embeddings and paper.dropout == 0.1  # the paper's GPT-2
 
 
+def test_cosine_lr_against_hand_computed_values():
+    from grokscope.training.loop import _lr_at
+
+    tc = TrainConfig(lr=2e-3, warmup_steps=100, max_steps=1100, lr_decay="cosine", lr_min_ratio=0.25)
+    assert _lr_at(tc, 49) == pytest.approx(2e-3 * 50 / 100)      # warmup as before
+    assert _lr_at(tc, 100) == pytest.approx(2e-3)                # the peak where warmup ends
+    assert _lr_at(tc, 600) == pytest.approx((2e-3 + 5e-4) / 2)   # half way down: the mean of peak and floor
+    assert _lr_at(tc, 1100) == pytest.approx(5e-4) == _lr_at(tc, 5000)  # the floor, and it stays there
+    assert _lr_at(TrainConfig(lr=2e-3, warmup_steps=100, max_steps=1100), 600) == 2e-3  # no decay: constant
+    with pytest.raises(ValueError, match="lr_decay must be"):
+        TrainConfig(lr_decay="linear")
+    with pytest.raises(ValueError, match="lr_min_ratio must be"):
+        TrainConfig(lr_min_ratio=1.5)
+
+
 def test_batches_are_pure_functions_of_step():
     from grokscope.tasks import composition
 
@@ -121,8 +137,9 @@ def test_grad_filter_start_leaves_earlier_steps_plain(tmp_path):
 @pytest.mark.parametrize(
     "extra",
     [{}, {"train.grad_filter": "ema", "model.dropout": "0.1"},
-     {"train.grad_filter": "ema", "train.grad_filter_start": "25"}],
-    ids=["plain", "filter+dropout", "filter-from-step-25"],
+     {"train.grad_filter": "ema", "train.grad_filter_start": "25"},
+     {"train.lr_decay": "cosine", "train.lr_min_ratio": "0.1"}],
+    ids=["plain", "filter+dropout", "filter-from-step-25", "cosine-lr"],
 )
 def test_resume_equals_uninterrupted(tmp_path, extra):
     cfg = _micro().override(extra)
@@ -140,7 +157,12 @@ def test_resume_equals_uninterrupted(tmp_path, extra):
     # Only the latest checkpoint keeps the optimizer state.
     with_opt = [s for s in full.steps() if (full.checkpoint_path(s) / "optimizer.safetensors").exists()]
     assert with_opt == [40]
-    if extra:  # the filter's moving average travels with the optimizer state
+    if "train.lr_decay" in extra:  # the resumed half stayed on the curve set by max_steps, not by where it stopped
+        lrs = {m["step"]: m["lr"] for m in Run.open(tmp_path / "part").metrics()}
+        lr = cfg.train.lr
+        assert lrs[20] == pytest.approx(lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 15 / 35))))
+        assert lrs[40] == pytest.approx(0.1 * lr)
+    elif extra:  # the filter's moving average travels with the optimizer state
         from grokscope.runs.run import read_safetensors
 
         opt = read_safetensors(full.checkpoint_path(40) / "optimizer.safetensors")

@@ -126,6 +126,10 @@ class TrainConfig:
         lr, betas, weight_decay: AdamW; weight decay on every weight matrix (embeddings
             included), none on biases and normalization weights, as the paper.
         warmup_steps: linear warmup, then constant lr (the paper).
+        lr_decay: ``None`` (constant after warmup, the paper) or ``"cosine"``: after warmup,
+            lr follows a half cosine from ``lr`` down to ``lr * lr_min_ratio`` at
+            ``max_steps`` (a run stopped early by ``max_time_s`` resumes on the same curve).
+        lr_min_ratio: the final lr of the cosine as a fraction of ``lr``.
         batch_size: examples per step.
         grad_clip: max global grad norm (0 disables).
         atomic_fraction: share of each batch drawn from atomic facts; None = natural mix.
@@ -154,6 +158,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.1
     warmup_steps: int = 2000
+    lr_decay: str | None = None
+    lr_min_ratio: float = 0.0
     batch_size: int = 512
     grad_clip: float = 1.0
     atomic_fraction: float | None = None
@@ -179,6 +185,8 @@ class TrainConfig:
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), got {self.betas}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.lr_decay in (None, "cosine"), f"lr_decay must be None or 'cosine', got {self.lr_decay!r}")
+        _check(0 <= self.lr_min_ratio <= 1, f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
         if self.atomic_fraction is not None:

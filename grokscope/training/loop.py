@@ -356,6 +356,11 @@ def _grads_finite(named: list[tuple[str, torch.nn.Parameter]]) -> bool:
 def _lr_at(tc: TrainConfig, step: int) -> float:
     if tc.warmup_steps and step < tc.warmup_steps:
         return tc.lr * (step + 1) / tc.warmup_steps
+    if tc.lr_decay == "cosine":
+        span = max(tc.max_steps - tc.warmup_steps, 1)
+        done = min(max(step - tc.warmup_steps, 0) / span, 1.0)
+        floor = tc.lr * tc.lr_min_ratio
+        return floor + (tc.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * done))
     return tc.lr
 
 
