@@ -329,7 +329,7 @@ def test_r2_note_reads_the_papers_claim_off_the_series_or_says_nothing():
     assert r2_note(s, 100) == ""
 
 
-def test_report_on_two_worker_processes_has_the_same_content(runs, reports, tmp_path):
+def test_report_on_two_worker_processes_has_the_same_content(runs, reports, tmp_path, monkeypatch):
     """A cold report whose checkpoints ran in two spawned processes equals the one-process report."""
     import shutil
 
@@ -340,6 +340,15 @@ def test_report_on_two_worker_processes_has_the_same_content(runs, reports, tmp_
     shutil.copytree(src, copy, ignore=shutil.ignore_patterns(CACHE_DIR_NAME))
     rep = write_report(Run.open(copy), tmp_path / "out", n=N, progress=False, workers=2)
     assert rep.series.cache_misses == 0  # every analysis came from the workers
+    # Warm, the jobs' markers say they are done: no process is started.
+    import grokscope.report.parallel as parallel
+
+    def no_pool(*a, **k):
+        raise AssertionError("a warm report started worker processes")
+
+    monkeypatch.setattr(parallel, "ProcessPoolExecutor", no_pool)
+    warm = write_report(Run.open(copy), tmp_path / "warm", n=N, progress=False, workers=2)
+    assert warm.summary.read_text() == rep.summary.read_text().replace(str(tmp_path / "out"), str(tmp_path / "warm"))
     a = _strict(reports["composition"].summary.read_text())
     b = _strict(rep.summary.read_text())
     for doc in (a, b):

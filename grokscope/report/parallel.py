@@ -9,7 +9,11 @@ cache, and the phases that follow find them there. The content is the cache's, s
 is the same whichever way it was filled.
 
 Jobs are sent longest first: the final checkpoint's discovery (which also patches each
-of the circuit's edges alone), then the other discoveries, then the analyses.
+of the circuit's edges alone), then the other discoveries, then the analyses. A finished
+job leaves a marker in the cache (``prefill-analyse`` / ``prefill-discover``, keyed like
+any entry: step, arguments, checkpoint, versions) holding the warnings it raised; a job
+whose marker is there is not run again, but its warnings are re-emitted. A warm report
+therefore starts no process at all.
 
 Example:
     >>> prefill(run, run.steps(), workers=2)                       # doctest: +SKIP
@@ -17,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import warnings
@@ -62,6 +67,24 @@ def _discover(
     return f"discover {split} step {step}", _recording(both)
 
 
+def _category(name: str) -> type[Warning]:
+    """The warning class named ``module:qualname`` (UserWarning if it cannot be found)."""
+    module, _, qual = name.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qual.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return UserWarning
+    return obj if isinstance(obj, type) and issubclass(obj, Warning) else UserWarning
+
+
+def _marker(job: tuple[Any, ...]) -> tuple[int, str, dict[str, Any]]:
+    """(step, cache name, arguments) of a job's marker."""
+    fn, _, step, *rest = job
+    return step, f"prefill-{fn.__name__.lstrip('_')}", {"args": rest}
+
+
 def prefill(
     run: Run,
     steps: Sequence[int],
@@ -92,11 +115,12 @@ def prefill(
         progress: a tqdm bar over the jobs, naming each finished one.
 
     Returns:
-        The number of jobs run.
+        The number of jobs run (those already done, by their markers, are not).
     """
     from tqdm.auto import tqdm
 
     from grokscope.discovery.series import TOP_EDGES
+    from grokscope.series.cache import AnalysisCache
 
     steps = sorted(steps)
     if not steps:
@@ -110,17 +134,31 @@ def prefill(
         hyp = hypothesis and split != analysis.get("split")
         jobs += [(_discover, str(run.path), s, split, TOP_EDGES, hyp, kw) for s in reversed(steps[:-1])]
     jobs += [(_analyse, str(run.path), s, analysis) for s in reversed(steps)]
+    cache = AnalysisCache(run)
+    todo = []
+    for job in jobs:
+        done_before = cache.get(*_marker(job))
+        if done_before is None:
+            todo.append(job)
+            continue
+        for category, message in done_before:
+            warnings.warn(message, _category(category), stacklevel=2)
+    jobs = todo
+    if not jobs:
+        return 0
     ctx = multiprocessing.get_context("spawn")
     bar = tqdm(total=len(jobs), desc=f"analyse + discover ({workers} processes)", unit="job",
                disable=not progress, dynamic_ncols=True)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
-        pending = {pool.submit(job[0], *job[1:]) for job in jobs}
+        pending = {pool.submit(job[0], *job[1:]): job for job in jobs}
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
+                job = pending.pop(fut)
                 name, caught = fut.result()
                 for category, message in caught:
                     warnings.warn(message, category, stacklevel=2)
+                cache.put(*_marker(job), [[f"{c.__module__}:{c.__qualname__}", m] for c, m in caught])
                 bar.set_postfix_str(name, refresh=False)
                 bar.update(1)
     bar.close()
