@@ -199,3 +199,22 @@ def test_shipped_metrics_equal_plain_transformer_lens_greedy_decoding():
     assert set(ours) == set(theirs) - {"step"}
     for name, acc in ours.items():
         assert abs(acc - theirs[name]) <= 0.02, (name, acc, theirs[name])
+
+
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="checkpoints/text-composition-small not shipped")
+def test_find_circuit_reads_the_task_s_own_default_split():
+    """Without a split, the located circuit is built on the text task's aligned ``analysis``
+    rows (its ``default_split``), not on ``train_inferred``, whose templates differ per row."""
+    import numpy as np
+
+    from grokscope.patching.hypothesis import find_circuit
+    from grokscope.runs.run import Run
+
+    run = Run.open(SHIPPED)
+    model, ds = run.load_model(run.steps()[-1]).eval(), run.dataset()
+    default = find_circuit(model, ds, n=20)
+    analysis = find_circuit(model, ds, "analysis", n=20)
+    np.testing.assert_equal(default.to_dict(), analysis.to_dict())
+    assert default.to_dict()["layers"]["bridge@r1_s"] == 3  # measured: the bridge resolves at S[3] of r1_s (20 rows)
+    with pytest.raises(ValueError, match="rows line up, such as 'analysis'"):
+        find_circuit(model, ds, "train_inferred", n=20)

@@ -388,10 +388,12 @@ def lens_targets(split: Split, vocab: Vocab, *, within_class: bool = False, task
     """
     from grokscope.tasks.base import get_task, registered_tasks
 
+    spec = (get_task(task) if isinstance(task, str) else task) if task is not None else None
     if not split.roles:
-        raise ValueError(f"split {split.name!r} mixes layouts (no roles); pick a probe split such as 'train_inferred'")
-    if task is not None:
-        spec = get_task(task) if isinstance(task, str) else task
+        hint = repr(spec.default_split) if spec is not None else "the task's default_split"
+        raise ValueError(f"split {split.name!r} mixes layouts (its rows have no common roles); pick a split whose "
+                         f"rows line up, such as {hint}")
+    if spec is not None:
         return spec.lens_targets(split, vocab, within_class=within_class)
     for spec in registered_tasks():
         try:

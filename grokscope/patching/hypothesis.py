@@ -339,7 +339,7 @@ def build_circuit(
 def find_circuit(
     model: TransformerBridge,
     dataset: TaskDataset,
-    split: str = "train_inferred",
+    split: str | None = None,
     *,
     n: int | None = 300,
     seed: int = 0,
@@ -355,7 +355,8 @@ def find_circuit(
     Args:
         model: the checkpoint's model.
         dataset: its dataset (KB for the counterfactuals).
-        split: an inferred split.
+        split: an inferred split (None: the task's ``default_split``: ``train_inferred``,
+            or ``analysis`` for the text task, whose rows of one template line up).
         n: examples (the paper: 300).
         seed: sampling seed.
         threshold: lens MRR threshold.
