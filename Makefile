@@ -20,7 +20,7 @@ report: $(STAMP)
 	$(VENV)/bin/grokscope report checkpoints/composition-small --out reports/composition-small
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 TQDM_DISABLE=1 $(VENV)/bin/python -m pytest -q -rs
+	OMP_NUM_THREADS=1 TQDM_DISABLE=1 $(VENV)/bin/python -m pytest -q -rs -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
