@@ -37,32 +37,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from discovery import agreement, mass_edges  # noqa: E402
 
-from grokscope.discovery.edges import reader_gradients  # noqa: E402
 from grokscope.discovery.faithfulness import faithfulness_curve  # noqa: E402
-from grokscope.discovery.scores import Corruption, EdgeScores, _embeddings, prepare, score_edges  # noqa: E402
+from grokscope.discovery.scores import Corruption, EdgeScores, path_scores, prepare, score_edges  # noqa: E402
 from grokscope.patching.tracing import make_counterfactuals  # noqa: E402
 from grokscope.runs.run import Run  # noqa: E402
-
-
-def ig_on_grid(model, acts, alphas: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """EAP-IG on the input embeddings with gradients at ``alphas`` (0 corrupt, 1 clean) weighted by ``weights``."""
-    graph, steps = acts.graph, len(alphas)
-    total = torch.zeros(graph.n_pos, graph.n_readers, graph.n_writers, dtype=torch.float64)
-    for _, sub in acts.chunks(model):
-        e_clean, e_corrupt = _embeddings(sub.clean_writers), _embeddings(sub.corrupt_writers)
-        delta = sub.clean_writers - sub.corrupt_writers
-        per_batch = max(1, 512 // steps)
-        for lo in range(0, sub.n, per_batch):
-            ex = torch.arange(lo, min(sub.n, lo + per_batch))
-            rows = ex.repeat(steps)
-            a = alphas.repeat_interleave(len(ex))[:, None, None]
-            embed = e_corrupt[rows] + a * (e_clean[rows] - e_corrupt[rows])
-            _, grads = reader_gradients(model, graph, sub.clean_tokens[rows], sub.metric, rows, embed=embed,
-                                        score_pos=sub.score_pos)
-            g = (grads.reshape(steps, len(ex), *grads.shape[1:]).float() * weights[:, None, None, None, None]).sum(0)
-            total += torch.einsum("npwd,nprd->prw", delta[ex].float(), g).double()
-    p, r, w = graph.edge_index.unbind(1)
-    return (total[p, r, w] / acts.n).float()
 
 
 def grids(k: int = 5) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -136,7 +114,7 @@ def main() -> None:
             est = score_edges(model, corruption, "eap-ig", acts=acts).scores
             if args.paths:
                 for name, (al, wt) in grids().items():
-                    sc = ig_on_grid(model, acts, al.float(), wt.float())
+                    sc = path_scores(model, acts, al.float(), wt.float())
                     print(line(f"path: {name}", exact, sc, gap(sc)), flush=True)
             if args.bias:
                 for e in mass_edges(exact).tolist():

@@ -406,9 +406,35 @@ def score_edges(
     if method == "exact":
         return EdgeScores(acts.scored_graph, exact_effects(model, acts), method, 1, time.perf_counter() - t0)
 
-    n = acts.n
     steps = ig_steps if method == "eap-ig" else 1
     alphas = torch.tensor([0.0]) if method == "eap" else (torch.arange(steps) + 1.0) / steps
+    scores = path_scores(model, acts, alphas, batch_size=batch_size)
+    if acts.positions == "sum":
+        scores = torch.zeros(acts.scored_graph.n_edges).index_add_(0, graph.position_map(), scores)
+    return EdgeScores(acts.scored_graph, scores, method, steps, time.perf_counter() - t0)
+
+
+def path_scores(
+    model: TransformerBridge,
+    acts: Activations,
+    alphas: Float[torch.Tensor, " point"],
+    weights: Float[torch.Tensor, " point"] | None = None,
+    *,
+    batch_size: int = GRAD_BATCH,
+) -> Float[torch.Tensor, " edge"]:
+    """Edge scores of ``acts.graph`` from reader gradients on the input-embedding path.
+
+    Each edge's score is ``(clean - corrupt writer value) . sum_k weights[k] * grad`` at
+    the reader, the gradient taken with the input embeddings at ``corrupt + alphas[k] *
+    (clean - corrupt)``, averaged over examples. ``weights=None`` is the plain mean over
+    the points: EAP is one point at 0, EAP-IG the points ``k / K``; other quadratures
+    (``benchmarks/eap_ig_errors.py``) pass their own points and weights.
+
+    Returns:
+        ``[edge]`` of ``acts.graph`` (per position; :func:`score_edges` sums them for a
+        summed graph).
+    """
+    graph, steps = acts.graph, len(alphas)
     total = torch.zeros(graph.n_pos, graph.n_readers, graph.n_writers, dtype=torch.float64)
     per_row = graph.n_pos * graph.n_readers * int(model.cfg.d_model)
     rows = acts.batch_size or batch_size
@@ -423,14 +449,12 @@ def score_edges(
             embed = e_corrupt[rows_ex] + a * (e_clean[rows_ex] - e_corrupt[rows_ex])
             _, grads = reader_gradients(model, graph, sub.clean_tokens[rows_ex], sub.metric, rows_ex, embed=embed,
                                         score_pos=sub.score_pos)
-            g = grads.reshape(steps, len(ex), *grads.shape[1:]).float().mean(0)  # [example, pos, reader, d]
-            total += torch.einsum("npwd,nprd->prw", delta[ex].float(), g).double().cpu()
+            g = grads.reshape(steps, len(ex), *grads.shape[1:]).float()
+            g = g.mean(0) if weights is None else (g * weights.to(g)[:, None, None, None, None]).sum(0)
+            total += torch.einsum("npwd,nprd->prw", delta[ex].float(), g).double().cpu()  # g: [example, pos, reader, d]
             del grads, g
     p, r, w = graph.edge_index.unbind(1)
-    scores = (total[p, r, w] / n).float()
-    if acts.positions == "sum":
-        scores = torch.zeros(acts.scored_graph.n_edges).index_add_(0, graph.position_map(), scores)
-    return EdgeScores(acts.scored_graph, scores, method, steps, time.perf_counter() - t0)
+    return (total[p, r, w] / acts.n).float()
 
 
 def exact_effects(model: TransformerBridge, acts: Activations, edges: Any = None) -> Float[torch.Tensor, " edge"]:
