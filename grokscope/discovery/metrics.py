@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CallableMetric", "Offset", "as_metric", "metric_name"]
+__all__ = ["CallableMetric", "Offset", "as_metric", "metric_name", "spearman"]
 
 
 class CallableMetric:
@@ -54,3 +54,30 @@ class Offset:
 
     def __call__(self, logits: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
         return self.metric(logits, example + self.lo)
+
+
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks from 1, ties sharing their average rank."""
+    x = x.double().flatten()
+    order = torch.argsort(x, stable=True)
+    sorted_x = x[order]
+    ranks = torch.empty_like(x)
+    i, n = 0, len(x)
+    starts = torch.cat([torch.tensor([True]), sorted_x[1:] != sorted_x[:-1]]).nonzero().flatten().tolist() + [n]
+    for i in range(len(starts) - 1):
+        a, b = starts[i], starts[i + 1]
+        ranks[order[a:b]] = (a + b + 1) / 2
+    return ranks
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation (ties get average ranks).
+
+    Example:
+        >>> round(spearman(torch.tensor([1., 2., 3.]), torch.tensor([10., 30., 20.])), 3)
+        0.5
+    """
+    ra, rb = _average_ranks(a), _average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / den if den > 0 else float("nan")

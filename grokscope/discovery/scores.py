@@ -44,7 +44,7 @@ from grokscope.discovery.batched import patch_edge_groups, patch_single_edges
 from grokscope.discovery.edge_sets import patch_edge_sets
 from grokscope.discovery.edges import reader_gradients, writer_activations
 from grokscope.discovery.graph import ComponentGraph, GraphNode
-from grokscope.discovery.metrics import CallableMetric, Offset, as_metric, metric_name  # noqa: F401  (re-exported)
+from grokscope.discovery.metrics import CallableMetric, Offset, as_metric, metric_name, spearman  # noqa: F401  (re-exported)
 from grokscope.patching.engine import MIN_GAP_SE, MIN_GAP_SHARE, gap_reliable  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -488,33 +488,6 @@ def exact_summed(model: TransformerBridge, acts: Activations, edges: Any = None)
     if acts.positions != "sum":
         raise ValueError("exact_summed needs Activations prepared with positions='sum'")
     return exact_effects(model, acts, edges)
-
-
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Ranks from 1, ties sharing their average rank."""
-    x = x.double().flatten()
-    order = torch.argsort(x, stable=True)
-    sorted_x = x[order]
-    ranks = torch.empty_like(x)
-    i, n = 0, len(x)
-    starts = torch.cat([torch.tensor([True]), sorted_x[1:] != sorted_x[:-1]]).nonzero().flatten().tolist() + [n]
-    for i in range(len(starts) - 1):
-        a, b = starts[i], starts[i + 1]
-        ranks[order[a:b]] = (a + b + 1) / 2
-    return ranks
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation (ties get average ranks).
-
-    Example:
-        >>> round(spearman(torch.tensor([1., 2., 3.]), torch.tensor([10., 30., 20.])), 3)
-        0.5
-    """
-    ra, rb = _average_ranks(a), _average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    den = float(ra.norm() * rb.norm())
-    return float((ra * rb).sum()) / den if den > 0 else float("nan")
 
 
 def top_overlap(a: EdgeScores, b: EdgeScores, k: int = 50) -> float:
