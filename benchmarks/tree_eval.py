@@ -7,7 +7,7 @@ them with the run's ``data/vocab.json`` (label k is ``<k>``; ``>`` ``,`` ``|`` `
 ``<->`` ``<,>`` ``<|>`` ``<:>``), loads a checkpoint with plain TransformerLens +
 safetensors, decodes greedily from ``:`` until ``</a>`` and prints the exact-path
 accuracy: overall, for goals shallower than the run's ``ood_depth`` (the trained
-depths) and deeper, and on the fresh trees that are not in the run's train.json.
+depths) and deeper, and on the fresh trees that are not in the run's train.json (or train.json.gz).
 
 Usage::
 
@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import random
 import re
@@ -63,9 +64,12 @@ def answer(path: list[int], index: dict[str, int]) -> list[int]:
 
 
 def train_keys(run: Path) -> set[frozenset[tuple[int, int]]]:
-    """Edge sets of the run's training trees, read from train.json's strings."""
+    """Edge sets of the run's training trees, read from train.json's strings (or from
+    train.json.gz, the same file gzip-compressed, as a shipped run stores it)."""
+    plain, packed = run / "data" / "train.json", run / "data" / "train.json.gz"
+    text = plain.read_text() if plain.is_file() else gzip.decompress(packed.read_bytes()).decode()
     keys = set()
-    for item in json.loads((run / "data" / "train.json").read_text()):
+    for item in json.loads(text):
         toks = re.findall(r"<[^<>]+>", item["input_text"])
         toks = toks[: toks.index(SEP["|"])]
         keys.add(frozenset((int(toks[i][1:-1]), int(toks[i + 2][1:-1])) for i in range(0, len(toks), 4)))

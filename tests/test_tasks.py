@@ -308,6 +308,38 @@ def test_loads_authors_files(paper_fixture, tmp_path, name, task):
         assert json.loads((tmp_path / f).read_text()) == json.loads((src / f).read_text()), f
 
 
+def test_compressed_split_files_read_as_the_plain_ones(tmp_path):
+    """train/valid/test.json.gz hold the same JSON (gzip -9) and load to the same dataset; a
+    directory with both forms, or a truncated .gz, is refused by name; a fresh save
+    replaces a stale .gz."""
+    import gzip
+
+    from grokscope.tasks.paper_format import compress_split_files, split_file
+
+    ds = composition(40, 6, 4, phi=2.0, seed=0)
+    save_paper_format(ds, tmp_path)
+    plain = {f: (tmp_path / f).read_bytes() for f in ("train.json", "valid.json", "test.json")}
+    sizes = compress_split_files(tmp_path)
+    for f, raw in plain.items():
+        assert not (tmp_path / f).exists() and split_file(tmp_path, f) == tmp_path / (f + ".gz")
+        assert gzip.decompress((tmp_path / (f + ".gz")).read_bytes()) == raw  # independent: plain gzip
+        assert sizes[f] == (len(raw), (tmp_path / (f + ".gz")).stat().st_size)
+    assert sizes["train.json"][1] * 4 < sizes["train.json"][0]
+    assert load_paper_format(tmp_path).content_hash() == ds.content_hash()
+    assert compress_split_files(tmp_path) == {}  # already compressed: nothing to do
+    (tmp_path / "train.json").write_bytes(plain["train.json"])
+    with pytest.raises(ValueError, match="both there"):
+        load_paper_format(tmp_path)
+    (tmp_path / "train.json").unlink()
+    gz = tmp_path / "test.json.gz"
+    gz.write_bytes(gz.read_bytes()[:-20])
+    with pytest.raises(ValueError, match="test.json.gz: not a readable gzip file"):
+        load_paper_format(tmp_path)
+    save_paper_format(ds, tmp_path)  # writes plain files and drops the stale .gz
+    assert not list(tmp_path.glob("*.gz"))
+    assert load_paper_format(tmp_path).content_hash() == ds.content_hash()
+
+
 def test_loader_rejects_inconsistent_fact(tmp_path):
     ds = composition(40, 6, 4, phi=2.0, seed=0)
     save_paper_format(ds, tmp_path)

@@ -16,6 +16,7 @@ from grokscope.runs.config import (
     ModelConfig,
 )
 from grokscope.runs.run import read_safetensors
+from grokscope.tasks.paper_format import SPLIT_FILES
 
 if TYPE_CHECKING:
 
@@ -112,7 +113,7 @@ def find_task_data(hf_dir: str | os.PathLike[str]) -> Path:
     d = Path(hf_dir).resolve()
     for cand in (d, d / "data", d.parent, d.parent / "data"):
         vocab = cand / "vocab.json"
-        if all((cand / f).is_file() for f in ("train.json", "valid.json", "test.json")) and vocab.is_file():
+        if all(cand.joinpath(f).is_file() or cand.joinpath(f + ".gz").is_file() for f in SPLIT_FILES) and vocab.is_file():
             try:
                 if isinstance(json.loads(vocab.read_text()), list):  # HF's vocab.json is a dict
                     return cand

@@ -3,7 +3,10 @@
 A dataset directory holds ``train.json``, ``valid.json``, ``test.json`` (JSON lists of
 ``{"input_text", "target_text"}`` where ``target_text`` repeats the input and appends
 the answer and ``</a>``; ``test.json`` items carry a ``type``, one of the probe names;
-``valid.json`` is the OOD test set) and ``vocab.json`` (the token list).
+``valid.json`` is the OOD test set) and ``vocab.json`` (the token list). Each of the three
+split files may instead be stored gzip-compressed as ``train.json.gz`` (and so on; the same
+JSON, ``gzip -9`` shrinks a tree run's train.json 10x): :func:`compress_split_files` does
+that to a directory, and every reader here takes either form.
 
 :func:`load_paper_format` reads such a directory (as released by the paper's authors)
 back into a :class:`~grokscope.tasks.dataset.TaskDataset`, rebuilding the vocabulary and
@@ -21,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -44,6 +48,59 @@ from grokscope.tasks.dataset import (
 from grokscope.tasks.vocab import END, Vocab, split_tokens
 
 PAPER_FILES: tuple[str, ...] = ("train.json", "valid.json", "test.json", "vocab.json")
+SPLIT_FILES: tuple[str, ...] = ("train.json", "valid.json", "test.json")
+"""The files that may be stored gzip-compressed (``NAME.gz``)."""
+
+
+def split_file(directory: str | os.PathLike[str], name: str) -> Path:
+    """The path of split file ``name`` in ``directory``: ``name`` itself, or ``name.gz`` when
+    only the compressed form is there (``name`` when neither is, for the error message).
+
+    Raises:
+        ValueError: both forms are there (which one is the data would be a guess).
+    """
+    plain = Path(directory) / name
+    packed = plain.with_name(name + ".gz")
+    if plain.is_file() and packed.is_file():
+        raise ValueError(f"{plain} and {packed.name} are both there; keep one")
+    return packed if packed.is_file() else plain
+
+
+def compress_split_files(directory: str | os.PathLike[str]) -> dict[str, tuple[int, int]]:
+    """Replace train/valid/test.json in ``directory`` by ``.json.gz`` (gzip level 9, no
+    timestamp, so equal data give equal bytes); returns ``{name: (bytes before, after)}``.
+
+    The compressed file is written under a temporary name and renamed before the plain one
+    is removed, so a crash leaves at least one readable form (and a later call finishes).
+
+    Example:
+        >>> import tempfile
+        >>> from grokscope.tasks import composition
+        >>> ds = composition(n_entities=20, n_relations=5, out_degree=5, phi=2.0)
+        >>> d = tempfile.mkdtemp()
+        >>> save_paper_format(ds, d)
+        >>> sizes = compress_split_files(d)
+        >>> sorted(sizes), sizes["train.json"][1] < sizes["train.json"][0]
+        (['test.json', 'train.json', 'valid.json'], True)
+        >>> load_paper_format(d).content_hash() == ds.content_hash()
+        True
+    """
+    d = Path(directory)
+    out: dict[str, tuple[int, int]] = {}
+    for name in SPLIT_FILES:
+        plain, packed = d / name, d / (name + ".gz")
+        if not plain.is_file():
+            if packed.is_file():
+                continue
+            raise FileNotFoundError(f"{plain}: missing")
+        raw = plain.read_bytes()
+        tmp = packed.with_name(packed.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(gzip.compress(raw, compresslevel=9, mtime=0))
+        os.replace(tmp, packed)
+        plain.unlink()
+        out[name] = (len(raw), packed.stat().st_size)
+    return out
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -51,6 +108,7 @@ def _write_json(path: Path, obj: Any) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f)
     os.replace(tmp, path)
+    path.with_name(path.name + ".gz").unlink(missing_ok=True)  # an older compressed form is stale now
 
 
 def save_paper_format(ds: TaskDataset, directory: str | os.PathLike[str]) -> None:
@@ -84,11 +142,19 @@ def save_paper_format(ds: TaskDataset, directory: str | os.PathLike[str]) -> Non
 
 
 def _read_list(path: Path) -> list[Any]:
+    if path.name in SPLIT_FILES:
+        path = split_file(path.parent, path.name)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; a paper-format directory needs {', '.join(PAPER_FILES)}")
     try:
-        with open(path) as f:
-            data = json.load(f)
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt") as f:
+                data = json.load(f)
+        else:
+            with open(path) as f:
+                data = json.load(f)
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+        raise ValueError(f"{path}: not a readable gzip file ({e}); re-download or re-generate the dataset") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e}); re-download or re-generate the dataset") from None
     if not isinstance(data, list):
@@ -162,8 +228,8 @@ def load_paper_format(directory: str | os.PathLike[str], task: str | None = None
         if kind not in by_type:
             raise ValueError(f"{d / 'test.json'}[{n}]: type {kind!r} is not one of {', '.join(probe_splits)}")
         by_type[kind].append(item)
-    if not (d / "valid.json").is_file():
-        raise FileNotFoundError(f"{d / 'valid.json'}: missing")
+    if not split_file(d, "valid.json").is_file():
+        raise FileNotFoundError(f"{d / 'valid.json'}: missing (nor valid.json.gz)")
 
     if spec is not None and spec.text_files:
         return spec.load_text(vocab, {"train": train_items, **by_type}, d)
