@@ -232,25 +232,47 @@ def discovery_part(run, step, n, seed) -> dict:
             "top_edges": [e["name"] for e in edges[:12]]}
 
 
+def role_heads(a: dict) -> dict:
+    """Each role's head, the one that attends most to the role's place at one checkpoint's
+    attention record: ``{role: (getter(attention, layer, head), layer, head)}``."""
+    getters = {
+        "edge gatherer (child -> own parent)": lambda a, ly, h: a["child_to_own_edge"][ly][h],
+        "goal copy (path -> goal)": lambda a, ly, h: a["path_goal"][ly][h],
+        **{f"{'goal' if m == 0 else f'{m} above goal'}'s edge (path -> its child)":
+           (lambda a, ly, h, m=m: a["path_by_height"][str(m)][ly][h][2] if str(m) in a["path_by_height"] else float("nan"))
+           for m in range(3) if str(m) in a["path_by_height"]},
+        "next edge's child (path -> it)": lambda a, ly, h: a["next_edge_members"][ly][h][2],
+    }
+    n_layers, n_heads = a["shape"]
+    out = {}
+    for role, get in getters.items():
+        ly, h = max(((ly, h) for ly in range(n_layers) for h in range(n_heads)), key=lambda lh: get(a, *lh))
+        out[role] = (get, ly, h)
+    return out
+
+
 def tables(path: str, run_dir: str) -> None:
     """Print the markdown tables of docs/REPRODUCTION.md from a --json output."""
     data = {int(k): v for k, v in json.loads(open(path).read()).items()}
     evals = sorted((r["step"], r["acc"]) for r in Run.open(run_dir).metrics())
     acc = {s_: next(a for st, a in reversed(evals) if st <= s_) for s_ in data}  # the last evaluation at or before
     f = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
-    print("| step | test ID acc (last eval) | L1.H1 child->own parent | L1 path->goal (max head) | L2.H2 path->goal's edge "
-          "| L3.H2 path->edge 1 above | L3 path->next edge child (max head) | lens: goal at path S[2] "
-          "| lens: goal's parent at path S[3] |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    heads = role_heads(data[max(data)]["attention"])
+    n_heights = max(int(h[len("height"):]) for r in data.values() for h in r.get("lens", {}).get("height_at_path", {})) + 1
+    print("role heads, picked at the last step: " + ", ".join(f"{role} L{ly}.H{h}" for role, (_, ly, h) in heads.items()))
+    print()
+    print("| step | test ID acc (last eval) | " + " | ".join(f"{role} L{ly}.H{h}" for role, (_, ly, h) in heads.items())
+          + " | " + " | ".join(f"lens: height {h} at path (first S[l] with MRR >= 0.8)" for h in range(n_heights)) + " |")
+    print("|---|---|" + "---|" * (len(heads) + n_heights))
     for step, r in sorted(data.items()):
-        a, lens = r.get("attention", {}), r.get("lens", {})
-        hb = a.get("path_by_height", {})
-        cells = [acc.get(step, {}).get("test_inferred_iid"), a["child_to_own_edge"][1][1] if a else None,
-                 max(a["path_goal"][1]) if a else None, hb["0"][2][2][2] if "0" in hb else None,
-                 hb["1"][3][2][2] if "1" in hb else None, max(h[2] for h in a["next_edge_members"][3]) if a else None,
-                 lens.get("height_at_path", {}).get("height0", [None] * 3)[2],
-                 lens.get("height_at_path", {}).get("height1", [None] * 4)[3]]
-        print(f"| {step:,} | " + " | ".join(f(c) for c in cells) + " |")
+        a, lens = r.get("attention", {}), r.get("lens", {}).get("height_at_path", {})
+        cells = [f(acc.get(step, {}).get("test_inferred_iid"))]
+        cells += [f(get(a, ly, h)) if a else "-" for get, ly, h in heads.values()]
+        for h in range(n_heights):
+            mrr = lens.get(f"height{h}")
+            first = next((ly for ly, x in enumerate(mrr or []) if x >= 0.8), None)
+            cells.append("-" if mrr is None else "never" if first is None else f"S[{first}] ({mrr[first]:.2f})")
+        print(f"| {step:,} | " + " | ".join(cells) + " |")
     print()
     hs = sorted({h for r in data.values() for h in r.get("heights", {})}, key=int)
     if hs:
@@ -260,7 +282,7 @@ def tables(path: str, run_dir: str) -> None:
             hh = r.get("heights", {})
             print(f"| {step:,} | " + " | ".join(f"{hh[h]['acc']:.3f} (n={hh[h]['n']})" if h in hh else "-" for h in hs) + " |")
         print()
-    print("| step | perturbation | n | clean acc | changed, S[l] at the replaced token (l = 0..4) "
+    print("| step | perturbation | n | clean acc | changed, S[l] at the replaced token (l = 0, 1, ...) "
           "| changed, S[l] at the scored position | max over other positions (kind: S[l]) |")
     print("|---|---|---|---|---|---|---|")
     for step, r in sorted(data.items()):
