@@ -130,6 +130,23 @@ def test_phase_diagram_cells(sweep_dir):
     assert phase_diagram(g.to_dict()).data[0].text[1][1] == "comprehension<br>(200)"
 
 
+def test_phase_grid_with_a_lower_test_threshold(tmp_path):
+    """--test-threshold 0.9 (the tree issue's bar): MEMO_90 reaches 0.9 at step 1000, 10x after
+    train fitted, so it groks at 0.9 and memorises at 0.95; COMP stays comprehension."""
+    memo_90 = recs((100, 1.0, 0.1), (500, 1.0, 0.85), (1000, 1.0, 0.92))
+    d = _fake_sweep(tmp_path / "sw", [(0.3, 0.0, memo_90), (0.6, 0.0, COMP)])
+    strict = phase_grid(d, "train_fraction", "train.weight_decay")
+    assert strict.matrix("phase") == [["memorizing", "comprehension"]]
+    g = phase_grid(d, "train_fraction", "train.weight_decay", color="phase", test_threshold=0.9)
+    assert g.matrix("phase") == [["grokking", "comprehension"]]
+    assert g.matrix("time_to_grok") == [[1000, 200]] and g.matrix("gap") == [[900, 0]]
+    assert PhaseGrid.from_dict(json.loads(json.dumps(g.to_dict()))).test_threshold == 0.9
+    fig = phase_diagram(g)
+    assert ">= 0.9 only after 1.5 t" in fig.layout.title.text and "test ID >= 0.9 at step 1000" in fig.data[0].customdata[0][0]
+    with pytest.raises(ValueError, match="test_threshold must be in"):
+        phase_grid(d, "train_fraction", "train.weight_decay", test_threshold=1.5)
+
+
 def test_phase_command(sweep_dir, tmp_path):
     cli = [sys.executable, "-m", "grokscope.cli", "phase", str(sweep_dir), "--x", "train_fraction",
            "--y", "train.weight_decay", "--out", str(tmp_path / "fig" / "ph")]

@@ -19,6 +19,8 @@ from grokscope.tasks.builtin.tree import TreeConfig, generate_tree, plain_text
 from grokscope.tasks.paper_format import load_paper_format, save_paper_format
 from grokscope.tasks.vocab import split_tokens
 
+SHIPPED_LAST_STEP = 9000  # checkpoints/tree-small's last checkpoint
+
 # --------------------------------------------------------------------------- an independent reference
 
 
@@ -456,9 +458,9 @@ def test_shipped_tree_run_solves_unseen_trees_by_an_independent_evaluator():
     out = subprocess.run([sys.executable, str(repo / "benchmarks" / "tree_eval.py"), str(repo / "checkpoints" / "tree-small"),
                           "--n", "1000"], capture_output=True, text=True, check=True, timeout=300)
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["step"] == 9000 and res["in_train"] == 0
-    assert res["acc_unseen_id"] >= 0.9  # goals at trained depths (1-4); deeper goals are the OOD split
-    assert res["acc_ood"] == 0.0        # measured: no run solves a goal deeper than trained
+    assert res["step"] == SHIPPED_LAST_STEP and res["in_train"] == 0
+    assert res["acc"] >= 0.9            # the Must show: every fresh tree of the default distribution
+    assert res["acc_unseen_id"] >= 0.9  # goals at trained depths; deeper goals are the OOD split
 
 
 @pytest.mark.slow
@@ -472,11 +474,12 @@ def test_report_of_the_shipped_tree_run(tmp_path):
     from grokscope.report.build import write_report
 
     repo = Path(__file__).resolve().parents[1]
-    rep = write_report(repo / "checkpoints" / "tree-small", tmp_path / "rep", steps="9000", n=10, progress=False,
-                       cache=False)
+    rep = write_report(repo / "checkpoints" / "tree-small", tmp_path / "rep", steps=str(SHIPPED_LAST_STEP), n=10,
+                       progress=False, cache=False)
     page = rep.html.read_text()
     assert "Attention per head" in page and "Discovered circuit" in page
     summary = json.loads(rep.summary.read_text())
     own = summary["diagnoses"]["attention_probes"]["probes"][0]
-    assert own["name"] == "child -> own edge" and own["mass"][1][1][0] > 0.9  # L1.H1 reads each edge's parent
+    gather = max(m[0] for layer in own["mass"] for m in layer)
+    assert own["name"] == "child -> own edge" and gather > 0.9  # one head reads each edge's parent at its child
     assert summary["discovery"]["final_circuit"]["test_inferred_iid"]["size"] > 0

@@ -18,11 +18,13 @@ def phase(
                                     "writes .html, .png (if kaleido can export) and .json."),
     report: bool = typer.Option(False, "--report", help="Also write SWEEP_DIR/report.html: the table, the diagram "
                                 "and every run's accuracy curves on one page."),
+    test_threshold: float = typer.Option(0.95, "--test-threshold", help="Test ID accuracy that counts as "
+                                         "generalised (t_test): 0.95, or the task's own bar (the tree's issue: 0.9)."),
 ) -> None:
     """Draw a sweep as a phase diagram: every run a cell over two settings, classified.
 
     The rule (grokscope.training.phase): with t_train the first step train accuracy >= 0.99
-    and t_test the first step test ID accuracy >= 0.95, grokking: t_test > 1.5 t_train and
+    and t_test the first step test ID accuracy >= 0.95 (--test-threshold), grokking: t_test > 1.5 t_train and
     test ID <= 0.6 at t_train; comprehension: both reached otherwise; memorizing: train
     >= 0.99 but test ID never >= 0.95; confusion: train never >= 0.99 (all within the steps
     each run trained).
@@ -35,7 +37,10 @@ def phase(
 
     if color not in COLOR_QUANTITIES:
         raise UserError(f"--color {color!r} is not one of: {', '.join(COLOR_QUANTITIES)}")
-    grid = phase_grid(sweep_dir, x, y, color)
+    try:
+        grid = phase_grid(sweep_dir, x, y, color, test_threshold=test_threshold)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     fig = phase_diagram(grid)
     stem = out or sweep_dir / f"phase-{grid.x_key.split('.')[-1]}-{grid.y_key.split('.')[-1]}"
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -58,4 +63,4 @@ def phase(
     if report:
         from grokscope.report.sweep import write_sweep_report
 
-        typer.echo(f"report: {write_sweep_report(sweep_dir, x, y, color=color)}")
+        typer.echo(f"report: {write_sweep_report(sweep_dir, x, y, color=color, test_threshold=test_threshold)}")

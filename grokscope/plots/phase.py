@@ -21,8 +21,8 @@ import plotly.graph_objects as go
 from grokscope.plots.style import PHASE_COLORS, SEQUENTIAL
 
 _COLOR_TITLES = {
-    "time_to_grok": "step test ID<br>reached 0.95",
-    "gap": "steps from train 0.99<br>to test ID 0.95",
+    "time_to_grok": "step test ID<br>reached {t:g}",
+    "gap": "steps from train 0.99<br>to test ID {t:g}",
     "final_iid": "final test ID",
     "final_ood": "final test OOD",
 }
@@ -40,8 +40,8 @@ def phase_diagram(grid: Any, *, title: str | None = None) -> go.Figure:
         the grid's ``color`` quantity on :data:`~grokscope.plots.style.SEQUENTIAL` (cells
         without a value left blank), or one colour per phase
         (:data:`~grokscope.plots.style.PHASE_COLORS`) for ``color="phase"``. Each cell's
-        text: its phase and the number (the step test ID reached 0.95 when colouring by
-        phase). Hover: the run, both steps of the rule and the final accuracies.
+        text: its phase and the number (the step test ID reached the grid's
+        ``test_threshold``, 0.95 by default, when colouring by phase). Hover: the run, both steps of the rule and the final accuracies.
     """
     from grokscope.training.phase import PHASES, PhaseGrid
 
@@ -49,7 +49,9 @@ def phase_diagram(grid: Any, *, title: str | None = None) -> go.Figure:
         grid = PhaseGrid.from_dict(grid)
     xs, ys = grid.x_values, grid.y_values
     text = [[grid.cell_text(grid.cell(x, y)) for x in xs] for y in ys]
-    hover = [[_hover(grid.cell(x, y)) for x in xs] for y in ys]
+    t = grid.test_threshold
+    titles = {k: v.format(t=t) for k, v in _COLOR_TITLES.items()}
+    hover = [[_hover(grid.cell(x, y), t) for x in xs] for y in ys]
     if grid.color == "phase":
         z = np.array([[PHASES.index(p) if p in PHASES else np.nan for p in row] for row in grid.matrix("phase")],
                      dtype=float)
@@ -62,16 +64,16 @@ def phase_diagram(grid: Any, *, title: str | None = None) -> go.Figure:
         kw: dict[str, Any] = {"colorscale": scale, "zmin": 0, "zmax": n - 1, "colorbar": colorbar}
     else:
         z = np.array([[np.nan if v is None else float(v) for v in row] for row in grid.matrix(grid.color)], dtype=float)
-        kw = {"colorscale": SEQUENTIAL, "colorbar": {"title": {"text": _COLOR_TITLES.get(grid.color, grid.color)}}}
+        kw = {"colorscale": SEQUENTIAL, "colorbar": {"title": {"text": titles.get(grid.color, grid.color)}}}
         if grid.color.startswith("final_"):
             kw.update(zmin=0.0, zmax=1.0)
     fig = go.Figure(go.Heatmap(
         z=z, x=[str(x) for x in xs], y=[str(y) for y in ys], text=text, texttemplate="%{text}",
         customdata=hover, hovertemplate="%{customdata}<extra></extra>", xgap=2, ygap=2, **kw,
     ))
-    rule = (f"t: first step train >= 0.99. grokking: test ID <= 0.6 at t, >= 0.95 only after {grid.grok_ratio:g} t;"
-            "<br>comprehension: test ID >= 0.95 otherwise; memorizing: never; confusion: train never >= 0.99")
-    number = _COLOR_TITLES.get("time_to_grok" if grid.color == "phase" else grid.color, grid.color)
+    rule = (f"t: first step train >= 0.99. grokking: test ID <= 0.6 at t, >= {t:g} only after {grid.grok_ratio:g} t;"
+            f"<br>comprehension: test ID >= {t:g} otherwise; memorizing: never; confusion: train never >= 0.99")
+    number = titles.get("time_to_grok" if grid.color == "phase" else grid.color, grid.color)
     rule += f"<br>(n) in a cell: {number.replace('<br>', ' ')}"
     fig.update_layout(
         title={"text": title or f"phases over {grid.x_key} and {grid.y_key}<br><sup>{rule}</sup>"},
@@ -83,7 +85,7 @@ def phase_diagram(grid: Any, *, title: str | None = None) -> go.Figure:
     return fig
 
 
-def _hover(c: dict[str, Any] | None) -> str:
+def _hover(c: dict[str, Any] | None, threshold: float) -> str:
     if c is None:
         return "no run"
 
@@ -91,5 +93,5 @@ def _hover(c: dict[str, Any] | None) -> str:
         return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
     return (f"{c['run']}<br>phase: {c['phase']}<br>train >= 0.99 at step {f(c.get('train_saturated_step'))}"
-            f" (test ID then {f(c.get('iid_at_saturation'))})<br>test ID >= 0.95 at step {f(c.get('time_to_grok'))}<br>final step {f(c.get('final_step'))}: "
+            f" (test ID then {f(c.get('iid_at_saturation'))})<br>test ID >= {threshold:g} at step {f(c.get('time_to_grok'))}<br>final step {f(c.get('final_step'))}: "
             f"test ID {f(c.get('final_iid'))}, OOD {f(c.get('final_ood'))}")
