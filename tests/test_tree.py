@@ -19,7 +19,7 @@ from grokscope.tasks.builtin.tree import TreeConfig, generate_tree, plain_text
 from grokscope.tasks.paper_format import load_paper_format, save_paper_format
 from grokscope.tasks.vocab import split_tokens
 
-SHIPPED_LAST_STEP = 9000  # checkpoints/tree-small's last checkpoint
+SHIPPED_LAST_STEP = 10_000  # checkpoints/tree-small's last checkpoint
 
 # --------------------------------------------------------------------------- an independent reference
 

@@ -143,17 +143,19 @@ def _modular_presets() -> dict[str, RunConfig]:
                         stop_iid_threshold=0.99, stop_patience=4),
             name="quickstart",
         ),
-        # Path finding in binary trees (issue 23): 8-node trees, labels 0..15, a CPU-sized model;
-        # goals at depth >= 5 (about 4% of 8-node goals) are the OOD split. 10,000 training trees:
-        # the sweep's size that generalises (docs/sweeps/cpu-tree.md; 1,000 and 3,000 memorise).
-        # Weight decay 1.0; 9,000 steps; a checkpoint every 50 steps up to 3,000 (the sweep's run
-        # jumps from test ID 0.2 to 0.48 between steps 2,600 and 2,700), then 10 per decade.
+        # Path finding in binary trees (issue 23): 8-node trees, labels 0..15, a CPU-sized model of
+        # 5 layers (the backward chain climbs one level per layer); goals at depth >= 6 (0.6% of
+        # 8-node goals) are the OOD split. 10,000 training trees: the sweep's size that generalises
+        # (docs/sweeps/cpu-tree.md; 1,000 and 3,000 memorise, 30,000 and 60,000 stay on the loss
+        # plateau far longer). Weight decay 1.0, constant lr, 10,000 steps (3,290 s on one thread);
+        # a checkpoint every 250 steps (the run jumps from test ID 0.13 to 0.41 between 3,000 and
+        # 3,300).
         "tree-small": RunConfig(
-            TreeConfig(n_nodes=8, n_labels=16, n_train=10_000, n_test=1000, train_probe=1000, ood_depth=5),
-            ModelConfig(n_layers=4, d_model=64, n_heads=4, d_mlp=128),
+            TreeConfig(n_nodes=8, n_labels=16, n_train=10_000, n_test=1000, train_probe=1000, ood_depth=6),
+            ModelConfig(n_layers=5, d_model=64, n_heads=4, d_mlp=128),
             TrainConfig(lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0, warmup_steps=200, batch_size=128,
-                        grad_clip=1.0, max_steps=9000, max_time_s=1800.0, eval_every=100, eval_size=500,
-                        dense_every=50, dense_until=3000, log_per_decade=10),
+                        grad_clip=1.0, max_steps=10_000, max_time_s=4800.0, eval_every=100, eval_size=500,
+                        dense_every=250, dense_until=10_000, log_per_decade=10),
             name="tree-small",
         ),
     }
