@@ -71,7 +71,8 @@ def compress_split_files(directory: str | os.PathLike[str]) -> dict[str, tuple[i
     timestamp, so equal data give equal bytes); returns ``{name: (bytes before, after)}``.
 
     The compressed file is written under a temporary name and renamed before the plain one
-    is removed, so a crash leaves at least one readable form (and a later call finishes).
+    is removed: a crash between the two leaves both forms, which readers refuse by name,
+    and calling this again finishes the job.
 
     Example:
         >>> import tempfile
