@@ -37,10 +37,7 @@ def phase(
 
     if color not in COLOR_QUANTITIES:
         raise UserError(f"--color {color!r} is not one of: {', '.join(COLOR_QUANTITIES)}")
-    try:
-        grid = phase_grid(sweep_dir, x, y, color, test_threshold=test_threshold)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    grid = phase_grid(sweep_dir, x, y, color, test_threshold=test_threshold)
     fig = phase_diagram(grid)
     stem = out or sweep_dir / f"phase-{grid.x_key.split('.')[-1]}-{grid.y_key.split('.')[-1]}"
     stem.parent.mkdir(parents=True, exist_ok=True)
